@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Kiln's local stack needs. Idempotent: a package already
+# present is not fetched again, and apt's lists are refreshed only when something is missing.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+PACKAGES=(docker.io docker-registry debootstrap apache2-utils git python3-venv)
+[[ "${KILN_WITH_BROWSER:-0}" == 1 ]] && PACKAGES+=(chromium chromium-driver)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  ok "system packages present"
+  exit 0
+fi
+[[ $(id -u) == 0 ]] || die "installing ${missing[*]} needs root" "run 'sudo make up' once, or install them yourself: apt-get install ${missing[*]}"
+step "installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# docker.io's postinst tries to start the daemon through systemd, which is absent here; that is harmless.
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+ok "installed ${missing[*]}"

@@ -1,0 +1,28 @@
+# Shared helpers for the local-stack scripts: paths, messages, readiness waits.
+# Sourced, not run.
+KILN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+KILN_STATE="${KILN_STATE:-$KILN_ROOT/.state}"
+KILN_LOGS="$KILN_STATE/logs"
+mkdir -p "$KILN_LOGS"
+
+step() { printf '  .. %s\n' "$*"; }
+ok()   { printf '  ok %s\n' "$*"; }
+warn() { printf '  !! %s\n' "$*" >&2; }
+# die CAUSE FIX: stop with a message naming the cause and the fix, never a stack trace.
+die()  { printf '\nkiln: %s\n  fix: %s\n' "$1" "${2:-see docs/local-stack.md}" >&2; exit 1; }
+
+# wait_for DESCRIPTION TIMEOUT_S COMMAND...: poll COMMAND until it succeeds, or fail naming DESCRIPTION.
+wait_for() {
+  local what=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then return 1; fi
+    sleep 0.2
+  done
+}
+
+# port_open HOST PORT: true when something accepts TCP connections there.
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# pid_alive PIDFILE: true when the process recorded in PIDFILE runs.
+pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real infrastructure, started through the same scripts as `make up`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from kilnbus import BusProducer, BusSettings, Topics, ensure_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ROOT / "deploy" / "local"
+
+
+def run_script(script: str, *args: str, env: dict[str, str] | None = None) -> None:
+    """Run a deploy/local script, failing the test with its output if it fails."""
+    proc = subprocess.run(
+        ["bash", str(LOCAL / script), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{script} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The main broker on 127.0.0.1:9092 (idempotent start; left running for the next test run)."""
+    if bootstrap := os.environ.get("KILN_KAFKA_BOOTSTRAP"):
+        return bootstrap
+    run_script("kafka.sh", "start")
+    return "127.0.0.1:9092"
+
+
+@pytest.fixture
+def bus_settings(kafka_bootstrap: str) -> BusSettings:
+    """Settings with a topic prefix of this test's own, so tests never see each other's events."""
+    return BusSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        topic_prefix=f"test-{uuid.uuid4().hex[:10]}.",
+        topic_partitions=3,
+    )
+
+
+@pytest.fixture
+def topics(bus_settings: BusSettings) -> Topics:
+    return Topics(bus_settings.topic_prefix)
+
+
+@pytest.fixture
+async def producer(bus_settings: BusSettings, topics: Topics) -> AsyncIterator[BusProducer]:
+    await ensure_topics(bus_settings)
+    async with BusProducer(bus_settings) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Iterator[Path]:
+    yield ROOT
