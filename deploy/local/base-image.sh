@@ -29,6 +29,14 @@ if curl -fs -o /dev/null -H "Accept: application/vnd.docker.distribution.manifes
   exit 0
 fi
 
+if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  # Built before (an earlier checkout on this machine) but not in this registry: push, do not rebuild.
+  docker push -q "$IMAGE" >>"$KILN_LOGS/base-image.log" 2>&1 || die "pushing $IMAGE failed (log: $KILN_LOGS/base-image.log)" "check the registry: deploy/local/registry.sh status"
+  echo "$IMAGE" >"$KILN_STATE/base-image"
+  ok "base image $IMAGE pushed"
+  exit 0
+fi
+
 mirror() {
   if [[ -n ${KILN_DEBIAN_MIRROR:-} ]]; then echo "$KILN_DEBIAN_MIRROR"; return; fi
   local m

@@ -9,6 +9,7 @@ from kilnbus.codec import AvroCodec, DecodeError, UnknownSchemaError, default_co
 from kilnbus.consumer import BusConsumer, Delivery
 from kilnbus.lifecycle import run_service
 from kilnbus.producer import BusProducer
+from kilnbus.runner import serve_consumer
 from kilnbus.records import (
     BuildRequested,
     DeadLetter,
@@ -43,4 +44,5 @@ __all__ = [
     "default_codec",
     "ensure_topics",
     "run_service",
+    "serve_consumer",
 ]

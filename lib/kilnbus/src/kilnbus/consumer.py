@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
 
 
-@dataclass(frozen=True)
-class Delivery(Generic[R]):
+class Delivery(NamedTuple, Generic[R]):
     """A decoded record and where it sits in the log."""
 
     topic: str
@@ -83,6 +82,7 @@ class BusConsumer:
         retry_backoff_s: float = 0.2,
         max_backoff_s: float = 10.0,
         shutdown_grace_s: float = 30.0,
+        commit_interval_s: float = 0.2,
         **overrides: Any,
     ) -> None:
         self.group_id = group_id
@@ -95,7 +95,12 @@ class BusConsumer:
         self._retry_backoff_s = retry_backoff_s
         self._max_backoff_s = max_backoff_s
         self._shutdown_grace_s = shutdown_grace_s
+        self._commit_interval_s = commit_interval_s
+        self._inline = max_in_flight == 1
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._revoked: set[TopicPartition] = set()
+        self._commit_task: asyncio.Task[None] | None = None
+        self._last_commit = 0.0
         self._progress: dict[TopicPartition, _PartitionProgress] = {}
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._consumer = AIOKafkaConsumer(
@@ -116,32 +121,42 @@ class BusConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then shut down cleanly."""
+        stopped = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                batches = await self._fetch(stop)
+                batches = await self._fetch(stopped)
                 for tp, records in batches.items():
+                    progress = self._progress.setdefault(tp, _PartitionProgress())
                     for record in records:
+                        # A record not started is not committed: the next member of the group gets it.
+                        if stop.is_set() or tp in self._revoked:
+                            break
+                        if self._inline:
+                            await self._process(record)
+                            progress.next_offset = record.offset + 1
+                            continue
                         await self._slots.acquire()
-                        if stop.is_set():
-                            # Not started, so not committed: the next member of the group gets it.
+                        if stop.is_set() or tp in self._revoked:
                             self._slots.release()
                             break
-                        self._start_task(tp, record)
-                await self._commit()
+                        self._start_task(tp, progress, record)
+                self._commit_soon()
         finally:
+            stopped.cancel()
             await self._shutdown()
 
-    async def _fetch(self, stop: asyncio.Event) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    async def _fetch(self, stopped: asyncio.Future[Any]) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """The next batch, or nothing once ``stopped`` resolves (a fetch may wait up to half a second)."""
         fetch = asyncio.ensure_future(self._consumer.getmany(timeout_ms=500))
-        stopped = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
+        done, _ = await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
         if fetch in done:
             return fetch.result()
         fetch.cancel()
         return {}
 
     async def _shutdown(self) -> None:
+        if self._commit_task is not None:
+            await asyncio.wait([self._commit_task])
         if self._tasks:
             log.info("%s: finishing %d record(s) in hand", self.group_id, len(self._tasks))
             _, pending = await asyncio.wait(set(self._tasks), timeout=self._shutdown_grace_s)
@@ -154,8 +169,7 @@ class BusConsumer:
 
     # -- handling ------------------------------------------------------------------------------
 
-    def _start_task(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        progress = self._progress.setdefault(tp, _PartitionProgress())
+    def _start_task(self, tp: TopicPartition, progress: _PartitionProgress, record: ConsumerRecord[bytes, bytes]) -> None:
         progress.in_flight.add(record.offset)
         task = asyncio.create_task(self._process(record))
         self._tasks[task] = tp
@@ -223,6 +237,20 @@ class BusConsumer:
 
     # -- offsets -------------------------------------------------------------------------------
 
+    def _commit_soon(self) -> None:
+        """Commit handled offsets in the background, at most once per interval, never two at a time.
+
+        Committing after every batch would put a broker round trip between every fetch; a crash
+        between commits only redelivers records that idempotent handlers already saw.
+        """
+        if self._commit_task is not None and not self._commit_task.done():
+            return
+        now = time.monotonic()
+        if now - self._last_commit < self._commit_interval_s:
+            return
+        self._last_commit = now
+        self._commit_task = asyncio.create_task(self._commit())
+
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp, progress in self._progress.items():
@@ -243,12 +271,18 @@ class BusConsumer:
             self._progress[tp].committed = meta.offset
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._revoked |= revoked
         tasks = [t for t, tp in self._tasks.items() if tp in revoked]
         if tasks:
             await asyncio.wait(tasks, timeout=self._shutdown_grace_s)
+        if self._commit_task is not None:
+            await asyncio.wait([self._commit_task])
         await self._commit(only=revoked)
         for tp in revoked:
             self._progress.pop(tp, None)
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._revoked -= assigned
 
     async def lag(self) -> int:
         """Messages on the assigned partitions not yet consumed by this member."""
@@ -274,4 +308,4 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._consumer._on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        pass
+        self._consumer._on_assigned(set(assigned))

@@ -62,8 +62,14 @@ class Record:
 
     @classmethod
     def from_avro(cls: type[R], data: dict[str, Any]) -> R:
-        """Build the record from the dict fastavro read (already resolved to the current schema)."""
-        return cls(**data)
+        """Build the record from the dict fastavro read (already resolved to the current schema).
+
+        The reader schema guarantees every field is present, so ``__init__`` is skipped: it would
+        only check again what Avro resolution has already checked, on the consumer's hot path.
+        """
+        record = object.__new__(cls)
+        record.__dict__.update(data)
+        return record
 
 
 @dataclass
@@ -164,11 +170,10 @@ class PhaseEvent(Record):
 
     @classmethod
     def from_avro(cls, data: dict[str, Any]) -> PhaseEvent:
-        data = dict(data)
         data["phase"] = Phase(data["phase"])
-        if data.get("progress") is not None:
+        if data["progress"] is not None:
             data["progress"] = {k: LayerProgress(**v) for k, v in data["progress"].items()}
-        return cls(**data)
+        return super().from_avro(data)
 
 
 @dataclass

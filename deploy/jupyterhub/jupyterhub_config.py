@@ -1,0 +1,115 @@
+"""JupyterHub for Kiln on one machine: DockerSpawner with host networking, all on loopback.
+
+Read by deploy/local/hub.sh. Settings come from the environment, with the local stack's defaults:
+  KILN_STATE                  where the hub keeps its database, secrets and tokens
+  KILN_HUB_PORT / _API_PORT   the proxy's public port (8000) and the hub API's (8081)
+  KILN_REGISTRY_HOST          images from this registry may be launched (127.0.0.1:5000)
+  KILN_LAUNCHER_TOKEN_FILE    the launcher service's API token
+  KILN_HUB_AUTH               "none" (BinderHub's auth-free mode, default) or "dummy" (logged-in users)
+  KILN_CULL_IDLE_S            idle servers are stopped after this many seconds (600)
+"""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from dockerspawner import DockerSpawner
+from jupyterhub.utils import random_port
+
+c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
+
+state = Path(os.environ.get("KILN_STATE", ".state")) / "hub"
+state.mkdir(parents=True, exist_ok=True)
+registry = os.environ.get("KILN_REGISTRY_HOST", "127.0.0.1:5000")
+base_image_file = Path(os.environ.get("KILN_STATE", ".state")) / "base-image"
+base_image = base_image_file.read_text().strip() if base_image_file.exists() else f"{registry}/kiln/base:latest"
+
+
+class HostNetworkDockerSpawner(DockerSpawner):
+    """DockerSpawner for host networking: a free loopback port per server, no port bindings.
+
+    With network_mode=host Docker rejects port bindings, and `docker port` reports nothing, so the
+    spawner picks the port itself and tells the hub where the server is.
+    """
+
+    async def start(self):
+        self.port = random_port()
+        return await super().start()
+
+    async def get_ip_and_port(self):
+        return "127.0.0.1", self.port
+
+
+def allowed_images(spawner):
+    """Any image from Kiln's registry (the launcher asks for the one it built), else the base image."""
+    wanted = (spawner.user_options or {}).get("image", "")
+    if re.fullmatch(re.escape(registry) + r"/[a-z0-9._/-]+(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?", wanted):
+        return [wanted]
+    return [base_image]
+
+
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = int(os.environ.get("KILN_HUB_PORT", "8000"))
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = int(os.environ.get("KILN_HUB_API_PORT", "8081"))
+c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{int(os.environ.get('KILN_PROXY_API_PORT', '8001'))}"
+c.ConfigurableHTTPProxy.command = [os.environ.get("KILN_CHP", str(state / "chp/node_modules/.bin/configurable-http-proxy"))]
+c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+# The start request answers at once; the launcher follows the progress stream instead.
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 0
+c.JupyterHub.cleanup_servers = True
+
+c.JupyterHub.spawner_class = HostNetworkDockerSpawner
+c.DockerSpawner.network_name = "host"
+c.DockerSpawner.use_internal_ip = True
+c.DockerSpawner.remove = True
+c.DockerSpawner.pull_policy = "never"  # images come from Kiln's registry, pulled by the launcher's checks
+c.DockerSpawner.image = base_image
+c.DockerSpawner.allowed_images = allowed_images
+c.DockerSpawner.name_template = "kiln-{username}--{servername}"
+c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
+c.Spawner.ip = "127.0.0.1"
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 60
+c.Spawner.default_url = "/lab"
+# Binder links carry ?token=; JupyterHub 6 servers refuse that unless told otherwise.
+c.Spawner.environment = {"JUPYTERHUB_ALLOW_TOKEN_IN_URL": "1"}
+
+auth = os.environ.get("KILN_HUB_AUTH", "none")
+if auth == "none":
+    # BinderHub's auth-free mode: users are temporary and made by the launcher; nobody logs in.
+    c.JupyterHub.authenticator_class = "null"
+elif auth == "dummy":
+    c.JupyterHub.authenticator_class = "dummy"
+    c.Authenticator.allow_all = True
+else:
+    sys.exit(f"KILN_HUB_AUTH={auth!r}: expected 'none' or 'dummy'")
+
+token_file = Path(os.environ.get("KILN_LAUNCHER_TOKEN_FILE", state / "launcher-token"))
+c.JupyterHub.services = [
+    {"name": "kiln-launcher", "api_token": token_file.read_text().strip()},
+    {
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler",
+                    f"--timeout={int(os.environ.get('KILN_CULL_IDLE_S', '600'))}", "--remove-named-servers=true", "--cull-users=true"],
+    },
+]
+c.JupyterHub.load_roles = [
+    {
+        # Only what launching needs: make and remove temporary users, start/stop/watch their servers,
+        # and mint the token a server is reached with. Not admin.
+        "name": "kiln-launcher",
+        "scopes": ["admin:users", "admin:servers", "tokens", "read:hub"],
+        "services": ["kiln-launcher"],
+    },
+    {
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers", "admin:users"],
+        "services": ["idle-culler"],
+    },
+]

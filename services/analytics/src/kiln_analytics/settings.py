@@ -1,0 +1,9 @@
+"""The analytics service's settings, read once from the environment (prefix ``KILN_``)."""
+
+from __future__ import annotations
+
+from kilnbus import BusSettings
+
+
+class Settings(BusSettings):
+    """Everything the analytics service can be told; the bus settings included."""

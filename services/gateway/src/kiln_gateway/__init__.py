@@ -1,0 +1,1 @@
+"""Kiln gateway: BinderHub's public HTTP interface, fed from Kafka."""

@@ -1,0 +1,1 @@
+"""Kiln launcher service."""

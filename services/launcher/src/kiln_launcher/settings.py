@@ -1,0 +1,9 @@
+"""The launcher's settings, read once from the environment (prefix ``KILN_``)."""
+
+from __future__ import annotations
+
+from kilnbus import BusSettings
+
+
+class Settings(BusSettings):
+    """Everything the launcher can be told; the bus settings included."""
