@@ -6,6 +6,12 @@ source "$(dirname "$0")/lib.sh"
 
 PACKAGES=(docker.io docker-registry debootstrap apache2-utils git python3-venv)
 [[ "${KILN_WITH_BROWSER:-0}" == 1 ]] && PACKAGES+=(chromium chromium-driver)
+# Kafka runs on Java 17 and is fetched with Maven; configurable-http-proxy comes from npm.
+# Machines that already have them (from any source) keep theirs.
+command -v java >/dev/null || PACKAGES+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || PACKAGES+=(maven)
+command -v npm >/dev/null || PACKAGES+=(npm)
+command -v curl >/dev/null || PACKAGES+=(curl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -35,25 +35,28 @@ class BusProducer:
     ) -> None:
         self._codec = codec or default_codec()
         self._delivery_timeout_s = delivery_timeout_s
-        self._producer = AIOKafkaProducer(
+        self._options = {
             **settings.client_kwargs(),
-            acks="all",
-            enable_idempotence=True,
+            "acks": "all",
+            "enable_idempotence": True,
             # Low latency first: phase events are small and users watch them arrive.
-            linger_ms=overrides.pop("linger_ms", 0),
-            request_timeout_ms=overrides.pop("request_timeout_ms", 30_000),
+            "linger_ms": 0,
+            "request_timeout_ms": 30_000,
             **overrides,
-        )
+        }
+        self._producer: AIOKafkaProducer | None = None
         self._started = False
 
     async def start(self) -> None:
+        """Connect. The client is made here because aiokafka needs the running event loop."""
         assert not self._started, "BusProducer.start() called twice"
+        self._producer = AIOKafkaProducer(**self._options)
         await self._producer.start()
         self._started = True
 
     async def stop(self) -> None:
         """Flush what is queued, then close."""
-        if self._started:
+        if self._started and self._producer is not None:
             self._started = False
             await self._producer.stop()
 
@@ -69,6 +72,7 @@ class BusProducer:
         if not isinstance(record, topic.record):
             raise TypeError(f"{topic.name} carries {topic.record.__name__}, not {type(record).__name__}")
         value = self._codec.encode(record)
+        assert self._producer is not None, "BusProducer used before start()"
         return await self._producer.send(topic.name, value=value, key=key.encode() if key is not None else None)
 
     async def publish(self, topic: Topic, key: str | None, record: Record) -> RecordMetadata:
@@ -92,4 +96,5 @@ class BusProducer:
 
     async def send_raw(self, topic: str, key: bytes | None, value: bytes | None) -> RecordMetadata:
         """Publish bytes as they are (dead letters keep the original message untouched)."""
+        assert self._producer is not None, "BusProducer used before start()"
         return await self._producer.send_and_wait(topic, value=value, key=key)

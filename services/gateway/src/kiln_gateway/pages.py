@@ -1,0 +1,91 @@
+"""The HTML pages: home with its launch form, the /v2 loading page, about, errors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from kiln_gateway.buildtokens import BuildTokens
+from kiln_gateway.settings import Settings
+from kiln_gateway.specs import PROVIDERS, SpecError, launch_path, parse
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+def raw_tail(request: Request, prefix: str) -> str:
+    """The part of the *undecoded* path after ``prefix``: a git URL's ``%2F`` must stay encoded."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw.decode("latin-1")
+    return path[len(prefix):] if path.startswith(prefix) else request.path_params.get("spec", "")
+
+
+class Pages:
+    def __init__(self, settings: Settings, build_tokens: BuildTokens) -> None:
+        self._settings = settings
+        self._build_tokens = build_tokens
+        self._common = {
+            "base_url": settings.base_url,
+            "banner_message": settings.banner_message,
+            "about_message": settings.about_message,
+            "version": version("kiln-gateway"),
+            "og_title": "The Binder Project",
+        }
+
+    def _render(self, request: Request, name: str, status_code: int = 200, **extra: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, {**self._common, **extra}, status_code=status_code)
+
+    def error(self, request: Request, status: int, message: str) -> HTMLResponse:
+        reasons = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}
+        return self._render(request, "not_found.html", status, status=status, reason=reasons.get(status, "Error"), message=message)
+
+    async def home(self, request: Request) -> Response:
+        providers = [asdict(p) for p in PROVIDERS.values()]
+        for p in providers:
+            if p["detect"]:
+                p["detect"] = p["detect"].replace("(?P<", "(?<")  # JavaScript's named-group syntax
+        config = {"base": self._base(request), "providers": providers}
+        return self._render(request, "index.html", providers=list(PROVIDERS.values()), page_config=config)
+
+    async def about(self, request: Request) -> Response:
+        return self._render(request, "about.html")
+
+    async def loading(self, request: Request) -> Response:
+        provider = request.path_params["provider"]
+        spec = raw_tail(request, f"{self._settings.base_url}v2/{provider}/")
+        try:
+            launch = parse(provider, spec, self._settings.max_spec_length)
+            q = request.query_params
+            urlpath = launch_path(q.get("urlpath"), q.get("labpath"), q.get("filepath"))
+        except SpecError as exc:
+            return self.error(request, exc.status, str(exc))
+        origin = request.headers.get("host", "")
+        token = self._build_tokens.issue(provider, launch.spec, origin)
+        config = {
+            "base": self._base(request),
+            "buildUrl": f"{self._settings.base_url}build/{provider}/{launch.spec}?build_token={quote(token)}",
+            "urlpath": urlpath,
+        }
+        p = PROVIDERS[provider]
+        return self._render(request, "loading.html", spec=launch.spec, provider_name=p.display_name, page_config=config,
+                            og_title=f"{p.display_name}: {launch.spec}")
+
+    async def legacy_repo(self, request: Request) -> Response:
+        """``/repo/<user>/<repo>[/<path>]`` -> ``/v2/gh/<user>/<repo>/master[?urlpath=<path>]`` as BinderHub does."""
+        user, repo = request.path_params["user"], request.path_params["repo"]
+        path = request.path_params.get("path", "")
+        target = f"{self._settings.base_url}v2/gh/{quote(user)}/{quote(repo)}/master"
+        if path:
+            target += "?urlpath=" + quote(path, safe="")
+        return RedirectResponse(target, status_code=302)
+
+    def _base(self, request: Request) -> str:
+        if self._settings.badge_base_url:
+            return self._settings.badge_base_url.rstrip("/") + "/"
+        return str(request.base_url).rstrip("/") + self._settings.base_url

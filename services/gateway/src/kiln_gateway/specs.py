@@ -1,0 +1,122 @@
+"""Checking ``<provider>/<spec>`` at the door, before anything reaches the other services.
+
+Only the shape is checked here (the resolver decides whether a repository and ref exist), using
+the same rules as BinderHub's providers: a known prefix, the provider's spec layout, a sane ref,
+and no control characters or oversized input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+
+class SpecError(ValueError):
+    """A launch request that cannot be valid; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Provider:
+    """What the home page's form and the door check need to know about one provider."""
+
+    id: str
+    display_name: str
+    spec_pattern: str  # BinderHub's validateRegex
+    repo_label: str
+    placeholder: str
+    url_encode: bool
+    ref_enabled: bool
+    detect: str | None = None  # strips a pasted URL down to the repo part
+
+
+PROVIDERS: dict[str, Provider] = {
+    p.id: p
+    for p in (
+        Provider("gh", "GitHub", r"[^/]+/[^/]+/.+", "GitHub repository name or URL", "example: binder-examples/requirements",
+                 False, True, r"^(https?://github\.com/)?(?P<repo>.*[^/])/?$"),
+        Provider("gist", "Gist", r"[^/]+/[^/]+(/.*)?", "Gist ID (username/gistId) or URL", "example: jakevdp/7d3e2d3b39fcd1e1a8e3",
+                 False, True, r"^(https?://gist\.github\.com/)?(?P<repo>.*[^/])/?$"),
+        Provider("gl", "GitLab.com", r"[^/]+/.+", "GitLab.com repository or URL", "example: gitlab-org/gitlab-foss",
+                 True, True, r"^(https?://gitlab\.com/)?(?P<repo>.*[^/])/?$"),
+        Provider("git", "Git repository", r"[^/]+/.+", "Arbitrary git repository URL", "example: http://git.example.com/repo.git",
+                 True, True),
+        Provider("zenodo", "Zenodo DOI", r"10\.\d+/(.)+", "Zenodo DOI", "example: 10.5281/zenodo.3242074", False, False),
+        Provider("figshare", "Figshare DOI", r"10\.\d+/(.)+", "Figshare DOI", "example: 10.6084/m9.figshare.9782777.v1", False, False),
+        Provider("hydroshare", "Hydroshare resource", r"[^/]+", "Hydroshare resource id or URL",
+                 "example: 8f7c2f0341ef4180b0dd8d4fcd4ec26c", True, False),
+        Provider("dataverse", "Dataverse DOI", r"10\.\d+/(.)+", "Dataverse DOI", "example: 10.7910/DVN/TJCLKP", False, False),
+        Provider("ckan", "CKAN dataset", r"[^/]+(/.*)?", "CKAN dataset URL", "example: https://demo.ckan.org/dataset/sample-dataset-1",
+                 True, False),
+    )
+}
+
+# What git accepts as a ref name, roughly (git check-ref-format), plus the "HEAD" and sha forms.
+_BAD_REF = re.compile(r"(^[./-])|(\.\.)|([\x00-\x20\x7f~^:?*\[\\])|(@\{)|(\.lock$)|(/\.)|(//)|([./]$)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """A syntactically valid launch request."""
+
+    provider: str
+    spec: str
+    ref: str | None  # None for providers without refs
+
+
+def parse(provider: str, spec: str, max_length: int = 1024) -> LaunchSpec:
+    """Check a ``<provider>/<spec>`` pair; raise SpecError saying what is wrong."""
+    if provider not in PROVIDERS:
+        known = ", ".join(PROVIDERS)
+        raise SpecError(f"No provider found for prefix {provider!r}. Kiln knows: {known}.", 404)
+    if len(provider) + 1 + len(spec) > max_length:
+        raise SpecError(f"The spec is {len(spec)} characters long; at most {max_length - len(provider) - 1} are accepted.")
+    spec = spec.rstrip("/")
+    if not spec:
+        raise SpecError(f"The spec for {provider!r} is empty.")
+    if _CONTROL.search(spec) or _CONTROL.search(unquote(spec)):
+        raise SpecError("The spec contains control characters.")
+    p = PROVIDERS[provider]
+    if provider == "gh" and spec.count("/") == 1:
+        raise SpecError(f"{spec!r} has no ref; add one, e.g. {spec}/HEAD.")
+    if not re.fullmatch(p.spec_pattern, spec):
+        raise SpecError(f"{spec!r} is not a valid {p.display_name} spec; expected something like {p.placeholder.removeprefix('example: ')}"
+                        + ("/<ref>" if p.ref_enabled else "") + ".")
+    ref = None
+    if provider == "gh":
+        ref = spec.split("/", 2)[2]
+    elif provider in ("gl", "git"):
+        repo, _, ref = spec.rpartition("/")
+        if provider == "git":
+            url = unquote(repo)
+            if not re.match(r"^(https?|git|ssh)://[^/]+", url) and not re.match(r"^[\w.-]+@[\w.-]+:", url):
+                raise SpecError(f"{url!r} is not a git URL Kiln can clone (http, https, git or ssh).")
+    elif provider == "gist":
+        parts = spec.split("/", 2)
+        ref = parts[2] if len(parts) > 2 else "HEAD"
+    if ref is not None and ref != "HEAD" and _BAD_REF.search(unquote(ref)):
+        raise SpecError(f"{ref!r} is not a valid git ref.")
+    return LaunchSpec(provider, spec, ref)
+
+
+def launch_path(urlpath: str | None, labpath: str | None, filepath: str | None) -> str:
+    """The path inside the server to open (BinderHub's rules), refusing anything that climbs out of it."""
+    if labpath:
+        path = "doc/tree/" + labpath.strip("/")
+    elif filepath:
+        path = "tree/" + filepath.strip("/")
+    else:
+        path = (urlpath or "").lstrip("/")
+    decoded = unquote(unquote(path))
+    if _CONTROL.search(decoded):
+        raise SpecError("The path to open contains control characters.")
+    if any(part == ".." for part in re.split(r"[/\\]", decoded)):
+        raise SpecError("The path to open may not contain '..'.")
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", decoded) or decoded.startswith("//"):
+        raise SpecError("The path to open must be a path inside the server, not a URL.")
+    return path
