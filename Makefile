@@ -17,11 +17,11 @@ dev:         ## install the project into .venv
 	@deploy/local/install-system.sh && deploy/local/venv.sh
 
 test:        ## start what the tests need, then run every suite but the end-to-end one
-	@deploy/local/up.sh infra
+	@KILN_WITH_BROWSER=1 deploy/local/up.sh infra
 	@$(PY) -m pytest -m "not e2e"
 
 test-e2e:    ## the whole-system end-to-end suite alone
-	@deploy/local/up.sh infra
+	@KILN_WITH_BROWSER=1 deploy/local/up.sh infra
 	@$(PY) -m pytest -m e2e
 
 test-fast:   ## tests that need no infrastructure at all

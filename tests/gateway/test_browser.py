@@ -1,0 +1,114 @@
+"""The pages in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+Resolver, builder and launcher do not exist yet, so the test plays their phase events into Kafka
+itself (``scripted``), and a small HTTP server on loopback stands in for the Jupyter server the
+launcher will start; the browser must land on it with the token and the path the user asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from kilnbus import LaunchRequested, Phase, PhaseEvent
+from kilnbus.sealing import Sealer
+
+from .conftest import Gateway
+
+pytestmark = [pytest.mark.kafka, pytest.mark.browser,
+              pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make test installs it)")]
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def fake_server() -> Iterator[tuple[str, list[str]]]:
+    """Stands in for a started Jupyter server: records the paths the browser asks for."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            seen.append(self.path)
+            body = b"<html><title>JupyterLab stand-in</title><body>server</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/user/u/", seen
+    httpd.shutdown()
+
+
+@pytest.fixture
+async def browser() -> Any:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        yield b
+        await b.close()
+
+
+async def test_form_launch_shows_log_and_lands_on_the_server(
+    gateway: Gateway, scripted: Any, browser: Any, fake_server: tuple[str, list[str]], seal_key: str
+) -> None:
+    server_url, seen = fake_server
+    proceed = asyncio.Event()
+
+    async def launch(req: LaunchRequested) -> list[PhaseEvent]:
+        e = lambda phase, **kw: PhaseEvent(request_id=req.request_id, phase=phase, service="test", **kw)  # noqa: E731
+        first = [e(Phase.WAITING, message="Waiting for build to start...\n"),
+                 e(Phase.BUILDING, message="Step 1/2 : FROM kiln/base\n"),
+                 e(Phase.BUILDING, message="Step 2/2 : RUN pip install -r requirements.txt\n")]
+        for event in first:
+            await scripted_services.producer.publish(scripted_services.topics.phase_events, req.request_id, event)
+        await proceed.wait()  # the browser is looking at the log now
+        return [e(Phase.BUILT, image_name="img", message="Built image, launching...\n"),
+                e(Phase.LAUNCHING, message="Launching server...\n"),
+                e(Phase.READY, url=server_url, sealed_token=Sealer([seal_key]).seal("tok-123"), message="ready\n")]
+
+    scripted_services = await scripted(launch)
+    page = await browser.new_page()
+    await page.goto(gateway.url + "/")
+    await page.select_option("#provider", "gh")
+    await page.fill("#repo", "https://github.com/org/repo")
+    await page.fill("#ref", "main")
+    await page.fill("#path", "notebooks/intro.ipynb")
+    launch_url = await page.input_value("#launch-url")
+    assert launch_url == gateway.url + "/v2/gh/org/repo/main?urlpath=%2Fdoc%2Ftree%2Fnotebooks%2Fintro.ipynb"
+    assert (await page.input_value("#badge-md")) == f"[![Binder]({gateway.url}/badge_logo.svg)]({launch_url})"
+    assert (await page.input_value("#badge-rst")).startswith(f".. image:: {gateway.url}/badge_logo.svg\n :target: ")
+    await page.click("#launch")
+    await page.wait_for_url("**/v2/gh/org/repo/main?urlpath=*")
+    await page.wait_for_function("document.getElementById('log').textContent.includes('RUN pip install')", timeout=20_000)
+    assert await page.get_attribute("body", "data-phase") == "building"
+    proceed.set()
+    await page.wait_for_url(server_url + "**", timeout=20_000)
+    assert seen[-1] == "/user/u/doc/tree/notebooks/intro.ipynb?token=tok-123"
+    assert await page.title() == "JupyterLab stand-in"
+
+
+async def test_failure_page_shows_the_message_and_log(gateway: Gateway, scripted: Any, browser: Any) -> None:
+    await scripted(lambda req: [
+        PhaseEvent(request_id=req.request_id, phase=Phase.BUILDING, service="builder", message="ERROR: No matching distribution found for nopkg\n"),
+        PhaseEvent(request_id=req.request_id, phase=Phase.FAILED, service="builder", message="pip could not install nopkg\n"),
+    ])
+    page = await browser.new_page()
+    await page.goto(gateway.url + "/v2/gh/org/repo/main")
+    await page.wait_for_selector("#failure:not([hidden])", timeout=20_000)
+    assert "pip could not install nopkg" in await page.inner_text("#failure")
+    assert "No matching distribution found for nopkg" in await page.inner_text("#log")
+    assert await page.inner_text("#status-title") == "Launching your Binder failed!"
