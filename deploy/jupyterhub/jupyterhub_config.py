@@ -1,16 +1,20 @@
 """JupyterHub for Kiln on one machine: DockerSpawner with host networking, all on loopback.
 
 Read by deploy/local/hub.sh. Settings come from the environment, with the local stack's defaults:
-  KILN_STATE                  where the hub keeps its database, secrets and tokens
+  KILN_STATE                  where the hub's installation and service tokens are
+  KILN_HUB_DATA               this hub's database and secrets (default: $KILN_STATE/hub)
   KILN_HUB_PORT / _API_PORT   the proxy's public port (8000) and the hub API's (8081)
   KILN_REGISTRY_HOST          images from this registry may be launched (127.0.0.1:5000)
   KILN_LAUNCHER_TOKEN_FILE    the launcher service's API token
-  KILN_HUB_AUTH               "none" (BinderHub's auth-free mode, default) or "dummy" (logged-in users)
+  KILN_HUB_AUTH               "none" (BinderHub's auth-free mode, default) or "dummy" (logged-in users;
+                              the gateway becomes an OAuth client of the hub)
+  KILN_GATEWAY_OAUTH_CALLBACK the gateway's /oauth_callback URL, in the authenticated mode
   KILN_CULL_IDLE_S            idle servers are stopped after this many seconds (600)
 """
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -19,8 +23,13 @@ from jupyterhub.utils import random_port
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
+# Started in the background by a script, the hub inherits SIGINT as ignored, and so would the
+# services it starts (the idle culler), which then never stop when the hub asks them to.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 state = Path(os.environ.get("KILN_STATE", ".state")) / "hub"
-state.mkdir(parents=True, exist_ok=True)
+data = Path(os.environ.get("KILN_HUB_DATA", state))
+data.mkdir(parents=True, exist_ok=True)
 registry = os.environ.get("KILN_REGISTRY_HOST", "127.0.0.1:5000")
 base_image_file = Path(os.environ.get("KILN_STATE", ".state")) / "base-image"
 base_image = base_image_file.read_text().strip() if base_image_file.exists() else f"{registry}/kiln/base:latest"
@@ -53,11 +62,11 @@ c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = int(os.environ.get("KILN_HUB_PORT", "8000"))
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = int(os.environ.get("KILN_HUB_API_PORT", "8081"))
-c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
-c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
+c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(data / "cookie_secret")
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{int(os.environ.get('KILN_PROXY_API_PORT', '8001'))}"
 c.ConfigurableHTTPProxy.command = [os.environ.get("KILN_CHP", str(state / "chp/node_modules/.bin/configurable-http-proxy"))]
-c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
 # The start request answers at once; the launcher follows the progress stream instead.
 c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
 c.JupyterHub.allow_named_servers = True
@@ -99,6 +108,17 @@ c.JupyterHub.services = [
                     f"--timeout={int(os.environ.get('KILN_CULL_IDLE_S', '600'))}", "--remove-named-servers=true", "--cull-users=true"],
     },
 ]
+if auth == "dummy":
+    # The gateway logs users in through the hub (BinderHub's auth_enabled): an OAuth client whose
+    # secret is its service token. Its token needs no scopes of its own.
+    c.JupyterHub.services.append({
+        "name": "kiln-gateway",
+        "api_token": (state / "gateway-token").read_text().strip(),
+        "oauth_client_id": "service-kiln-gateway",
+        "oauth_redirect_uri": os.environ.get("KILN_GATEWAY_OAUTH_CALLBACK", "http://127.0.0.1:8585/oauth_callback"),
+        "oauth_no_confirm": True,
+    })
+
 c.JupyterHub.load_roles = [
     {
         # Only what launching needs: make and remove temporary users, start/stop/watch their servers,
@@ -113,3 +133,6 @@ c.JupyterHub.load_roles = [
         "services": ["idle-culler"],
     },
 ]
+if auth == "dummy":
+    # Every hub user may log into Kiln's gateway (and still reach their own servers).
+    c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", "access:services!service=kiln-gateway"]})

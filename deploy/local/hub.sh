@@ -4,15 +4,18 @@
 # The hub gets its own virtualenv (.state/hub/venv) and CHP its own npm prefix; the launcher's
 # service token is made once and kept in .state/hub/launcher-token.
 # Settings: KILN_HUB_PORT (8000), KILN_HUB_API_PORT (8081), KILN_PROXY_API_PORT (8001),
-# KILN_HUB_AUTH (none|dummy), KILN_HUB_URL (use an existing hub instead: nothing is started).
+# KILN_HUB_AUTH (none|dummy), KILN_HUB_URL (use an existing hub instead: nothing is started),
+# KILN_HUB_INSTANCE (main; another name keeps its own database and pid, sharing the installation).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 HUB="$KILN_STATE/hub"
 PORT=${KILN_HUB_PORT:-8000}
 API_PORT=${KILN_HUB_API_PORT:-8081}
 PROXY_API_PORT=${KILN_PROXY_API_PORT:-8001}
-PIDFILE="$HUB/jupyterhub.pid"
-LOG="$KILN_LOGS/jupyterhub.log"
+INSTANCE=${KILN_HUB_INSTANCE:-main}
+DATA="$HUB"; [[ $INSTANCE != main ]] && DATA="$HUB/instances/$INSTANCE"
+PIDFILE="$DATA/jupyterhub.pid"
+LOG="$KILN_LOGS/jupyterhub-$INSTANCE.log"
 REQS="$KILN_ROOT/deploy/jupyterhub/requirements.txt"
 CHP_VERSION=5.3.0
 
@@ -33,7 +36,9 @@ install() {
     npm install --prefix "$HUB/chp" --no-audit --no-fund "configurable-http-proxy@$CHP_VERSION" >"$KILN_LOGS/chp-install.log" 2>&1 \
       || die "installing configurable-http-proxy failed (log: $KILN_LOGS/chp-install.log)" "check that the npm registry is reachable"
   fi
-  [[ -s $HUB/launcher-token ]] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$HUB/launcher-token")
+  for who in launcher gateway; do
+    [[ -s $HUB/$who-token ]] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$HUB/$who-token")
+  done
 }
 
 start() {
@@ -48,8 +53,9 @@ start() {
   docker info >/dev/null 2>&1 || die "the Docker engine does not answer; DockerSpawner needs it" "run deploy/local/docker.sh start (make up does)"
   install
   step "starting JupyterHub on 127.0.0.1:$PORT"
+  mkdir -p "$DATA"
   # `cd` on its own, so that $! is the hub itself and not a subshell around it.
-  (cd "$HUB"; export KILN_STATE PATH="$HUB/venv/bin:$PATH"
+  (cd "$DATA"; export KILN_STATE KILN_HUB_DATA="$DATA" PATH="$HUB/venv/bin:$PATH"
    setsid nohup "$HUB/venv/bin/jupyterhub" -f "$KILN_ROOT/deploy/jupyterhub/jupyterhub_config.py" >"$LOG" 2>&1 </dev/null &
    echo $! >"$PIDFILE")
   if ! wait_for "hub" 60 curl -fs -o /dev/null "http://127.0.0.1:$API_PORT/hub/api/"; then
@@ -64,7 +70,7 @@ stop() {
   local pid; pid=$(cat "$PIDFILE")
   kill -TERM "$pid"; wait_for "hub exit" 30 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
   # The hub stops the proxy it started; make sure, since a stray proxy holds the port.
-  if [[ -f $HUB/proxy.pid ]]; then kill "$(cat "$HUB/proxy.pid")" 2>/dev/null || true; rm -f "$HUB/proxy.pid"; fi
+  if [[ -f $DATA/proxy.pid ]]; then kill "$(cat "$DATA/proxy.pid")" 2>/dev/null || true; rm -f "$DATA/proxy.pid"; fi
   rm -f "$PIDFILE"; ok "jupyterhub stopped"
 }
 

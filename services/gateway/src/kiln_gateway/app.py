@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -13,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -22,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kilnbus import BusProducer, Topics, ensure_topics
 from kilnbus.sealing import Sealer
 
+from kiln_gateway.auth import HubAuth
 from kiln_gateway.buildtokens import BuildTokens
 from kiln_gateway.eventids import EventIds
 from kiln_gateway.health import Health
@@ -80,9 +83,18 @@ def create_app(settings: Settings) -> Starlette:
         event_ids=EventIds(settings.resume_secret), build_tokens=build_tokens,
         rate_limiter=RateLimiter(settings.rate_limit, settings.rate_limit_period_s),
     )
+    auth = HubAuth(settings)
+    streams.auth = auth
     pages = Pages(settings, build_tokens)
     health = Health(settings, router)
     base = settings.base_url
+
+    def login_required(page: Any) -> Any:
+        async def guarded(request: Request) -> Response:
+            if auth.enabled and auth.user(request) is None:
+                return auth.login(request)
+            return await page(request)
+        return guarded
 
     async def build(request: Request) -> Response:
         request.path_params["spec"] = raw_tail(request, f"{base}build/{request.path_params['provider']}/")
@@ -95,10 +107,11 @@ def create_app(settings: Settings) -> Starlette:
             return Response(status_code=status)
         return JSONResponse(report, status_code=status)
 
+    kiln_version = version("kiln-gateway")  # read once: a metadata lookup costs milliseconds
+    versions_body = {"binderhub": kiln_version, "kiln": kiln_version, "builder_info": {"kiln": kiln_version}}
+
     async def versions(request: Request) -> Response:
-        return JSONResponse({"binderhub": version("kiln-gateway"), "kiln": version("kiln-gateway"),
-                             "builder_info": {"kiln-builder": version("kiln-gateway")}},
-                            headers={"Access-Control-Allow-Origin": settings.cors_allow_origin or "*"})
+        return JSONResponse(versions_body, headers={"Access-Control-Allow-Origin": settings.cors_allow_origin or "*"})
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -126,9 +139,10 @@ def create_app(settings: Settings) -> Starlette:
     ]
     if not settings.enable_api_only_mode:
         routes += [
-            Route(base, pages.home),
+            Route(base, login_required(pages.home)),
             Route(base + "about", pages.about),
-            Route(base + "v2/{provider}/{spec:anypath}", pages.loading),
+            Route(base + "v2/{provider}/{spec:anypath}", login_required(pages.loading)),
+            Route(base + "oauth_callback", auth.callback, name="oauth_callback"),
             Route(base + "repo/{user}/{repo}", pages.legacy_repo),
             Route(base + "repo/{user}/{repo}/{path:path}", pages.legacy_repo),
             Route(base + "assets/images/badge.svg", lambda r: FileResponse(STATIC / "badge.svg", media_type="image/svg+xml")),
@@ -155,6 +169,9 @@ def create_app(settings: Settings) -> Starlette:
         return pages.error(request, 404, f"There is no page at {request.url.path}.")
 
     middleware = [Middleware(BanMiddleware, settings=settings)]
+    if settings.auth_enabled:
+        middleware.append(Middleware(SessionMiddleware, secret_key=settings.session_secret, session_cookie="kiln-session",
+                                     same_site="lax", https_only=settings.hub_public_url.startswith("https")))
     if settings.cors_allow_origin:
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=[settings.cors_allow_origin],
                                         allow_methods=["GET", "HEAD", "OPTIONS"], allow_headers=["cache-control", "last-event-id"]))

@@ -48,6 +48,13 @@ class Settings(BusSettings):
     about_message: str = Field("", description="HTML shown on the about page.")
     banner_message: str = Field("", description="HTML shown in a bar on every page.")
     hub_api_url: str = Field("http://127.0.0.1:8081/hub/api", description="JupyterHub API, for /health and the authenticated mode.")
+    auth_enabled: bool = Field(False, description="Require a JupyterHub login; launches then belong to that hub user.")
+    hub_public_url: str = Field("http://127.0.0.1:8000", description="JupyterHub as browsers reach it (for the login redirect).")
+    hub_api_token: str = Field("", description="The gateway's own hub service token, its OAuth client secret (authenticated mode).")
+    oauth_client_id: str = Field("service-kiln-gateway", description="The gateway's OAuth client id at the hub.")
+    oauth_callback_url: str = Field("", description="Full URL of /oauth_callback as registered at the hub; default: derived from the request.")
+    session_secret: str = Field(default_factory=lambda: secrets.token_hex(32),
+                                description="Signs the login session cookie; share it across gateways.")
     health_cache_s: float = Field(10.0, ge=0, description="Seconds a /health result is reused.")
     service_groups: list[str] = Field(
         default_factory=lambda: ["kiln-resolver", "kiln-builder", "kiln-launcher"],

@@ -25,6 +25,7 @@ from kilnbus import BusProducer, LaunchRequested, Phase, Topics
 from kilnbus.sealing import Sealer
 
 from kiln_gateway import metrics
+from kiln_gateway.auth import HubAuth
 from kiln_gateway.buildtokens import BuildTokenError, BuildTokens
 from kiln_gateway.eventids import EventIds
 from kiln_gateway.projection import project
@@ -88,6 +89,7 @@ class LaunchStreams:
     event_ids: EventIds
     build_tokens: BuildTokens
     rate_limiter: RateLimiter
+    auth: HubAuth | None = None
 
     async def handle(self, request: Request) -> Response:
         provider = request.path_params["provider"]
@@ -97,6 +99,11 @@ class LaunchStreams:
             return failure("This endpoint streams events: send 'Accept: text/event-stream'.", 400)
         if label := banned(self.settings, ip):
             return failure(f"Requests from {label} are not allowed.", 403)
+        hub_user = None
+        if self.auth is not None and self.auth.enabled:
+            hub_user = self.auth.user(request)
+            if hub_user is None:
+                return failure("Authentication required: log in to this Binder first.", 403)
         try:
             launch = parse(provider, raw_spec, self.settings.max_spec_length)
         except SpecError as exc:
@@ -121,7 +128,7 @@ class LaunchStreams:
                 self.build_tokens.check(token, provider, launch.spec, origin_of(request))
             except BuildTokenError as exc:
                 return failure(str(exc), 403)
-        elif self.rate_limiter.limit:
+        elif self.rate_limiter.limit and hub_user is None:  # logged-in users are not rate limited (as BinderHub)
             verdict = self.rate_limiter.hit(ip)
             headers = {"x-ratelimit-limit": str(verdict.limit), "x-ratelimit-remaining": str(verdict.remaining),
                        "x-ratelimit-reset": str(verdict.reset_at)}
@@ -135,7 +142,7 @@ class LaunchStreams:
         try:
             await asyncio.wait_for(self.producer.publish(self.topics.launch_requested, request_id, LaunchRequested(
                 request_id=request_id, provider=provider, spec=launch.spec, launch_host=context["binder_launch_host"],
-                build_only=build_only, client_ip=ip or None,
+                build_only=build_only, client_ip=ip or None, hub_user=hub_user,
             )), self.settings.publish_timeout_s)
         except (KafkaError, TimeoutError) as exc:
             self.router.unsubscribe(sub)
