@@ -2,8 +2,50 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
 from kilnbus import BusSettings
 
 
+class SpecRule(BaseModel):
+    """A pattern over ``<provider>/<spec>`` (matched from the start, case-insensitively), with a reason."""
+
+    pattern: str
+    reason: str = ""
+
+
 class Settings(BusSettings):
-    """Everything the resolver can be told; the bus settings included."""
+    """Everything the resolver can be told; the bus settings included. Names follow BinderHub's."""
+
+    # Providers. Base URLs are settings so GitHub Enterprise and self-hosted GitLab work.
+    github_url: str = Field("https://github.com", description="GitHub's web and clone base URL (GitHub Enterprise: yours).")
+    github_api_url: str = Field("https://api.github.com", description="GitHub's REST API (GitHub Enterprise: https://HOST/api/v3).")
+    github_access_token: str = Field("", description="GitHub token: higher rate limit, private repositories.")
+    gist_url: str = Field("https://gist.github.com", description="Where gists are cloned from.")
+    allow_secret_gist: bool = Field(False, description="Allow launching secret (unlisted) gists.")
+    gitlab_url: str = Field("https://gitlab.com", description="GitLab's base URL; its API is under /api/v4.")
+    gitlab_access_token: str = Field("", description="GitLab token (sent as PRIVATE-TOKEN).")
+    git_allowed_protocols: list[str] = Field(["https", "http", "git", "ssh"], description="Schemes the git provider accepts.")
+    allowed_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="Git hosts that may resolve to private, loopback or link-local addresses (e.g. 127.0.0.1). "
+                    "Any other such host is refused, so Kiln cannot be used to probe internal networks.",
+    )
+    resolve_cache_s: float = Field(60.0, ge=0, description="How long a branch or tag stays resolved to the same commit.")
+    provider_timeout_s: float = Field(20.0, gt=0, description="Timeout of one provider API call or git ls-remote.")
+
+    # Images and the registry.
+    image_prefix: str = Field("127.0.0.1:5000/kiln/binder-", description="Prefix of every image name, registry host included.")
+    registry_url: str = Field("http://127.0.0.1:5000", description="The registry's API base URL.")
+    registry_username: str = Field("", description="Registry user (basic auth, or for the token server).")
+    registry_password: str = Field("", description="Registry password.")
+    registry_token_url: str = Field("", description="Token endpoint (e.g. https://auth.docker.io/token?service=registry.docker.io); "
+                                                    "empty: discovered from the registry's WWW-Authenticate challenge.")
+    registry_not_found_401: bool | None = Field(None, description="Treat 401 as 'not found' (Docker Hub's habit); default: only for *.docker.io.")
+
+    # Policy.
+    banned_specs: list[SpecRule] = Field(default_factory=list, description="Refused specs, with the reason shown to users.")
+    allowed_specs: list[str] = Field(default_factory=list, description="If any, only matching specs may launch.")
+    high_quota_specs: list[str] = Field(default_factory=list, description="Specs that get per_repo_quota_higher.")
+    per_repo_quota: int = Field(0, ge=0, description="Running servers allowed per repository; 0: no limit.")
+    per_repo_quota_higher: int = Field(0, ge=0, description="The quota for high_quota_specs.")

@@ -1,0 +1,44 @@
+"""Any git repository over HTTP(S), git or ssh, resolved with ``git ls-remote``."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote, urlsplit
+
+from kiln_resolver.netguard import check_public
+from kiln_resolver.providers.base import ResolveError, Resolution
+from kiln_resolver.providers.gitcli import ls_remote
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+class GitProvider:
+    name = "git"
+
+    def __init__(self, allowed_protocols: list[str], allowed_private_hosts: list[str], timeout: float) -> None:
+        self._protocols = allowed_protocols
+        self._allowed_hosts = allowed_private_hosts
+        self._timeout = timeout
+
+    async def resolve(self, spec: str) -> Resolution:
+        encoded_url, _, ref = spec.rpartition("/")
+        url = unquote(encoded_url)
+        ref = unquote(ref)
+        if m := re.match(r"^([\w.-]+)@([\w.-]+):(.+)$", url):  # scp-like user@host:path
+            url = f"ssh://{m.group(1)}@{m.group(2)}/{m.group(3)}"
+        parts = urlsplit(url)
+        if parts.scheme not in self._protocols:
+            raise ResolveError(f"Git URLs with scheme {parts.scheme!r} are not allowed here "
+                               f"(allowed: {', '.join(self._protocols)}).", "banned", 400)
+        if not parts.hostname:
+            raise ResolveError(f"{url!r} names no host.", "bad_spec", 400)
+        await check_public(parts.hostname, self._allowed_hosts)
+        if _SHA.match(ref):
+            sha = ref  # already exact; the build's fetch will say if it does not exist
+        else:
+            found = await ls_remote(url, ref, self._timeout)
+            if found is None:
+                raise ResolveError(f"Could not resolve ref {ref!r} of {url}: no such branch, tag or commit.", "ref_not_found", 404)
+            sha = found
+        return Resolution(provider=self.name, spec=spec, repo_url=url, ref=sha, ref_url=url,
+                          resolved_spec=f"{quote(url, safe='')}/{sha}", build_slug=url)

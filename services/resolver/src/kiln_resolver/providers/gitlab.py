@@ -1,0 +1,43 @@
+"""GitLab (gitlab.com or self-hosted), through its REST API v4."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+import httpx
+
+from kiln_resolver.providers.base import ResolveError, Resolution
+
+
+class GitLabProvider:
+    name = "gl"
+
+    def __init__(self, base_url: str, token: str, timeout: float) -> None:
+        self._web = base_url.rstrip("/")
+        headers = {"User-Agent": "kiln-resolver"} | ({"PRIVATE-TOKEN": token} if token else {})
+        self._client = httpx.AsyncClient(base_url=f"{self._web}/api/v4", headers=headers, timeout=timeout)
+
+    async def _get(self, path: str) -> httpx.Response:
+        try:
+            r = await self._client.get(path)
+        except httpx.HTTPError as exc:
+            raise ResolveError(f"GitLab at {self._web} could not be reached: {exc!r}", "provider_unreachable", 503) from None
+        if r.status_code >= 500:
+            raise ResolveError(f"GitLab answered {r.status_code}; try again shortly.", "provider_unreachable", 503)
+        return r
+
+    async def resolve(self, spec: str) -> Resolution:
+        encoded_ns, _, ref = spec.rpartition("/")
+        namespace = unquote(encoded_ns)
+        project = quote(namespace, safe="")
+        r = await self._get(f"/projects/{project}/repository/commits/{quote(unquote(ref), safe='')}")
+        if r.status_code != 200:
+            if (await self._get(f"/projects/{project}")).status_code == 404:
+                raise ResolveError(f"Project {namespace} not found on {self._web} (or not public).", "repo_not_found", 404)
+            raise ResolveError(f"Could not resolve ref {unquote(ref)!r} of {namespace}: no such branch, tag or commit.",
+                               "ref_not_found", 404)
+        sha = r.json()["id"]
+        slug = "-".join(part.replace("-", "_-") for part in namespace.split("/"))
+        return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{namespace}.git", ref=sha,
+                          ref_url=f"{self._web}/{namespace}/-/tree/{sha}", resolved_spec=f"{encoded_ns}/{sha}",
+                          build_slug=slug)
