@@ -1,17 +1,157 @@
-"""Placeholder handler until the builder is built: every request ends in a clear `failed` event, none hangs."""
+"""Handling build requests: fetch, plan, build (environment image, then repository image), push.
+
+The handler returns, and the request's offset is committed, only once its build has ended and
+``built`` (with the hub launch request) or ``failed`` has been published. A builder killed mid-build
+therefore has its requests delivered again after restart, and they are built again; ``built`` is
+only ever said after the push completed, so a half-pushed image is never reported as built.
+"""
 
 from __future__ import annotations
 
-from kilnbus import BusProducer, Delivery, BuildRequested, Phase, PhaseEvent, Topics
-from kilnbus.consumer import Handler
+import asyncio
+import hashlib
+import logging
+import shutil
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from kilnbus import BuildRequested, BusProducer, Delivery, HubLaunchRequested, LayerProgress, Phase, PhaseEvent, Topics
+
+from kiln_builder.buildpacks import ENTRYPOINT_SCRIPT, NB_UID, NB_USER, BuildpackError, plan
+from kiln_builder.builds import Builds, Job
+from kiln_builder.diagnose import diagnose
+from kiln_builder.executor import BuildExecutor, BuildFailed
+from kiln_builder.fetch import fetch
+from kiln_builder.settings import Settings
+
+log = logging.getLogger(__name__)
+PUSH_EVENT_INTERVAL_S = 1.5  # as BinderHub: a progress bar needs no more
 
 
-def make_handler(producer: BusProducer, topics: Topics) -> Handler:
-    async def handle(delivery: Delivery[BuildRequested]) -> None:
+class Builder:
+    def __init__(self, settings: Settings, producer: BusProducer, topics: Topics, executor: BuildExecutor) -> None:
+        self._s = settings
+        self._producer = producer
+        self._topics = topics
+        self._executor = executor
+        self.builds = Builds(settings.concurrent_builds, self._build, self._emit)
+        self._in_flight: set[str] = set()
+        self.completed = 0
+
+    async def _emit(self, request: BuildRequested, phase: Phase, fields: dict[str, Any]) -> None:
+        await self._producer.publish(self._topics.phase_events, request.request_id, PhaseEvent(
+            request_id=request.request_id, phase=phase, service="builder", **fields))
+
+    async def handle(self, delivery: Delivery[BuildRequested]) -> None:
         request = delivery.value
-        await producer.publish(topics.phase_events, request.request_id, PhaseEvent(
-            request_id=request.request_id, phase=Phase.FAILED, service="builder",
-            message="Kiln's builder is not available yet on this installation.\n", failure_cause="not_implemented",
-        ))
+        if request.request_id in self._in_flight:
+            return  # delivered twice while its build runs: the first delivery answers
+        self._in_flight.add(request.request_id)
+        try:
+            job = await self.builds.submit(request)
+            try:
+                await asyncio.shield(job.done)
+            except BuildFailed:
+                pass  # every request of the job was told why
+        finally:
+            self._in_flight.discard(request.request_id)
 
-    return handle
+    # -- one build -----------------------------------------------------------------------------
+
+    async def _build(self, job: Job, builds: Builds) -> None:
+        request = job.first
+        started = time.monotonic()
+        workdir = Path(self._s.work_dir) / hashlib.sha256(job.image.encode()).hexdigest()[:16]
+
+        async def fetching(line: str) -> None:
+            await builds.emit(job, Phase.FETCHING, message=line)
+
+        async def building(line: str) -> None:
+            await builds.emit(job, Phase.BUILDING, message=line)
+
+        try:
+            if await self._executor.has_image(job.image):
+                await building(f"Found {job.image} on this builder; pushing it.\n")
+            else:
+                await fetch(request.repo_url, request.ref, workdir, fetching, self._s.max_repo_bytes)
+                await self._build_image(job, workdir, building)
+            await self._push(job, builds)
+        except (BuildFailed, BuildpackError) as exc:
+            cause = getattr(exc, "cause", "unsupported_environment")
+            message = str(exc)
+            if isinstance(exc, BuildFailed) and cause == "build_failed":
+                message, cause = diagnose(message, job.lines, self._s.log_tail_lines)
+            log.info("build of %s failed (%s) after %.0fs", job.image, cause, time.monotonic() - started)
+            await builds.emit(job, Phase.FAILED, message=message.rstrip("\n") + "\n", failure_cause=cause, image_name=job.image)
+            raise BuildFailed(message, cause) from None
+        except Exception as exc:
+            log.exception("build of %s hit an unexpected error", job.image)
+            message = f"The builder hit an unexpected error: {exc!r}. Please try again; if it persists, tell this Binder's operators."
+            await builds.emit(job, Phase.FAILED, message=message + "\n", failure_cause="builder_error", image_name=job.image)
+            raise BuildFailed(message, "builder_error") from None
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        log.info("built %s in %.0fs for %d request(s)", job.image, time.monotonic() - started, len(job.subscribers))
+        self.completed += 1
+        await builds.emit(job, Phase.BUILT, message="Built image, launching...\n", image_name=job.image)
+        for req in list(job.subscribers.values()):
+            if req.launch:
+                await self._producer.publish(self._topics.hub_launch_requested, req.request_id, HubLaunchRequested(
+                    request_id=req.request_id, image_name=req.image_name, repo_url=req.repo_url, ref=req.ref,
+                    provider=req.provider, spec=req.spec, ref_url=req.ref_url, resolved_spec=req.resolved_spec,
+                    hub_user=req.hub_user, launch_host=req.launch_host, client_ip=req.client_ip))
+            else:
+                await self._emit(req, Phase.READY, {"message": "Done! Image built\n", "image_name": req.image_name})
+
+    async def _build_image(self, job: Job, repo: Path, building: Any) -> None:
+        request = job.first
+        labels = {"repo2docker.repo": request.repo_url, "repo2docker.ref": request.ref,
+                  "repo2docker.version": f"kiln-{version('kiln-builder')}"}
+        the_plan = plan(repo, self._s.base_image, self._s.offered_pythons, labels)
+        for line in the_plan.summary:
+            await building(f"Kiln: {line}\n")
+        timeout = self._s.build_timeout_s
+        if the_plan.kind == "dockerfile":
+            assert the_plan.dockerfile_path is not None
+            await self._executor.build(repo, the_plan.dockerfile_path.read_text(), job.image, building,
+                                       buildargs={"NB_USER": NB_USER, "NB_UID": str(NB_UID)}, timeout_s=timeout)
+            return
+        env_image = f"{self._s.env_image_prefix}:{the_plan.env_key}"
+        if await self._executor.has_image(env_image) or await self._executor.pull(env_image):
+            await building(f"Kiln: reusing the environment image {env_image} (same base image and environment files)\n")
+        else:
+            await building(f"Kiln: building the environment image {env_image}\n")
+            assert the_plan.env_dockerfile is not None
+            await self._executor.build(the_plan.env_files, the_plan.env_dockerfile, env_image, building, timeout_s=timeout)
+            await self._executor.push(env_image, self._ignore)  # shared with other builders; failures surface below
+        await self._executor.build(repo, the_plan.repo_dockerfile.replace("{env_image}", env_image), job.image, building,
+                                   timeout_s=timeout, extra_files={"kiln-entrypoint": ENTRYPOINT_SCRIPT.encode()})
+
+    @staticmethod
+    async def _ignore(_: dict[str, Any]) -> None:
+        return None
+
+    async def _push(self, job: Job, builds: Builds) -> None:
+        layers: dict[str, LayerProgress] = {}
+        last = 0.0
+        await builds.emit(job, Phase.PUSHING, message=f"Pushing {job.image}\n", progress={})
+
+        async def progress(chunk: dict[str, Any]) -> None:
+            nonlocal last
+            layer = chunk.get("id")
+            if not layer or "status" not in chunk:
+                return
+            detail = chunk.get("progressDetail") or {}
+            if detail.get("total"):
+                layers[layer] = LayerProgress(current=detail.get("current"), total=detail["total"])
+            elif chunk["status"] in ("Pushed", "Layer already exists", "Mounted from", "Waiting", "Preparing"):
+                layers[layer] = LayerProgress(status=chunk["status"])
+            now = time.monotonic()
+            if now - last >= PUSH_EVENT_INTERVAL_S:
+                last = now
+                await builds.emit(job, Phase.PUSHING, message="Pushing image\n", progress=dict(layers))
+
+        await self._executor.push(job.image, progress)
+        await builds.emit(job, Phase.PUSHING, message="Pushed image\n", progress=dict(layers))

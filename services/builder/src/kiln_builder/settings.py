@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from kilnbus import BusSettings
 
 
 class Settings(BusSettings):
     """Everything the builder can be told; the bus settings included."""
+
+    base_image: str = Field("127.0.0.1:5000/kiln/base:latest", description="The image every environment starts from.")
+    offered_pythons: list[str] = Field(["3.11"], description="Python versions the base image offers (runtime.txt); first is the default.")
+    env_image_prefix: str = Field("127.0.0.1:5000/kiln/env", description="Where shared environment images are pushed.")
+    registry_username: str = Field("", description="Registry user for pushes.")
+    registry_password: str = Field("", description="Registry password for pushes.")
+    docker_url: str = Field("", description="Docker engine URL; empty: the usual DOCKER_HOST or local socket.")
+    concurrent_builds: int = Field(2, ge=1, description="Builds running at once on this builder; more wait in a queue.")
+    build_timeout_s: float = Field(1800, gt=0, description="A build running longer is stopped.")
+    build_memory_limit: int = Field(4 * 2**30, ge=0, description="Memory a build may use, in bytes; 0: no limit.")
+    max_repo_bytes: int = Field(2**30, ge=0, description="Largest repository (checked out) that is built, in bytes.")
+    work_dir: str = Field("/tmp/kiln-builds", description="Where repositories are checked out while they build.")
+    log_tail_lines: int = Field(15, ge=0, description="Lines of the build log repeated in a failure message.")

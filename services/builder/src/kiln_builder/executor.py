@@ -1,0 +1,218 @@
+"""Where builds run. ``BuildExecutor`` is the interface; ``DockerExecutor`` runs builds on a Docker
+engine through its HTTP API (the Kubernetes executor, building in pods, implements the same).
+
+docker-py's streaming calls block, so each runs in a thread that hands lines to the event loop.
+A build is stopped by closing its HTTP connection, which makes the engine cancel it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import tarfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound
+
+LineSink = Callable[[str], Awaitable[None]]
+_RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})")
+ProgressSink = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class BuildFailed(Exception):
+    """The build stopped; ``reason`` says why in words a user can act on."""
+
+    def __init__(self, reason: str, cause: str = "build_failed") -> None:
+        super().__init__(reason)
+        self.cause = cause
+
+
+class BuildExecutor(Protocol):
+    async def build(self, context: dict[str, bytes] | Path, dockerfile: str, tag: str, on_line: LineSink,
+                    buildargs: dict[str, str] | None = None, timeout_s: float = 3600,
+                    extra_files: dict[str, bytes] | None = None) -> None: ...
+
+    def _remove_containers(self, ids: list[str]) -> None:
+        client = self._client()
+        try:
+            for cid in ids:
+                try:
+                    client.remove_container(cid, force=True)
+                except (APIError, DockerException):
+                    pass  # already gone
+        finally:
+            client.close()
+
+    async def push(self, image: str, on_progress: ProgressSink) -> None: ...
+
+    async def has_image(self, image: str) -> bool: ...
+
+
+def _tar_context(context: dict[str, bytes] | Path, dockerfile: str, extra: dict[str, bytes] | None = None) -> io.BytesIO:
+    """A build context as a tar stream, with the generated Dockerfile added as .kiln.Dockerfile."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        if isinstance(context, Path):
+            for path in sorted(context.rglob("*")):
+                rel = path.relative_to(context)
+                if rel.parts[0] == ".git":
+                    continue
+                tar.add(path, arcname=rel.as_posix(), recursive=False)
+        else:
+            for name, data in context.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        for name, content in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o755
+            tar.addfile(info, io.BytesIO(content))
+        data = dockerfile.encode()
+        info = tarfile.TarInfo(".kiln.Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+class DockerExecutor:
+    """Builds with the engine's (legacy) builder on the host network, under a memory limit."""
+
+    def __init__(self, base_url: str | None = None, memory_limit: int = 0, registry_auth: dict[str, str] | None = None) -> None:
+        self._base_url = base_url
+        self._memory_limit = memory_limit
+        self._auth = registry_auth or None
+
+    def _client(self) -> docker.APIClient:
+        if self._base_url:
+            return docker.APIClient(base_url=self._base_url, timeout=600)
+        return docker.from_env(timeout=600).api
+
+    async def _stream(self, start: Callable[[docker.APIClient], Iterator[dict[str, Any]]], sink: Callable[[dict[str, Any]], Awaitable[None]],
+                      timeout_s: float) -> None:
+        """Run a streaming engine call in a thread; pass each chunk to ``sink``; abort it on timeout."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        client = self._client()
+        done = object()
+
+        def pump() -> None:
+            try:
+                for chunk in start(client):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:  # handed to the loop, raised there
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        threading.Thread(target=pump, daemon=True, name="docker-stream").start()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                item = await asyncio.wait_for(queue.get(), remaining)
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    if isinstance(item, (APIError, DockerException)):
+                        raise BuildFailed(f"the Docker engine refused: {item}", "engine_error") from None
+                    raise item
+                await sink(item)
+        finally:
+            client.close()  # a build still running is cancelled by the engine when its connection closes
+
+    async def build(self, context: dict[str, bytes] | Path, dockerfile: str, tag: str, on_line: LineSink,
+                    buildargs: dict[str, str] | None = None, timeout_s: float = 3600,
+                    extra_files: dict[str, bytes] | None = None) -> None:
+        tar = await asyncio.to_thread(_tar_context, context, dockerfile, extra_files)
+        limits = {"memory": self._memory_limit, "memswap": self._memory_limit} if self._memory_limit else None
+        error: list[str] = []
+        step_containers: list[str] = []
+
+        async def sink(chunk: dict[str, Any]) -> None:
+            if "stream" in chunk:
+                for line in chunk["stream"].splitlines():
+                    if m := _RUNNING_IN.search(line):
+                        step_containers.append(m.group(1))
+                    if line.strip():
+                        await on_line(line + "\n")
+            elif "error" in chunk:
+                error.append(chunk["error"].strip())
+                await on_line(chunk["error"].rstrip() + "\n")
+
+        def start(client: docker.APIClient) -> Iterator[dict[str, Any]]:
+            return client.build(fileobj=tar, custom_context=True, dockerfile=".kiln.Dockerfile", tag=tag, rm=True, forcerm=True,
+                                network_mode="host", decode=True, buildargs=buildargs or {}, container_limits=limits, pull=False)
+
+        try:
+            await self._stream(start, sink, timeout_s)
+        except TimeoutError:
+            # Closing the connection stops the build between steps, not the step running now.
+            await asyncio.to_thread(self._remove_containers, step_containers)
+            limit = f"{timeout_s / 60:.0f} minutes" if timeout_s >= 120 else f"{timeout_s:.0f} seconds"
+            raise BuildFailed(f"The build took longer than the limit of {limit} and was stopped.", "build_timeout") from None
+        if error:
+            message = error[-1]
+            if re.search(r"returned a non-zero code: 137\b", message) and self._memory_limit:
+                raise BuildFailed(f"The build used more than its memory limit of {self._memory_limit / 2**30:.1f} GiB and was "
+                                  "stopped.", "build_memory")
+            raise BuildFailed(message)
+
+    def _remove_containers(self, ids: list[str]) -> None:
+        client = self._client()
+        try:
+            for cid in ids:
+                try:
+                    client.remove_container(cid, force=True)
+                except (APIError, DockerException):
+                    pass  # already gone
+        finally:
+            client.close()
+
+    async def push(self, image: str, on_progress: ProgressSink) -> None:
+        name, _, tag = image.rpartition(":")
+        error: list[str] = []
+
+        async def sink(chunk: dict[str, Any]) -> None:
+            if "error" in chunk:
+                error.append(chunk["error"])
+            await on_progress(chunk)
+
+        await self._stream(lambda c: c.push(name, tag=tag, stream=True, decode=True, auth_config=self._auth), sink, 3600)
+        if error:
+            raise BuildFailed(f"Pushing the image to the registry failed: {error[-1]}", "push_failed")
+
+    async def has_image(self, image: str) -> bool:
+        def inspect() -> bool:
+            client = self._client()
+            try:
+                client.inspect_image(image)
+                return True
+            except ImageNotFound:
+                return False
+            finally:
+                client.close()
+
+        return await asyncio.to_thread(inspect)
+
+    async def pull(self, image: str) -> bool:
+        """Fetch ``image`` from the registry if it is there (an environment image another builder made)."""
+        def pull() -> bool:
+            client = self._client()
+            try:
+                client.pull(image.rpartition(":")[0], tag=image.rpartition(":")[2], auth_config=self._auth)
+                return True
+            except (APIError, ImageNotFound):
+                return False
+            finally:
+                client.close()
+
+        return await asyncio.to_thread(pull)

@@ -1,0 +1,163 @@
+"""Builder fixtures: the real builder service (in this process) on the real Docker engine and
+registry, fed through Kafka, building repositories from tests/builder/repos served by the
+loopback git host. One builder serves the whole module."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest_asyncio
+
+from kilnbus import BuildRequested, BusProducer, BusSettings, Delivery, HubLaunchRequested, Phase, PhaseEvent, Topics, ensure_topics
+
+from kiln_builder.__main__ import serve
+from kiln_builder.settings import Settings
+
+from ..bus.helpers import Running, start_consumer, wait_until
+from ..support.githost import GitHost, git, make_repo, start_githost
+
+REPOS = Path(__file__).parent / "repos"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class BuildHarness:
+    settings: Settings
+    topics: Topics
+    producer: BusProducer
+    githost: GitHost
+    prefix: str
+    phases: dict[str, list[PhaseEvent]] = field(default_factory=lambda: defaultdict(list))
+    launches: list[HubLaunchRequested] = field(default_factory=list)
+    readers: list[Running] = field(default_factory=list)
+    tasks: list[tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=list)
+
+    async def collect(self, d: Delivery[Any]) -> None:
+        if isinstance(d.value, PhaseEvent):
+            self.phases[d.value.request_id].append(d.value)
+        else:
+            self.launches.append(d.value)
+
+    def serve_repo(self, name: str, files: dict[str, str] | None = None) -> tuple[str, str]:
+        """Publish tests/builder/repos/<name> (or ``files``) as a git repository: (url, commit)."""
+        path = self.githost.root / "t" / f"{name}-{uuid.uuid4().hex[:6]}"
+        if files is None:
+            files = {p.relative_to(REPOS / name).as_posix(): p.read_text() for p in (REPOS / name).rglob("*") if p.is_file()}
+        make_repo(path.parent, path.name, files)  # modes are not kept: the build makes postBuild and start executable
+        return f"{self.githost.url}/t/{path.name}", git(path, "rev-parse", "HEAD")
+
+    async def request(self, url: str, ref: str, image: str | None = None, launch: bool = True) -> tuple[str, str]:
+        rid = uuid.uuid4().hex
+        image = image or f"{self.prefix}{uuid.uuid4().hex[:10]}:{ref}"
+        await self.producer.publish(self.topics.build_requested, image, BuildRequested(
+            request_id=rid, image_name=image, repo_url=url, ref=ref, provider="git", spec=url, launch=launch))
+        return rid, image
+
+    def final(self, rid: str) -> PhaseEvent | None:
+        return next((e for e in reversed(self.phases.get(rid, [])) if e.phase in (Phase.BUILT, Phase.FAILED, Phase.READY)), None)
+
+    async def outcome(self, rid: str, timeout: float = 600) -> PhaseEvent:
+        await wait_until(lambda: self.final(rid) is not None, timeout, f"the build for {rid}")
+        final = self.final(rid)
+        assert final is not None
+        return final
+
+    def log(self, rid: str) -> str:
+        return "".join(e.message for e in self.phases[rid] if e.phase in (Phase.BUILDING, Phase.FETCHING))
+
+    async def start_builder(self, **overrides: Any) -> None:
+        stop = asyncio.Event()
+        self.tasks.append((asyncio.create_task(serve(self.settings.model_copy(update=overrides), stop)), stop))
+        await asyncio.sleep(2)
+
+    async def stop_builders(self) -> None:
+        for task, stop in self.tasks:
+            stop.set()
+            await asyncio.wait_for(task, 60)
+        self.tasks.clear()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def builder(tmp_path_factory: Any) -> AsyncIterator[BuildHarness]:
+    bus = BusSettings(topic_prefix=f"test-build-{uuid.uuid4().hex[:8]}.", topic_partitions=3)
+    await ensure_topics(bus)
+    topics = Topics(bus.topic_prefix)
+    root = tmp_path_factory.mktemp("git")
+    host = start_githost(root)
+    settings = Settings(**bus.model_dump(), base_image=(ROOT / ".state" / "base-image").read_text().strip(),
+                        work_dir=str(tmp_path_factory.mktemp("work")))
+    async with BusProducer(bus) as producer:
+        h = BuildHarness(settings, topics, producer, host, prefix=f"127.0.0.1:5000/kilntest-{uuid.uuid4().hex[:6]}/binder-")
+        h.readers.append(await start_consumer(bus, topics, [topics.phase_events, topics.hub_launch_requested], h.collect,
+                                              producer, group="builder-test-reader"))
+        await h.start_builder()
+        yield h
+        await h.stop_builders()
+        for r in h.readers:
+            await r.close()
+    host.server.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_in(image: str, command: str, timeout: float = 120) -> str:
+    """Run ``command`` in a fresh container of ``image`` (through its entrypoint) and return its output."""
+    out = subprocess.run(["docker", "run", "--rm", "--network", "host", image, "sh", "-c", command],
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def jupyter_answers(image: str) -> None:
+    """Start the image's Jupyter server on a free loopback port and check that it answers with its token."""
+    port, name = free_port(), f"kilntest-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["docker", "run", "-d", "--rm", "--network", "host", "--name", name, image, "jupyter", "server",
+                    "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--IdentityProvider.token=probe"],
+                   check=True, capture_output=True, timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/status", headers={"Authorization": "token probe"}, timeout=2)
+                assert r.status_code == 200
+                assert httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=2).status_code == 403
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr[-2000:]
+                    raise AssertionError(f"Jupyter in {image} did not answer:\n{logs}") from None
+                time.sleep(0.3)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def labels(image: str) -> dict[str, str]:
+    import json
+
+    out = subprocess.run(["docker", "image", "inspect", image, "--format", "{{json .Config.Labels}}"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def cleanup_images(prefix: str) -> None:
+    ids = subprocess.run(["docker", "images", "-q", "--filter", f"reference={prefix}*"], capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True)
+
+
+__all__ = ["BuildHarness", "jupyter_answers", "labels", "run_in", "cleanup_images", "shutil"]

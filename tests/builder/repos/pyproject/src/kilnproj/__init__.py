@@ -1,0 +1,1 @@
+VALUE = "installed from pyproject.toml"

@@ -1,0 +1,124 @@
+"""One build per image, the queue, limits, environment reuse, and a builder killed mid-build."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kilnbus import Phase
+
+from .conftest import ROOT, BuildHarness, run_in
+
+pytestmark = [pytest.mark.docker, pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+SLOW_POSTBUILD = "#!/bin/bash\nfor i in $(seq 1 {n}); do echo tick $i; sleep 1; done\n"
+
+
+def containers() -> set[str]:
+    return set(subprocess.run(["docker", "ps", "-aq", "--no-trunc"], capture_output=True, text=True).stdout.split())
+
+
+async def test_requests_for_one_image_share_one_build(builder: BuildHarness) -> None:
+    url, ref = builder.serve_repo("slow", {"requirements.txt": "six==1.16.0\n", "postBuild": SLOW_POSTBUILD.format(n=4)})
+    first, image = await builder.request(url, ref)
+    await asyncio.sleep(1.5)
+    others = [(await builder.request(url, ref, image=image))[0] for _ in range(4)]
+    outcomes = [await builder.outcome(rid) for rid in [first, *others]]
+    assert all(o.phase is Phase.BUILT for o in outcomes)
+    built_ids = {rid: set(re.findall(r"Running in ([0-9a-f]{12})", builder.log(rid))) for rid in [first, *others]}
+    assert all(ids == built_ids[first] and ids for ids in built_ids.values()), "every request saw the same, single build"
+    for rid in others:
+        assert "already building this image" in builder.phases[rid][0].message
+        assert "tick 1" in builder.log(rid), "a request that attaches late first receives the log so far"
+    assert sorted(launch.request_id for launch in builder.launches if launch.image_name == image) == sorted([first, *others])
+
+
+async def test_environment_image_is_reused_across_repositories(builder: BuildHarness) -> None:
+    reqs = {"requirements.txt": "six==1.16.0\ntoolz==0.12.1\n"}
+    url_a, ref_a = builder.serve_repo("env-a", {**reqs, "a.ipynb": "{}"})
+    url_b, ref_b = builder.serve_repo("env-b", {**reqs, "b.ipynb": "{}"})
+    rid_a, _ = await builder.request(url_a, ref_a)
+    assert (await builder.outcome(rid_a)).phase is Phase.BUILT
+    rid_b, image_b = await builder.request(url_b, ref_b)
+    assert (await builder.outcome(rid_b)).phase is Phase.BUILT
+    assert "reusing the environment image" in builder.log(rid_b)
+    assert "pip install" not in builder.log(rid_b).split("reusing the environment image")[1]
+    assert run_in(image_b, "ls ~/*.ipynb; python -c 'import toolz'") == "/home/jovyan/b.ipynb"
+
+
+async def test_queue_positions_time_limit_and_no_leftover_containers(builder: BuildHarness) -> None:
+    await builder.stop_builders()
+    await builder.start_builder(concurrent_builds=1, build_timeout_s=8)
+    try:
+        before = containers()
+        url, ref = builder.serve_repo("too-slow", {"postBuild": SLOW_POSTBUILD.format(n=120)})
+        slow, _ = await builder.request(url, ref)
+        await asyncio.sleep(1)
+        url2, ref2 = builder.serve_repo("queued", {"README.md": "queued\n"})
+        queued, _ = await builder.request(url2, ref2)
+        failed = await builder.outcome(slow)
+        assert (failed.phase, failed.failure_cause) == (Phase.FAILED, "build_timeout")
+        assert "took longer than the limit of 8 seconds" in failed.message
+        waits = [e for e in builder.phases[queued] if e.phase is Phase.WAITING]
+        assert waits[0].queue_position == 0 and "1 build(s) ahead of yours" in waits[0].message
+        assert (await builder.outcome(queued)).phase is Phase.BUILT
+        await asyncio.sleep(2)
+        assert containers() - before == set(), "the stopped build left no container behind"
+    finally:
+        await builder.stop_builders()
+        await builder.start_builder()
+
+
+async def test_memory_limit_stops_the_build(builder: BuildHarness) -> None:
+    await builder.stop_builders()
+    await builder.start_builder(build_memory_limit=128 * 2**20)
+    try:
+        hog = "#!/usr/bin/env python3\nchunks = []\nfor _ in range(64):\n    chunks.append(bytearray(16 * 2**20))\nprint('survived')\n"
+        url, ref = builder.serve_repo("hog", {"postBuild": hog})
+        rid, _ = await builder.request(url, ref)
+        outcome = await builder.outcome(rid)
+        assert (outcome.phase, outcome.failure_cause) == (Phase.FAILED, "build_memory")
+        assert "more than its memory limit of 0.1 GiB" in outcome.message
+    finally:
+        await builder.stop_builders()
+        await builder.start_builder()
+
+
+async def test_builder_killed_mid_build_is_rebuilt_after_restart(builder: BuildHarness) -> None:
+    """kill -9 of a builder process while it builds: the request is built again by its successor,
+    and ``built`` is said once, after the push."""
+    await builder.stop_builders()
+    url, ref = builder.serve_repo("killed", {"postBuild": SLOW_POSTBUILD.format(n=6), "README.md": "x\n"})
+    env = {**os.environ, "KILN_TOPIC_PREFIX": builder.settings.topic_prefix, "KILN_BASE_IMAGE": builder.settings.base_image,
+           "KILN_WORK_DIR": builder.settings.work_dir, "KILN_TOPIC_PARTITIONS": "3"}
+    log = open(Path(builder.settings.work_dir) / "killed-builder.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "kiln_builder"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await asyncio.sleep(3)
+        rid, image = await builder.request(url, ref)
+        for _ in range(300):
+            if "tick 2" in builder.log(rid):
+                break
+            await asyncio.sleep(0.1)
+        assert "tick 2" in builder.log(rid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert builder.final(rid) is None
+        await builder.start_builder(session_timeout_ms=6000)
+        outcome = await builder.outcome(rid, timeout=120)
+        assert outcome.phase is Phase.BUILT
+        await asyncio.sleep(1)
+        assert [e.phase for e in builder.phases[rid]].count(Phase.BUILT) == 1
+        assert [launch.request_id for launch in builder.launches].count(rid) == 1
+    finally:
+        proc.kill()
+        log.close()
+        await builder.stop_builders()
+        await builder.start_builder()
