@@ -14,7 +14,8 @@ import pytest
 
 from kilnbus import Phase
 
-from .conftest import ROOT, BuildHarness, run_in
+from ..bus.helpers import wait_until
+from .conftest import BuildHarness, run_in
 
 pytestmark = [pytest.mark.docker, pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -37,6 +38,7 @@ async def test_requests_for_one_image_share_one_build(builder: BuildHarness) -> 
     for rid in others:
         assert "already building this image" in builder.phases[rid][0].message
         assert "tick 1" in builder.log(rid), "a request that attaches late first receives the log so far"
+    await wait_until(lambda: len([x for x in builder.launches if x.image_name == image]) == 5, 10, "five launch requests")
     assert sorted(launch.request_id for launch in builder.launches if launch.image_name == image) == sorted([first, *others])
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from kilnbus import Phase
 
+from ..bus.helpers import wait_until
 from .conftest import BuildHarness, jupyter_answers, labels, run_in
 
 pytestmark = [pytest.mark.docker, pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -41,6 +42,8 @@ async def test_repository_builds_and_its_server_answers(builder: BuildHarness, r
     assert outcome.image_name == image
     phases = [e.phase for e in builder.phases[rid]]
     assert phases[0] is Phase.WAITING and Phase.FETCHING in phases and Phase.BUILDING in phases and Phase.PUSHING in phases
+    # The launch request follows the built event on another topic.
+    await wait_until(lambda: any(launch.request_id == rid for launch in builder.launches), 10, "the hub launch request")
     assert [launch.request_id for launch in builder.launches if launch.request_id == rid] == [rid]
     command, expected = BUILDS[repo]
     assert run_in(image, command) == expected

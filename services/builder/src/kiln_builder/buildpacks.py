@@ -46,6 +46,7 @@ class Plan:
     dockerfile_path: Path | None = None  # the repository's own Dockerfile
     python_version: str = ""
     summary: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def config_dir(repo: Path) -> Path:
@@ -156,7 +157,7 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     if root_dockerfile.exists() and re.search(r"^\s*FROM\s+andrewosh/binder-base", root_dockerfile.read_text(), re.M | re.I):
         raise BuildpackError("This Dockerfile builds on andrewosh/binder-base, which Binder stopped supporting in 2020.")
     if (cfg / "Dockerfile").exists():
-        return Plan(kind="dockerfile", dockerfile_path=cfg / "Dockerfile", summary=[f"Using {prefix}Dockerfile"])
+        return Plan(kind="dockerfile", dockerfile_path=cfg / "Dockerfile", summary=[f"Using {prefix}Dockerfile"], labels=labels)
     _unsupported(repo, cfg)
 
     version = python_version(cfg, offered_pythons)
@@ -203,17 +204,19 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
 
     key_material = [base_image.encode(), version.encode()] + [name.encode() + b"\0" + data for name, data in sorted(env_files.items())]
     env_key = hashlib.sha256(b"\0\0".join(key_material)).hexdigest()[:20]
-    env_lines = [f"FROM {base_image}", "USER root"]
+    # Every instruction costs the legacy builder a container, so there are as few as the rules allow:
+    # COPY --chown needs no USER switch, and the base image already runs as jovyan in its home.
+    env_lines = [f"FROM {base_image}"]
     if env_files:
         env_lines.append(f"COPY --chown={NB_UID}:{NB_UID} . /tmp/kiln-env/")
     if apt:
-        env_lines.append("RUN apt-get update -qq && xargs -a /tmp/kiln-env/apt.txt apt-get install -y -qq --no-install-recommends"
-                         " && apt-get clean && rm -rf /var/lib/apt/lists/*")
-    env_lines.append(f"USER {NB_USER}")
+        env_lines += ["USER root",
+                      "RUN apt-get update -qq && xargs -a /tmp/kiln-env/apt.txt apt-get install -y -qq --no-install-recommends"
+                      " && apt-get clean && rm -rf /var/lib/apt/lists/*", f"USER {NB_USER}"]
     env_lines += [f"RUN {step}" for step in env_steps]
-    env_lines.append(f'LABEL org.kiln.env="{env_key}"')
+    env_lines.append(f'ENV PYTHONUNBUFFERED=1\nLABEL org.kiln.env="{env_key}"')
 
-    repo_lines = ["FROM {env_image}", "USER root", f"COPY --chown={NB_UID}:{NB_UID} . {HOME}/", f"USER {NB_USER}", f"WORKDIR {HOME}"]
+    repo_lines = ["FROM {env_image}", f"COPY --chown={NB_UID}:{NB_UID} . {HOME}/"]
     repo_lines += [f"RUN {step}" for step in repo_steps]
     if (cfg / "postBuild").exists():
         repo_lines.append(f"RUN chmod +x {prefix}postBuild && ./{prefix}postBuild")
@@ -224,10 +227,10 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
                        f"ENV R2D_ENTRYPOINT={HOME}/{prefix}start",
                        'ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/usr/local/bin/kiln-entrypoint"]']
         summary.append("start")
-    # Labels last and in one instruction, so changing them rebuilds nothing else (as repo2docker).
-    repo_lines += ["ENV PYTHONUNBUFFERED=1", "LABEL " + " ".join(f"{k}={json.dumps(v)}" for k, v in labels.items())]
+    # Labels last and in one instruction (the build API's labels parameter costs a step per label).
+    repo_lines.append("LABEL " + " ".join(f"{k}={json.dumps(v)}" for k, v in labels.items()))
     return Plan(kind="python", env_dockerfile="\n".join(env_lines) + "\n", env_files=env_files, env_key=env_key,
-                repo_dockerfile="\n".join(repo_lines) + "\n", python_version=version, summary=summary)
+                repo_dockerfile="\n".join(repo_lines) + "\n", python_version=version, summary=summary, labels=labels)
 
 
 ENTRYPOINT_SCRIPT = """#!/bin/sh

@@ -32,6 +32,7 @@ class Job:
     history: list[tuple[Phase, dict[str, Any]]] = field(default_factory=list)
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     lines: list[str] = field(default_factory=list)
+    env_image_to_push: str | None = None
 
 
 class Builds:

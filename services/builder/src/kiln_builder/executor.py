@@ -36,7 +36,7 @@ class BuildFailed(Exception):
 class BuildExecutor(Protocol):
     async def build(self, context: dict[str, bytes] | Path, dockerfile: str, tag: str, on_line: LineSink,
                     buildargs: dict[str, str] | None = None, timeout_s: float = 3600,
-                    extra_files: dict[str, bytes] | None = None) -> None: ...
+                    extra_files: dict[str, bytes] | None = None, labels: dict[str, str] | None = None) -> None: ...
 
     def _remove_containers(self, ids: list[str]) -> None:
         client = self._client()
@@ -131,7 +131,7 @@ class DockerExecutor:
 
     async def build(self, context: dict[str, bytes] | Path, dockerfile: str, tag: str, on_line: LineSink,
                     buildargs: dict[str, str] | None = None, timeout_s: float = 3600,
-                    extra_files: dict[str, bytes] | None = None) -> None:
+                    extra_files: dict[str, bytes] | None = None, labels: dict[str, str] | None = None) -> None:
         tar = await asyncio.to_thread(_tar_context, context, dockerfile, extra_files)
         limits = {"memory": self._memory_limit, "memswap": self._memory_limit} if self._memory_limit else None
         error: list[str] = []
@@ -150,7 +150,8 @@ class DockerExecutor:
 
         def start(client: docker.APIClient) -> Iterator[dict[str, Any]]:
             return client.build(fileobj=tar, custom_context=True, dockerfile=".kiln.Dockerfile", tag=tag, rm=True, forcerm=True,
-                                network_mode="host", decode=True, buildargs=buildargs or {}, container_limits=limits, pull=False)
+                                network_mode="host", decode=True, buildargs=buildargs or {}, container_limits=limits, pull=False,
+                                labels=labels or None)
 
         try:
             await self._stream(start, sink, timeout_s)

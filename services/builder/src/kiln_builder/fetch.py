@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 
 from kiln_builder.executor import BuildFailed, LineSink
 
+_PROGRESS = re.compile(r"\d+% \(\d+/\d+\)")
 _ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
 
 
@@ -26,7 +28,10 @@ async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: fl
             # git redraws progress with \r; send each finished line once
             *done, buf = buf.replace(b"\r", b"\n").split(b"\n")
             for raw in done:
-                if line := raw.decode(errors="replace").strip():
+                line = raw.decode(errors="replace").strip()
+                if _PROGRESS.search(line) and not line.endswith("done."):
+                    continue  # git redraws these many times a second; the finished line says it all
+                if line:
                     lines.append(line)
                     await on_line(line + "\n")
 

@@ -28,6 +28,7 @@ from kiln_builder.settings import Settings
 
 log = logging.getLogger(__name__)
 PUSH_EVENT_INTERVAL_S = 1.5  # as BinderHub: a progress bar needs no more
+LOG_PHASES = (Phase.FETCHING, Phase.BUILDING)
 
 
 class Builder:
@@ -38,11 +39,19 @@ class Builder:
         self._executor = executor
         self.builds = Builds(settings.concurrent_builds, self._build, self._emit)
         self._in_flight: set[str] = set()
+        self._pending: list[asyncio.Future[Any]] = []
         self.completed = 0
 
     async def _emit(self, request: BuildRequested, phase: Phase, fields: dict[str, Any]) -> None:
-        await self._producer.publish(self._topics.phase_events, request.request_id, PhaseEvent(
-            request_id=request.request_id, phase=phase, service="builder", **fields))
+        event = PhaseEvent(request_id=request.request_id, phase=phase, service="builder", **fields)
+        if phase in LOG_PHASES:
+            # Log lines are not awaited one by one (a broker round trip each): the idempotent producer
+            # keeps them in order, and the next phase change waits for all of them.
+            self._pending.append(await self._producer.send(self._topics.phase_events, request.request_id, event))
+            return
+        pending, self._pending = self._pending, []
+        await asyncio.gather(*pending)
+        await self._producer.publish(self._topics.phase_events, request.request_id, event)
 
     async def handle(self, delivery: Delivery[BuildRequested]) -> None:
         request = delivery.value
@@ -116,7 +125,8 @@ class Builder:
         if the_plan.kind == "dockerfile":
             assert the_plan.dockerfile_path is not None
             await self._executor.build(repo, the_plan.dockerfile_path.read_text(), job.image, building,
-                                       buildargs={"NB_USER": NB_USER, "NB_UID": str(NB_UID)}, timeout_s=timeout)
+                                       buildargs={"NB_USER": NB_USER, "NB_UID": str(NB_UID)}, timeout_s=timeout,
+                                       labels=the_plan.labels)
             return
         env_image = f"{self._s.env_image_prefix}:{the_plan.env_key}"
         if await self._executor.has_image(env_image) or await self._executor.pull(env_image):
@@ -125,7 +135,7 @@ class Builder:
             await building(f"Kiln: building the environment image {env_image}\n")
             assert the_plan.env_dockerfile is not None
             await self._executor.build(the_plan.env_files, the_plan.env_dockerfile, env_image, building, timeout_s=timeout)
-            await self._executor.push(env_image, self._ignore)  # shared with other builders; failures surface below
+            job.env_image_to_push = env_image
         await self._executor.build(repo, the_plan.repo_dockerfile.replace("{env_image}", env_image), job.image, building,
                                    timeout_s=timeout, extra_files={"kiln-entrypoint": ENTRYPOINT_SCRIPT.encode()})
 
@@ -155,3 +165,6 @@ class Builder:
 
         await self._executor.push(job.image, progress)
         await builds.emit(job, Phase.PUSHING, message="Pushed image\n", progress=dict(layers))
+        if job.env_image_to_push:
+            # After the image built on it, whose push carried its layers: this costs only a manifest.
+            await self._executor.push(job.env_image_to_push, self._ignore)
