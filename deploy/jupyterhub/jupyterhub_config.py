@@ -49,6 +49,17 @@ class HostNetworkDockerSpawner(DockerSpawner):
     async def get_ip_and_port(self):
         return "127.0.0.1", self.port
 
+    def get_env(self):
+        """BinderHub's launch metadata for the server, from the launcher's user options."""
+        env = super().get_env()
+        options = self.user_options or {}
+        for key, name in (("repo_url", "BINDER_REPO_URL"), ("binder_ref_url", "BINDER_REF_URL"),
+                          ("binder_launch_host", "BINDER_LAUNCH_HOST"), ("binder_request", "BINDER_REQUEST"),
+                          ("binder_persistent_request", "BINDER_PERSISTENT_REQUEST"), ("binder_client_ip", "BINDER_CLIENT_IP")):
+            if options.get(key):
+                env[name] = str(options[key])
+        return env
+
 
 def allowed_images(spawner):
     """Any image from Kiln's registry (the launcher asks for the one it built), else the base image."""
@@ -73,11 +84,23 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 0
 c.JupyterHub.cleanup_servers = True
 
+auth = os.environ.get("KILN_HUB_AUTH", "none")
+if auth == "none":
+    # BinderHub's auth-free mode: users are temporary and made by the launcher; nobody logs in.
+    c.JupyterHub.authenticator_class = "null"
+elif auth == "dummy":
+    c.JupyterHub.authenticator_class = "dummy"
+    c.Authenticator.allow_all = True
+else:
+    sys.exit(f"KILN_HUB_AUTH={auth!r}: expected 'none' or 'dummy'")
+
 c.JupyterHub.spawner_class = HostNetworkDockerSpawner
 c.DockerSpawner.network_name = "host"
 c.DockerSpawner.use_internal_ip = True
 c.DockerSpawner.remove = True
-c.DockerSpawner.pull_policy = "never"  # images come from Kiln's registry, pulled by the launcher's checks
+# Images come only from Kiln's own registry (allowed_images), which is on this machine: pull what the
+# engine lacks (built by another builder, or pruned), never anything from elsewhere.
+c.DockerSpawner.pull_policy = "ifnotpresent"
 c.DockerSpawner.image = base_image
 c.DockerSpawner.allowed_images = allowed_images
 c.DockerSpawner.name_template = "kiln-{username}--{servername}"
@@ -89,23 +112,15 @@ c.Spawner.default_url = "/lab"
 # Binder links carry ?token=; JupyterHub 6 servers refuse that unless told otherwise.
 c.Spawner.environment = {"JUPYTERHUB_ALLOW_TOKEN_IN_URL": "1"}
 
-auth = os.environ.get("KILN_HUB_AUTH", "none")
-if auth == "none":
-    # BinderHub's auth-free mode: users are temporary and made by the launcher; nobody logs in.
-    c.JupyterHub.authenticator_class = "null"
-elif auth == "dummy":
-    c.JupyterHub.authenticator_class = "dummy"
-    c.Authenticator.allow_all = True
-else:
-    sys.exit(f"KILN_HUB_AUTH={auth!r}: expected 'none' or 'dummy'")
-
 token_file = Path(os.environ.get("KILN_LAUNCHER_TOKEN_FILE", state / "launcher-token"))
 c.JupyterHub.services = [
     {"name": "kiln-launcher", "api_token": token_file.read_text().strip()},
     {
         "name": "idle-culler",
+        # Temporary users go with their servers; logged-in users (the authenticated mode) stay.
         "command": [sys.executable, "-m", "jupyterhub_idle_culler",
-                    f"--timeout={int(os.environ.get('KILN_CULL_IDLE_S', '600'))}", "--remove-named-servers=true", "--cull-users=true"],
+                    f"--timeout={int(os.environ.get('KILN_CULL_IDLE_S', '600'))}", "--remove-named-servers=true",
+                    f"--cull-users={'true' if auth == 'none' else 'false'}"],
     },
 ]
 if auth == "dummy":

@@ -24,11 +24,23 @@ start_one() {
       "stop that program (ss -ltnp 'sport = :$KILN_GATEWAY_PORT' shows it) or set KILN_GATEWAY_PORT"
   fi
   : >"$KILN_LOGS/$s.log"
-  KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE" setsid nohup "$VENV/bin/kiln-$s" >>"$KILN_LOGS/$s.log" 2>&1 </dev/null &
+  # Each service gets only its own secrets: the hub token of its own service account, and the
+  # sealing key for the two that seal and open server tokens.
+  local token="" seal=""
+  case $s in
+    launcher) token=$(cat "$KILN_STATE/hub/launcher-token" 2>/dev/null); seal=$SEAL_KEYS ;;
+    gateway) token=$(cat "$KILN_STATE/hub/gateway-token" 2>/dev/null); seal=$SEAL_KEYS ;;
+  esac
+  KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE" KILN_HUB_API_TOKEN="${KILN_HUB_API_TOKEN:-$token}" \
+    KILN_TOKEN_SEAL_KEYS="${KILN_TOKEN_SEAL_KEYS:-$seal}" \
+    setsid nohup "$VENV/bin/kiln-$s" >>"$KILN_LOGS/$s.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
 }
 
 start() {
+  local keyfile="$KILN_STATE/token-seal-key"
+  [[ -s $keyfile ]] || (umask 077; "$VENV/bin/kiln-keygen" >"$keyfile")
+  SEAL_KEYS="[\"$(cat "$keyfile")\"]"
   for s in "${names[@]}"; do start_one "$s"; done
   for s in "${names[@]}"; do
     if ! wait_for "$s" 60 ready "$s"; then

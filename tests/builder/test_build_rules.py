@@ -29,7 +29,7 @@ BUILDS = {
     "postbuild": ("cat ~/postbuild-ran", "postBuild ran as jovyan"),
     "start": ("echo started=$KILN_STARTED", "started=yes"),
     "binder_dir": ("python -c 'import six; print(six.__version__)'", "1.16.0"),
-    "none": ("whoami; python -c 'import jupyterlab; print(\"lab\")'", "jovyan\nlab"),
+    "none": ("whoami; python -c 'import jupyterlab; print(\"lab\")'; ls -A ~ | grep -c kiln || true", "jovyan\nlab\n0"),
 }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 NB_USER, NB_UID = "jovyan", 1000
+REPO_SUBDIR = "repo"  # where the repository sits in the build context, beside Kiln's own files
 HOME = f"/home/{NB_USER}"
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # what Debian allows, and no shell syntax
 _LOCAL_REQ = re.compile(r"^\s*(-r|--requirement|-c|--constraint|-e|--editable)?\s*(\.|file:|/|\.\./)", re.MULTILINE)
@@ -216,7 +217,7 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     env_lines += [f"RUN {step}" for step in env_steps]
     env_lines.append(f'ENV PYTHONUNBUFFERED=1\nLABEL org.kiln.env="{env_key}"')
 
-    repo_lines = ["FROM {env_image}", f"COPY --chown={NB_UID}:{NB_UID} . {HOME}/"]
+    repo_lines = ["FROM {env_image}", f"COPY --chown={NB_UID}:{NB_UID} {REPO_SUBDIR}/ {HOME}/"]
     repo_lines += [f"RUN {step}" for step in repo_steps]
     if (cfg / "postBuild").exists():
         repo_lines.append(f"RUN chmod +x {prefix}postBuild && ./{prefix}postBuild")

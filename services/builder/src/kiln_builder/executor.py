@@ -36,7 +36,8 @@ class BuildFailed(Exception):
 class BuildExecutor(Protocol):
     async def build(self, context: dict[str, bytes] | Path, dockerfile: str, tag: str, on_line: LineSink,
                     buildargs: dict[str, str] | None = None, timeout_s: float = 3600,
-                    extra_files: dict[str, bytes] | None = None, labels: dict[str, str] | None = None) -> None: ...
+                    extra_files: dict[str, bytes] | None = None, labels: dict[str, str] | None = None,
+                    subdir: str = "") -> None: ...
 
     def _remove_containers(self, ids: list[str]) -> None:
         client = self._client()
@@ -54,8 +55,13 @@ class BuildExecutor(Protocol):
     async def has_image(self, image: str) -> bool: ...
 
 
-def _tar_context(context: dict[str, bytes] | Path, dockerfile: str, extra: dict[str, bytes] | None = None) -> io.BytesIO:
-    """A build context as a tar stream, with the generated Dockerfile added as .kiln.Dockerfile."""
+def _tar_context(context: dict[str, bytes] | Path, dockerfile: str, extra: dict[str, bytes] | None = None,
+                 subdir: str = "") -> io.BytesIO:
+    """A build context as a tar stream, with the generated Dockerfile added as .kiln.Dockerfile.
+
+    With ``subdir``, a repository goes under that folder, so that ``COPY subdir/`` takes only its
+    files and not Kiln's own (the Dockerfile, the entrypoint).
+    """
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         if isinstance(context, Path):
@@ -63,7 +69,7 @@ def _tar_context(context: dict[str, bytes] | Path, dockerfile: str, extra: dict[
                 rel = path.relative_to(context)
                 if rel.parts[0] == ".git":
                     continue
-                tar.add(path, arcname=rel.as_posix(), recursive=False)
+                tar.add(path, arcname=f"{subdir}/{rel.as_posix()}" if subdir else rel.as_posix(), recursive=False)
         else:
             for name, data in context.items():
                 info = tarfile.TarInfo(name)
@@ -131,8 +137,9 @@ class DockerExecutor:
 
     async def build(self, context: dict[str, bytes] | Path, dockerfile: str, tag: str, on_line: LineSink,
                     buildargs: dict[str, str] | None = None, timeout_s: float = 3600,
-                    extra_files: dict[str, bytes] | None = None, labels: dict[str, str] | None = None) -> None:
-        tar = await asyncio.to_thread(_tar_context, context, dockerfile, extra_files)
+                    extra_files: dict[str, bytes] | None = None, labels: dict[str, str] | None = None,
+                    subdir: str = "") -> None:
+        tar = await asyncio.to_thread(_tar_context, context, dockerfile, extra_files, subdir)
         limits = {"memory": self._memory_limit, "memswap": self._memory_limit} if self._memory_limit else None
         error: list[str] = []
         step_containers: list[str] = []

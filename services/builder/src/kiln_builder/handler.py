@@ -19,7 +19,7 @@ from typing import Any
 
 from kilnbus import BuildRequested, BusProducer, Delivery, HubLaunchRequested, LayerProgress, Phase, PhaseEvent, Topics
 
-from kiln_builder.buildpacks import ENTRYPOINT_SCRIPT, NB_UID, NB_USER, BuildpackError, plan
+from kiln_builder.buildpacks import ENTRYPOINT_SCRIPT, NB_UID, NB_USER, REPO_SUBDIR, BuildpackError, plan
 from kiln_builder.builds import Builds, Job
 from kiln_builder.diagnose import diagnose
 from kiln_builder.executor import BuildExecutor, BuildFailed
@@ -137,7 +137,8 @@ class Builder:
             await self._executor.build(the_plan.env_files, the_plan.env_dockerfile, env_image, building, timeout_s=timeout)
             job.env_image_to_push = env_image
         await self._executor.build(repo, the_plan.repo_dockerfile.replace("{env_image}", env_image), job.image, building,
-                                   timeout_s=timeout, extra_files={"kiln-entrypoint": ENTRYPOINT_SCRIPT.encode()})
+                                   timeout_s=timeout, extra_files={"kiln-entrypoint": ENTRYPOINT_SCRIPT.encode()},
+                                   subdir=REPO_SUBDIR)
 
     @staticmethod
     async def _ignore(_: dict[str, Any]) -> None:

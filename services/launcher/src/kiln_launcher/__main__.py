@@ -5,20 +5,47 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kilnbus import run_service, serve_consumer
+from kilnbus import BusProducer, Topics, ensure_topics, run_service, serve_consumer
+from kilnbus.consumer import Handler
+from kilnbus.follow import LogFollower
+from kilnbus.sealing import Sealer
 
-from kiln_launcher.handler import make_handler
+from kiln_launcher.handler import Launcher
+from kiln_launcher.hub import Hub
+from kiln_launcher.servers import Servers
 from kiln_launcher.settings import Settings
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    topics = Topics(settings.topic_prefix)
+    await ensure_topics(settings)
+    hub = Hub(settings.hub_api_url, settings.hub_api_token, settings.retries, settings.retry_delay_s)
+    sealer = Sealer(settings.token_seal_keys)
+    servers = Servers()
+    follower = LogFollower(settings, topics.phase_events, servers.apply)  # type: ignore[arg-type]
+    await follower.start()
+    watcher: asyncio.Task[None] | None = None
+
+    def make_handler(producer: BusProducer, topics: Topics) -> Handler:
+        nonlocal watcher
+        launcher = Launcher(settings, producer, topics, hub, sealer)
+        watcher = asyncio.create_task(servers.watch(hub, settings.cull_check_interval_s, launcher.stopped, stop))
+        return launcher.handle
+
+    try:
+        # A launch waits on the hub for seconds: many are in hand at once.
+        await serve_consumer(settings, "kiln-launcher", lambda t: [t.hub_launch_requested], make_handler, stop,
+                             max_in_flight=64, shutdown_grace_s=20)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await follower.stop()
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-
-    async def serve(stop: asyncio.Event) -> None:
-        await serve_consumer(settings, "kiln-launcher", lambda t: [t.hub_launch_requested], make_handler, stop)
-
-    run_service(serve)
+    run_service(lambda stop: serve(settings, stop))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,148 @@
-"""Placeholder handler until the launcher is built: every request ends in a clear `failed` event, none hangs."""
+"""Handling a hub launch request: start a server from the image through JupyterHub and report it.
+
+The user's token is minted by the hub for that one server, sealed on the bus with a key only the
+launcher and the gateway hold, and opened by the gateway for the client that asked.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any
+
 from kilnbus import BusProducer, Delivery, HubLaunchRequested, Phase, PhaseEvent, Topics
-from kilnbus.consumer import Handler
+from kilnbus.sealing import Sealer
+
+from kiln_launcher.hub import Hub, HubError
+from kiln_launcher.names import user_name
+from kiln_launcher.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
-def make_handler(producer: BusProducer, topics: Topics) -> Handler:
-    async def handle(delivery: Delivery[HubLaunchRequested]) -> None:
-        request = delivery.value
-        await producer.publish(topics.phase_events, request.request_id, PhaseEvent(
-            request_id=request.request_id, phase=Phase.FAILED, service="launcher",
-            message="Kiln's launcher is not available yet on this installation.\n", failure_cause="not_implemented",
-        ))
+class LaunchFailed(Exception):
+    def __init__(self, message: str, cause: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.status = status
 
-    return handle
+
+def classify(message: str) -> str:
+    lowered = message.lower()
+    if "not present" in lowered or "no such image" in lowered or "not found" in lowered and "image" in lowered \
+            or "not allowed" in lowered or "pull access denied" in lowered or "manifest unknown" in lowered:
+        return "image_missing"
+    if "timeout" in lowered or "took too long" in lowered or "didn't respond" in lowered:
+        return "launch_timeout"
+    if "exited" in lowered or "died" in lowered or "crash" in lowered:
+        return "server_crashed"
+    return "spawn_failed"
+
+
+class Launcher:
+    def __init__(self, settings: Settings, producer: BusProducer, topics: Topics, hub: Hub, sealer: Sealer) -> None:
+        self._s = settings
+        self._producer = producer
+        self._topics = topics
+        self._hub = hub
+        self._sealer = sealer
+        self._in_flight: set[str] = set()
+
+    async def emit(self, req: HubLaunchRequested, phase: Phase, **fields: Any) -> None:
+        await self._producer.publish(self._topics.phase_events, req.request_id, PhaseEvent(
+            request_id=req.request_id, phase=phase, service="launcher", provider=req.provider, spec=req.spec, **fields))
+
+    async def stopped(self, request_id: str, server_name: str) -> None:
+        await self._producer.publish(self._topics.phase_events, request_id, PhaseEvent(
+            request_id=request_id, phase=Phase.STOPPED, service="launcher", server_name=server_name,
+            message=f"Server {server_name} stopped\n"))
+
+    async def handle(self, delivery: Delivery[HubLaunchRequested]) -> None:
+        req = delivery.value
+        if req.request_id in self._in_flight:
+            return  # a second delivery while the first is launching: the first answers
+        self._in_flight.add(req.request_id)
+        try:
+            await self._launch(req)
+        except LaunchFailed as exc:
+            log.info("launch %s failed: %s", req.request_id, exc.cause)
+            await self.emit(req, Phase.FAILED, message=str(exc).rstrip("\n") + "\n", failure_cause=exc.cause,
+                            status_code=exc.status, image_name=req.image_name)
+        except HubError as exc:
+            await self.emit(req, Phase.FAILED, message=f"Launching failed: {exc}\n", failure_cause=exc.cause,
+                            status_code=exc.status, image_name=req.image_name)
+        finally:
+            self._in_flight.discard(req.request_id)
+
+    async def _launch(self, req: HubLaunchRequested) -> None:
+        started = time.monotonic()
+        user = req.hub_user or user_name(req.repo_url, req.request_id)
+        server = "binder-" + hashlib.sha256(req.request_id.encode()).hexdigest()[:10]
+        if self._s.total_quota is not None:
+            running = await self._hub.running_servers()
+            if running >= self._s.total_quota:
+                raise LaunchFailed(f"Too many users on this Binder ({running} servers running)! Try again soon.", "total_quota", 429)
+        await self.emit(req, Phase.LAUNCHING, message="Launching server...\n", image_name=req.image_name)
+        if req.hub_user is None:
+            await self._hub.create_user(user)  # exists already if this request was delivered before
+        model = await self._hub.user(user)
+        if model is None:
+            raise LaunchFailed(f"The hub has no user {user!r} to launch for.", "hub_error")
+        state = (model.get("servers") or {}).get(server)
+        options = {"image": req.image_name, "repo_url": req.repo_url, "binder_ref_url": req.ref_url,
+                   "binder_launch_host": req.launch_host, "binder_request": f"v2/{req.provider}/{req.spec}",
+                   "binder_persistent_request": f"v2/{req.provider}/{req.resolved_spec}",
+                   "binder_client_ip": req.client_ip or ""}
+        if state is not None and state.get("ready"):
+            log.info("launch %s: server %s/%s already running (request delivered again)", req.request_id, user, server)
+        elif state is not None:
+            await self._follow(req, user, server, started)
+        else:
+            await self._start_with_retries(req, user, server, options, started)
+        token = await self._hub.token(user, server, self._s.token_lifetime_s)
+        url = f"{self._s.hub_public_url.rstrip('/')}/user/{user}/{server}/"
+        await self.emit(req, Phase.READY, message=f"server running at {url}\n", url=url, sealed_token=self._sealer.seal(token),
+                        image_name=req.image_name, repo_url=req.repo_url, ref_url=req.ref_url, resolved_spec=req.resolved_spec,
+                        launch_host=req.launch_host, server_name=f"{user}/{server}", ref=req.ref)
+
+    async def _start_with_retries(self, req: HubLaunchRequested, user: str, server: str, options: dict[str, Any],
+                                  started: float) -> None:
+        delay = self._s.retry_delay_s
+        for attempt in range(1, self._s.retries + 1):
+            try:
+                refused = await self._hub.start_server(user, server, options)
+                if refused is not None:
+                    raise LaunchFailed(f"The server failed to start: {refused}", classify(refused), 500)
+                await self._follow(req, user, server, started)
+                return
+            except LaunchFailed as exc:
+                if exc.cause in ("image_missing", "launch_timeout") or attempt == self._s.retries:
+                    await self._hub.stop_server(user, server)
+                    raise
+                await self.emit(req, Phase.LAUNCHING, message=f"Launch attempt {attempt} failed, retrying...\n")
+                await self._hub.stop_server(user, server)
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def _follow(self, req: HubLaunchRequested, user: str, server: str, started: float) -> None:
+        """Relay the hub's spawn progress as launching events until the server is ready."""
+        remaining = self._s.launch_timeout_s - (time.monotonic() - started)
+
+        async def follow() -> None:
+            async for event in self._hub.progress(user, server):
+                if event.get("failed"):
+                    message = event.get("message", "the server failed to start")
+                    raise LaunchFailed(f"The server failed to start: {message}", classify(message))
+                if event.get("message"):
+                    await self.emit(req, Phase.LAUNCHING, message=event["message"].rstrip("\n") + "\n")
+                if event.get("ready"):
+                    return
+            raise LaunchFailed("The hub ended the spawn progress before the server was ready.", "spawn_failed")
+
+        try:
+            await asyncio.wait_for(follow(), max(1.0, remaining))
+        except TimeoutError:
+            raise LaunchFailed(f"The server took too long to launch (limit {self._s.launch_timeout_s:.0f} s).",
+                               "launch_timeout", 504) from None

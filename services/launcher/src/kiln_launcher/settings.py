@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from kilnbus import BusSettings
 
 
 class Settings(BusSettings):
-    """Everything the launcher can be told; the bus settings included."""
+    """Everything the launcher can be told; the bus settings included. Names follow BinderHub's."""
+
+    hub_api_url: str = Field("http://127.0.0.1:8081/hub/api", description="JupyterHub's REST API, as the launcher reaches it.")
+    hub_public_url: str = Field("http://127.0.0.1:8000", description="JupyterHub as users reach it: server URLs start here.")
+    hub_api_token: str = Field("", description="The launcher's hub service token (scopes: admin:users, admin:servers, tokens).")
+    token_seal_keys: list[str] = Field(default_factory=list, description="Fernet keys; the first seals server tokens on the bus.")
+    total_quota: int | None = Field(None, ge=0, description="Running servers allowed in all; None: no limit; 0: closed.")
+    launch_timeout_s: float = Field(600, gt=0, description="A server not ready within this time has failed to launch.")
+    retries: int = Field(4, ge=1, description="Attempts at starting a server before the launch fails.")
+    retry_delay_s: float = Field(4.0, ge=0, description="First wait between attempts; it doubles each time.")
+    token_lifetime_s: int = Field(86400, ge=60, description="How long the token handed to the user is valid.")
+    cull_check_interval_s: float = Field(30.0, gt=0, description="How often the launcher looks for servers the idle culler stopped.")

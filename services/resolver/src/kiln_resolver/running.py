@@ -11,10 +11,8 @@ import asyncio
 import logging
 from collections import Counter
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-
-from kilnbus import BusSettings, DecodeError, Phase, PhaseEvent, Topic, default_codec
+from kilnbus import BusSettings, Phase, PhaseEvent, Topic
+from kilnbus.follow import LogFollower
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +28,10 @@ class RunningServers:
         self._servers: dict[str, str] = {}  # request id -> repo key
         self._counts: Counter[str] = Counter()
         self.caught_up = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._follower: LogFollower | None = None
 
     def apply(self, event: PhaseEvent) -> None:
+        """Count a started server, uncount a stopped one."""
         if event.phase is Phase.READY and event.url and event.image_name and event.request_id not in self._servers:
             key = repo_key(event.image_name)
             self._servers[event.request_id] = key
@@ -52,49 +50,10 @@ class RunningServers:
         return len(self._servers)
 
     async def start(self) -> None:
-        self._consumer = consumer = AIOKafkaConsumer(**self._settings.client_kwargs(), group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        parts = consumer.partitions_for_topic(self._topic.name)
-        while not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(self._topic.name)
-        tps = [TopicPartition(self._topic.name, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-
-        async def follow() -> None:
-            pending = {tp for tp in tps if ends[tp] > 0}
-            if not pending:
-                self.caught_up.set()
-            while True:
-                try:
-                    batches = await consumer.getmany(timeout_ms=1000)
-                except KafkaError as exc:
-                    log.warning("running-servers projection: %r; retrying", exc)
-                    await asyncio.sleep(1)
-                    continue
-                for tp, records in batches.items():
-                    for record in records:
-                        try:
-                            self.apply(default_codec().decode(record.value, expect=PhaseEvent))  # type: ignore[arg-type]
-                        except DecodeError:
-                            continue  # set aside by the services' own consumers; nothing to count here
-                    if records and records[-1].offset + 1 >= ends[tp]:
-                        pending.discard(tp)
-                if pending and not self.caught_up.is_set():
-                    for tp in list(pending):
-                        if await consumer.position(tp) >= ends[tp]:
-                            pending.discard(tp)
-                if not pending and not self.caught_up.is_set():
-                    log.info("running-servers projection rebuilt: %d server(s) running", self.total)
-                    self.caught_up.set()
-
-        self._task = asyncio.create_task(follow(), name="running-servers")
+        self._follower = LogFollower(self._settings, self._topic, self.apply)  # type: ignore[arg-type]
+        await self._follower.start()
+        self.caught_up = self._follower.caught_up
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer:
-            await self._consumer.stop()
+        if self._follower is not None:
+            await self._follower.stop()

@@ -1,0 +1,97 @@
+"""JupyterHub's REST API, only what launching needs, with BinderHub's retry rules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class HubError(Exception):
+    """The hub refused or could not be reached; ``cause`` and ``status`` say which."""
+
+    def __init__(self, message: str, cause: str = "hub_error", status: int = 500) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.status = status
+
+
+class Hub:
+    def __init__(self, api_url: str, token: str, retries: int = 4, retry_delay_s: float = 4.0) -> None:
+        self._client = httpx.AsyncClient(base_url=api_url.rstrip("/"), headers={"Authorization": f"token {token}"}, timeout=30)
+        self._retries = retries
+        self._delay = retry_delay_s
+
+    async def request(self, method: str, path: str, ok: tuple[int, ...] = (200, 201, 202, 204), **kwargs: Any) -> httpx.Response:
+        """One API call, retried with doubling delays on 5xx and connection errors."""
+        delay = self._delay
+        for attempt in range(1, self._retries + 1):
+            try:
+                r = await self._client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == self._retries:
+                    raise HubError(f"JupyterHub cannot be reached ({exc!r}).", "hub_unreachable", 503) from None
+            else:
+                if r.status_code < 500:
+                    if r.status_code in ok:
+                        return r
+                    raise HubError(f"JupyterHub answered {r.status_code} to {method} {path}: {r.text[:300]}", "hub_error", r.status_code)
+                if attempt == self._retries:
+                    raise HubError(f"JupyterHub answered {r.status_code}: {r.text[:300]}", "hub_error", 503)
+            log.warning("hub %s %s failed (attempt %d); retrying in %.1fs", method, path, attempt, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def create_user(self, name: str) -> bool:
+        """Create ``name``; False when it exists already."""
+        r = await self.request("POST", f"/users/{quote(name)}", ok=(201, 409))
+        return r.status_code == 201
+
+    async def user(self, name: str) -> dict[str, Any] | None:
+        r = await self.request("GET", f"/users/{quote(name)}", ok=(200, 404))
+        return r.json() if r.status_code == 200 else None
+
+    async def start_server(self, user: str, server: str, options: dict[str, Any]) -> str | None:
+        """Ask for the server; the hub's refusal message when it refuses to start it at once."""
+        r = await self.request("POST", f"/users/{quote(user)}/servers/{quote(server)}", ok=(201, 202, 400), json=options)
+        if r.status_code == 400:
+            try:
+                return str(r.json().get("message", r.text))
+            except ValueError:
+                return r.text
+        return None
+
+    async def stop_server(self, user: str, server: str, remove: bool = True) -> None:
+        await self.request("DELETE", f"/users/{quote(user)}/servers/{quote(server)}", ok=(202, 204, 404), json={"remove": remove})
+
+    async def delete_user(self, name: str) -> None:
+        await self.request("DELETE", f"/users/{quote(name)}", ok=(204, 404))
+
+    async def token(self, user: str, server: str, lifetime_s: int) -> str:
+        r = await self.request("POST", f"/users/{quote(user)}/tokens", json={
+            "note": f"binder launch {server}", "expires_in": lifetime_s, "scopes": [f"access:servers!server={user}/{server}"]})
+        return str(r.json()["token"])
+
+    async def running_servers(self) -> int:
+        r = await self.request("GET", "/users", params={"state": "active"})
+        return sum(len(u.get("servers") or {}) for u in r.json())
+
+    async def progress(self, user: str, server: str) -> AsyncIterator[dict[str, Any]]:
+        """The server's spawn-progress events, as the hub streams them."""
+        try:
+            async with self._client.stream("GET", f"/users/{quote(user)}/servers/{quote(server)}/progress", timeout=None) as r:
+                if r.status_code != 200:
+                    raise HubError(f"JupyterHub answered {r.status_code} for the spawn progress", "hub_error", 503)
+                async for line in r.aiter_lines():
+                    if line.startswith("data:"):
+                        yield json.loads(line[5:])
+        except httpx.TransportError as exc:
+            raise HubError(f"JupyterHub went away during the launch ({exc!r}).", "hub_unreachable", 503) from None
