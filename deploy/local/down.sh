@@ -4,6 +4,7 @@
 set -uo pipefail
 here="$(dirname "$0")"
 source "$here/lib.sh"
+"$here/sample.sh" stop
 "$here/services.sh" stop
 "$here/hub.sh" stop
 # Servers the hub did not get to stop (a crash, a kill -9) would hold ports: remove Kiln's containers.

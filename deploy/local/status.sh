@@ -10,3 +10,4 @@ source "$here/kiln.env"
 if [[ -f $KILN_STATE/base-image ]]; then echo "base image $(cat "$KILN_STATE/base-image")"; else echo "base image not built"; fi
 "$here/hub.sh" status
 "$here/services.sh" status
+"$here/sample.sh" status
