@@ -25,6 +25,7 @@ from kiln_builder.__main__ import serve
 from kiln_builder.settings import Settings
 
 from ..bus.helpers import Running, start_consumer, wait_until
+from ..conftest import delete_topics
 from ..support.githost import GitHost, git, make_repo, start_githost
 
 REPOS = Path(__file__).parent / "repos"
@@ -107,6 +108,7 @@ async def builder(tmp_path_factory: Any) -> AsyncIterator[BuildHarness]:
         for r in h.readers:
             await r.close()
     host.server.shutdown()
+    await delete_topics(bus.kafka_bootstrap, bus.topic_prefix)
 
 
 def free_port() -> int:

@@ -124,3 +124,21 @@ async def test_builder_killed_mid_build_is_rebuilt_after_restart(builder: BuildH
         log.close()
         await builder.stop_builders()
         await builder.start_builder()
+
+
+async def test_builder_keeps_a_mirror_so_new_commits_are_fetched_not_cloned(builder: BuildHarness) -> None:
+    from ..support.githost import commit
+
+    url, ref = builder.serve_repo("mirror", {"requirements.txt": "six==1.16.0\n", "a.ipynb": "{}"})
+    first, _ = await builder.request(url, ref)
+    assert (await builder.outcome(first)).phase is Phase.BUILT
+    assert "Cloning into bare repository" in builder.log(first)
+    repo = builder.githost.root / "t" / url.rsplit("/", 1)[1]
+    newer = commit(repo, {"b.ipynb": "{}"}, "a second notebook")
+    second, image = await builder.request(url, newer)
+    assert (await builder.outcome(second)).phase is Phase.BUILT
+    assert "Cloning" not in builder.log(second) and "From " in builder.log(second), builder.log(second)
+    assert run_in(image, "ls ~/*.ipynb | wc -l") == "2"
+    again, _ = await builder.request(url, newer)  # the same commit under another image name: no network
+    assert (await builder.outcome(again)).phase is Phase.BUILT
+    assert "is already here; nothing to fetch" in builder.log(again)

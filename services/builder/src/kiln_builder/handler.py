@@ -72,7 +72,7 @@ class Builder:
     async def _build(self, job: Job, builds: Builds) -> None:
         request = job.first
         started = time.monotonic()
-        workdir = Path(self._s.work_dir) / hashlib.sha256(job.image.encode()).hexdigest()[:16]
+        workdir = Path(self._s.work_dir) / "checkouts" / hashlib.sha256(job.image.encode()).hexdigest()[:16]
 
         async def fetching(line: str) -> None:
             await builds.emit(job, Phase.FETCHING, message=line)
@@ -84,7 +84,8 @@ class Builder:
             if await self._executor.has_image(job.image):
                 await building(f"Found {job.image} on this builder; pushing it.\n")
             else:
-                await fetch(request.repo_url, request.ref, workdir, fetching, self._s.max_repo_bytes)
+                await fetch(request.repo_url, request.ref, workdir, fetching, self._s.max_repo_bytes,
+                            Path(self._s.work_dir) / "git-cache")
                 await self._build_image(job, workdir, building)
             await self._push(job, builds)
         except (BuildFailed, BuildpackError) as exc:

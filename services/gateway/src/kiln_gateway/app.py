@@ -160,6 +160,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await health.close()
             await router.stop()
             await producer.stop()
 
