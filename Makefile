@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: up down status dev test test-e2e test-fast bench clean
+.PHONY: up down status dev images test test-e2e test-fast bench clean
 
 up:          ## install what is missing and run all of Kiln on 127.0.0.1
 	@deploy/local/up.sh
@@ -16,12 +16,15 @@ status:      ## each part of the local stack and its address
 dev:         ## install the project into .venv
 	@deploy/local/install-system.sh && deploy/local/venv.sh
 
-test:        ## start what the tests need, then run every suite but the end-to-end one
-	@KILN_WITH_BROWSER=1 deploy/local/up.sh infra
-	@$(PY) -m pytest -m "not e2e"
+images:      ## build each service's container image and push it to the local registry
+	@deploy/local/images.sh
 
-test-e2e:    ## the whole-system end-to-end suite alone
-	@KILN_WITH_BROWSER=1 deploy/local/up.sh infra
+test:        ## bring the whole stack up, then run every suite (the end-to-end one included)
+	@KILN_WITH_BROWSER=1 deploy/local/up.sh
+	@$(PY) -m pytest
+
+test-e2e:    ## the end-to-end suite alone, against the running stack
+	@KILN_WITH_BROWSER=1 deploy/local/up.sh
 	@$(PY) -m pytest -m e2e
 
 test-fast:   ## tests that need no infrastructure at all
@@ -30,7 +33,7 @@ test-fast:   ## tests that need no infrastructure at all
 
 bench:       ## benchmarks (print their figures; see bench/README.md)
 	@deploy/local/up.sh infra
-	@$(PY) bench/bus_latency.py
+	@for b in bus_latency gateway_stream resolver_throughput launcher_latency builder_builds; do $(PY) bench/$$b.py; done
 
 clean: down  ## stop everything and delete .state (Kafka log, registry, hub database)
 	rm -rf .state
