@@ -55,6 +55,9 @@ class BuildHarness:
         path = self.githost.root / "t" / f"{name}-{uuid.uuid4().hex[:6]}"
         if files is None:
             files = {p.relative_to(REPOS / name).as_posix(): p.read_text() for p in (REPOS / name).rglob("*") if p.is_file()}
+        # A file unique to this run: the repository stage really builds, whatever the engine's layer
+        # cache holds from earlier runs (environment images are still shared, as they should be).
+        files = {**files, ".test-run-id": uuid.uuid4().hex + "\n"}
         make_repo(path.parent, path.name, files)  # modes are not kept: the build makes postBuild and start executable
         return f"{self.githost.url}/t/{path.name}", git(path, "rev-parse", "HEAD")
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from kilnbus import BuildRequested, Phase
 
+from kiln_builder.executor import BuildFailed
+
 log = logging.getLogger(__name__)
 Emit = Callable[[BuildRequested, Phase, dict[str, Any]], Awaitable[None]]
 
@@ -93,7 +95,8 @@ class Builds:
                 await self._run(job, self)
             job.done.set_result(None)
         except Exception as exc:
-            log.exception("build of %s failed unexpectedly", job.image) if not hasattr(exc, "cause") else None
+            if not isinstance(exc, BuildFailed):  # BuildFailed was already reported to every request
+                log.exception("build of %s failed unexpectedly", job.image)
             job.done.set_exception(exc)
         finally:
             self._jobs.pop(job.image, None)
