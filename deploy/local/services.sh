@@ -15,6 +15,12 @@ ready() {  # ready SERVICE: the gateway answers /health; the others have joined 
   else grep -q "kiln-$1: consuming" "$KILN_LOGS/$1.log"; fi
 }
 
+secret() {  # secret NAME: a random secret made once and kept in .state/secrets/NAME
+  local file="$KILN_STATE/secrets/$1"
+  [[ -s $file ]] || (mkdir -p "$KILN_STATE/secrets"; umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
+  cat "$file"
+}
+
 start_one() {
   local s=$1 pidfile="$RUN/$1.pid"
   if pid_alive "$pidfile"; then ok "$s already running"; return; fi
@@ -29,7 +35,11 @@ start_one() {
   local token="" seal=""
   case $s in
     launcher) token=$(cat "$KILN_STATE/hub/launcher-token" 2>/dev/null); seal=$SEAL_KEYS ;;
-    gateway) token=$(cat "$KILN_STATE/hub/gateway-token" 2>/dev/null); seal=$SEAL_KEYS ;;
+    gateway) token=$(cat "$KILN_STATE/hub/gateway-token" 2>/dev/null); seal=$SEAL_KEYS
+      # Event ids, build tokens and login sessions must stay valid when the gateway restarts.
+      export KILN_RESUME_SECRET="${KILN_RESUME_SECRET:-$(secret resume)}" \
+        KILN_BUILD_TOKEN_SECRET="${KILN_BUILD_TOKEN_SECRET:-$(secret build-token)}" \
+        KILN_SESSION_SECRET="${KILN_SESSION_SECRET:-$(secret session)}" ;;
   esac
   KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE" KILN_HUB_API_TOKEN="${KILN_HUB_API_TOKEN:-$token}" \
     KILN_TOKEN_SEAL_KEYS="${KILN_TOKEN_SEAL_KEYS:-$seal}" \
