@@ -34,25 +34,18 @@ class BuildFailed(Exception):
 
 
 class BuildExecutor(Protocol):
+    """Where builds run: the Docker engine here (DockerExecutor), build pods on Kubernetes later."""
+
     async def build(self, context: dict[str, bytes] | Path, dockerfile: str, tag: str, on_line: LineSink,
                     buildargs: dict[str, str] | None = None, timeout_s: float = 3600,
                     extra_files: dict[str, bytes] | None = None, labels: dict[str, str] | None = None,
                     subdir: str = "") -> None: ...
 
-    def _remove_containers(self, ids: list[str]) -> None:
-        client = self._client()
-        try:
-            for cid in ids:
-                try:
-                    client.remove_container(cid, force=True)
-                except (APIError, DockerException):
-                    pass  # already gone
-        finally:
-            client.close()
-
     async def push(self, image: str, on_progress: ProgressSink) -> None: ...
 
     async def has_image(self, image: str) -> bool: ...
+
+    async def pull(self, image: str) -> bool: ...
 
 
 def _tar_context(context: dict[str, bytes] | Path, dockerfile: str, extra: dict[str, bytes] | None = None,
