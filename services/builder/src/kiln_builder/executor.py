@@ -22,6 +22,7 @@ from docker.errors import APIError, DockerException, ImageNotFound
 
 LineSink = Callable[[str], Awaitable[None]]
 _RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 ProgressSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -136,14 +137,21 @@ class DockerExecutor:
         limits = {"memory": self._memory_limit, "memswap": self._memory_limit} if self._memory_limit else None
         error: list[str] = []
         step_containers: list[str] = []
+        partial = ""  # the engine may split a line across chunks (apt's "E" and ": Unable to locate ...")
+
+        async def emit(line: str) -> None:
+            if m := _RUNNING_IN.search(line):
+                step_containers.append(m.group(1))
+            if line.strip():
+                await on_line(line + "\n")
 
         async def sink(chunk: dict[str, Any]) -> None:
+            nonlocal partial
             if "stream" in chunk:
-                for line in chunk["stream"].splitlines():
-                    if m := _RUNNING_IN.search(line):
-                        step_containers.append(m.group(1))
-                    if line.strip():
-                        await on_line(line + "\n")
+                # The engine colours a step's stderr; the log is shown as text, so the codes go.
+                *lines, partial = (partial + _ANSI.sub("", chunk["stream"])).split("\n")
+                for line in lines:
+                    await emit(line)
             elif "error" in chunk:
                 error.append(chunk["error"].strip())
                 await on_line(chunk["error"].rstrip() + "\n")
@@ -155,6 +163,7 @@ class DockerExecutor:
 
         try:
             await self._stream(start, sink, timeout_s)
+            await emit(partial)
         except TimeoutError:
             # Closing the connection stops the build between steps, not the step running now.
             await asyncio.to_thread(self._remove_containers, step_containers)
