@@ -32,15 +32,19 @@ start_one() {
   : >"$KILN_LOGS/$s.log"
   # Each service gets only its own secrets: the hub token of its own service account, and the
   # sealing key for the two that seal and open server tokens.
-  local token="" seal=""
+  local token="" seal="" metrics=""
   case $s in
-    launcher) token=$(cat "$KILN_STATE/hub/launcher-token" 2>/dev/null); seal=$SEAL_KEYS ;;
+    resolver) metrics=$KILN_RESOLVER_METRICS_PORT ;;
+    builder) metrics=$KILN_BUILDER_METRICS_PORT ;;
+    launcher) token=$(cat "$KILN_STATE/hub/launcher-token" 2>/dev/null); seal=$SEAL_KEYS
+      metrics=$KILN_LAUNCHER_METRICS_PORT ;;
     gateway) token=$(cat "$KILN_STATE/hub/gateway-token" 2>/dev/null); seal=$SEAL_KEYS
       # Event ids, build tokens and login sessions must stay valid when the gateway restarts.
       export KILN_RESUME_SECRET="${KILN_RESUME_SECRET:-$(secret resume)}" \
         KILN_BUILD_TOKEN_SECRET="${KILN_BUILD_TOKEN_SECRET:-$(secret build-token)}" \
         KILN_SESSION_SECRET="${KILN_SESSION_SECRET:-$(secret session)}" ;;
   esac
+  if [[ -n $metrics ]]; then export KILN_METRICS_PORT=$metrics; else unset KILN_METRICS_PORT; fi
   KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE" KILN_HUB_API_TOKEN="${KILN_HUB_API_TOKEN:-$token}" \
     KILN_TOKEN_SEAL_KEYS="${KILN_TOKEN_SEAL_KEYS:-$seal}" \
     setsid nohup "$VENV/bin/kiln-$s" >>"$KILN_LOGS/$s.log" 2>&1 </dev/null &
@@ -73,7 +77,11 @@ stop() {
 
 status() {
   for s in "${names[@]}"; do
-    local where=""; [[ $s == gateway ]] && where="http://$KILN_GATEWAY_HOST:$KILN_GATEWAY_PORT/"
+    local where=""
+    case $s in
+      gateway) where="http://$KILN_GATEWAY_HOST:$KILN_GATEWAY_PORT/" ;;
+      analytics) where="http://127.0.0.1:$KILN_ANALYTICS_PORT/ (dashboard)" ;;
+    esac
     if pid_alive "$RUN/$s.pid"; then printf '%-10s running   %s\n' "$s" "$where"; else printf '%-10s stopped   %s\n' "$s" "$where"; fi
   done
 }

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "http://127.0.0.1:8585"
 HUB_API = "http://127.0.0.1:8081/hub/api"
 GIT = "http://127.0.0.1:8765"
+ANALYTICS = "http://127.0.0.1:8590"
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,38 @@ async def test_ten_concurrent_launches_of_one_uncached_repository(repos: Path) -
     assert built and all(b == built[0] for b in built), "one build, seen by every stream that waited for it"
     for r in results:
         server_answers(r[-1])
+
+
+async def test_analytics_and_metrics_tell_what_happened(repos: Path) -> None:
+    """The analytics service and every service's /metrics, read after two launches of one repository."""
+    make_repo(repos, "counted", {"index.ipynb": "{}", "id.txt": uuid.uuid4().hex})
+    for _ in range(2):
+        events = await launch(spec_for(repos, "counted"))
+        assert events[-1]["phase"] == "ready", events[-3:]
+    repo_url = f"{GIT}/{repos.name}/counted"
+    async with httpx.AsyncClient(base_url=ANALYTICS, timeout=30) as client:
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:  # analytics reads the log on its own; it may be a moment behind the gateway
+            days = (await client.get("/api/v1/launches", params={"repo": repo_url, "window": "day"})).json()
+            if sum(b["success"] for b in days["buckets"]) == 2 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert sum(b["success"] for b in days["buckets"]) == 2, days
+        phases = (await client.get("/api/v1/phases", params={"repo": repo_url})).json()["phases"]
+        assert phases["building"]["count"] == 1 and phases["launching"]["count"] == 2
+        assert phases["total"]["p95"] > phases["launching"]["p50"] > 0
+        exported = [json.loads(line) for line in (await client.get("/api/v1/export/launches.jsonl")).text.splitlines()]
+        mine = [e for e in exported if repos.name in e["spec"] and "counted" in e["spec"]]
+        assert len(mine) == 2 and {e["provider"] for e in mine} == {"Git"}
+        assert "counted" in (await client.get("/")).text
+    scraped = {name: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+               for name, port in (("gateway", 8585), ("analytics", 8590), ("resolver", 9101), ("builder", 9102),
+                                  ("launcher", 9103))}
+    assert f'binderhub_build_count_total{{provider="git",repo="{repo_url}",status="success"}} 1.0' in scraped["builder"]
+    assert 'binderhub_launch_time_seconds_count{retries="0",status="success"}' in scraped["launcher"]
+    assert 'kiln_resolver_outcomes_total{outcome="cached",provider="git"}' in scraped["resolver"]
+    assert 'binderhub_launch_count_total{provider="git",status="success"}' in scraped["gateway"]
+    assert "kiln_running_servers" in scraped["analytics"]
 
 
 @pytest.mark.browser

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from kilnbus import metrics
 from kilnbus.codec import AvroCodec, DecodeError, default_codec
 from kilnbus.producer import BusProducer
 from kilnbus.records import DeadLetter, Record
@@ -194,16 +195,19 @@ class BusConsumer:
         except DecodeError as exc:
             log.error("%s: undecodable message at %s[%d]@%d: %s; set aside",
                       self.group_id, record.topic, record.partition, record.offset, exc)
-            await self._set_aside(record, f"decode: {exc}")
+            await self._set_aside(record, f"decode: {exc}", "undecodable")
             return
         delivery = Delivery(record.topic, record.partition, record.offset,
                             record.key.decode() if record.key is not None else None, value, record.timestamp)
         attempt = 0
         while True:
             attempt += 1
+            started = time.monotonic()
             try:
                 await self._handler(delivery)
                 self.handled += 1
+                metrics.HANDLED.labels(self.group_id, record.topic).inc()
+                metrics.HANDLE_SECONDS.labels(self.group_id, record.topic).observe(time.monotonic() - started)
                 return
             except asyncio.CancelledError:
                 raise
@@ -212,14 +216,15 @@ class BusConsumer:
                 if final:
                     log.exception("%s: handler failed %d time(s) on %s@%d; set aside",
                                   self.group_id, attempt, record.topic, record.offset)
-                    await self._set_aside(record, "".join(traceback.format_exception_only(exc)).strip())
+                    await self._set_aside(record, "".join(traceback.format_exception_only(exc)).strip(), "handler_failed")
                     return
+                metrics.HANDLER_RETRIES.labels(self.group_id, record.topic).inc()
                 delay = min(self._retry_backoff_s * 2 ** (attempt - 1), self._max_backoff_s)
                 log.warning("%s: handler failed on %s@%d (%r); retry %d in %.1fs",
                             self.group_id, record.topic, record.offset, exc, attempt, delay)
                 await asyncio.sleep(delay)
 
-    async def _set_aside(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+    async def _set_aside(self, record: ConsumerRecord[bytes, bytes], error: str, reason: str) -> None:
         letter = DeadLetter(
             source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
             consumer_group=self.group_id, error=error[:4000], key=record.key, value=record.value,
@@ -229,6 +234,7 @@ class BusConsumer:
             try:
                 await self._producer.publish(self._dead_letter, record.key.decode(errors="replace") if record.key else None, letter)
                 self.dead_lettered += 1
+                metrics.DEAD_LETTERED.labels(self.group_id, record.topic, reason).inc()
                 return
             except KafkaError as exc:
                 log.warning("%s: dead-letter publish failed (%r); retrying in %.1fs", self.group_id, exc, delay)

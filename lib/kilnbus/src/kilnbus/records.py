@@ -160,6 +160,8 @@ class PhaseEvent(Record):
     launch_host: str | None = None
     server_name: str | None = None
     queue_position: int | None = None
+    request_origin: str | None = None
+    build_token: bool | None = None
 
     def to_avro(self) -> dict[str, Any]:
         out = super().to_avro()

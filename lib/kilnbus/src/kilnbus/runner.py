@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kilnbus.consumer import BusConsumer, Handler
+from kilnbus.metrics import serve_metrics
 from kilnbus.producer import BusProducer
 from kilnbus.settings import BusSettings
 from kilnbus.topics import Topic, Topics, ensure_topics
@@ -25,6 +26,7 @@ async def serve_consumer(
 ) -> None:
     """Consume ``watch(topics)`` as member of ``group`` with the handler ``make_handler`` builds, until ``stop``."""
     topics = Topics(settings.topic_prefix)
+    serve_metrics(settings)
     await ensure_topics(settings)
     async with BusProducer(settings) as producer:
         consumer = BusConsumer(settings, group, watch(topics), make_handler(producer, topics),

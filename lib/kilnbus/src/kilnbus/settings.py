@@ -26,6 +26,8 @@ class BusSettings(BaseSettings):
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates.")
     topic_partitions: int = Field(6, ge=1, description="Partitions of each Kiln topic when Kiln creates it.")
     topic_replication: int = Field(1, ge=1, description="Replication factor of each Kiln topic when Kiln creates it.")
+    metrics_host: str = Field("127.0.0.1", description="Address of the /metrics server of services without a web app.")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Port of that /metrics server; unset: none.")
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by every aiokafka client Kiln makes."""

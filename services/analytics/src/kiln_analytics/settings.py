@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from kilnbus import BusSettings
 
 
 class Settings(BusSettings):
     """Everything the analytics service can be told; the bus settings included."""
+
+    analytics_host: str = Field("127.0.0.1", description="Address the analytics API and dashboard listen on.")
+    analytics_port: int = Field(8590, ge=1, le=65535, description="Port of the analytics API and dashboard.")
+    analytics_group: str = Field("kiln-analytics", description="Consumer group and faust application id; a new "
+                                 "name rebuilds every table from the start of the log.")
+    analytics_store: str = Field("memory://", description="Faust table store; memory:// recovers tables from their "
+                                 "changelog topic at start.")
+    analytics_top_repos: int = Field(10, ge=1, le=1000, description="Repositories listed on the dashboard.")
+    analytics_public_url: str = Field("", description="Where people reach the dashboard, for links; empty: as requested.")

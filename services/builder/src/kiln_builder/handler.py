@@ -20,6 +20,7 @@ from typing import Any
 from kilnbus import BuildRequested, BusProducer, Delivery, HubLaunchRequested, LayerProgress, Phase, PhaseEvent, Topics
 
 from kiln_builder.buildpacks import ENTRYPOINT_SCRIPT, NB_UID, NB_USER, REPO_SUBDIR, BuildpackError, plan
+from kiln_builder import metrics
 from kiln_builder.builds import Builds, Job
 from kiln_builder.diagnose import diagnose
 from kiln_builder.executor import BuildExecutor, BuildFailed
@@ -70,6 +71,17 @@ class Builder:
     # -- one build -----------------------------------------------------------------------------
 
     async def _build(self, job: Job, builds: Builds) -> None:
+        started = time.monotonic()
+        status = "failure"
+        with metrics.INPROGRESS_BUILDS.track_inprogress():
+            try:
+                await self._build_and_announce(job, builds)
+                status = "success"
+            finally:
+                metrics.BUILD_TIME.labels(status=status).observe(time.monotonic() - started)
+                metrics.BUILD_COUNT.labels(status=status, provider=job.first.provider, repo=job.first.repo_url).inc()
+
+    async def _build_and_announce(self, job: Job, builds: Builds) -> None:
         request = job.first
         started = time.monotonic()
         workdir = Path(self._s.work_dir) / "checkouts" / hashlib.sha256(job.image.encode()).hexdigest()[:16]

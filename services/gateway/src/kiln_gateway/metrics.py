@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 LAUNCHES = Counter("binderhub_launch_count", "Launch requests that ended, by outcome.", ["status", "provider"])
-TIME_TO_READY = Histogram("binderhub_launch_time_seconds", "From request to a ready server, as the client saw it.",
+TIME_TO_READY = Histogram("kiln_time_to_ready_seconds", "From request to a ready server, as the client saw it.",
                           buckets=(2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf")))
 LAUNCH_REQUESTS = Counter("kiln_launch_requests", "Launch requests accepted and published.", ["provider"])
 REFUSED = Counter("kiln_requests_refused", "Requests refused at the door, by reason.", ["reason"])

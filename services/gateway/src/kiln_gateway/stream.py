@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from kilnbus import BusProducer, LaunchRequested, Phase, Topics
+from kilnbus import BusProducer, LaunchRequested, Phase, PhaseEvent, Topics
 from kilnbus.sealing import Sealer
 
 from kiln_gateway import metrics
@@ -139,11 +139,19 @@ class LaunchStreams:
 
         request_id = uuid.uuid4().hex
         sub = self.router.subscribe(request_id, self.settings.stream_buffer)  # before publishing: no event missed
+        # The accepted event starts the request's record in the log (analytics' clock starts here,
+        # and it carries what BinderHub's launch event needs); both go out in one round trip.
+        accepted = PhaseEvent(request_id=request_id, phase=Phase.ACCEPTED, service="gateway", provider=provider,
+                              spec=launch.spec, launch_host=request.headers.get("host", ""),
+                              request_origin=request.headers.get("origin") or request.headers.get("sec-fetch-site", ""),
+                              build_token=bool(token))
         try:
-            await asyncio.wait_for(self.producer.publish(self.topics.launch_requested, request_id, LaunchRequested(
-                request_id=request_id, provider=provider, spec=launch.spec, launch_host=context["binder_launch_host"],
-                build_only=build_only, client_ip=ip or None, hub_user=hub_user,
-            )), self.settings.publish_timeout_s)
+            await asyncio.wait_for(asyncio.gather(
+                self.producer.publish(self.topics.launch_requested, request_id, LaunchRequested(
+                    request_id=request_id, provider=provider, spec=launch.spec, launch_host=context["binder_launch_host"],
+                    build_only=build_only, client_ip=ip or None, hub_user=hub_user)),
+                self.producer.publish(self.topics.phase_events, request_id, accepted),
+            ), self.settings.publish_timeout_s)
         except (KafkaError, TimeoutError) as exc:
             self.router.unsubscribe(sub)
             log.error("could not publish launch request %s: %r", request_id, exc)

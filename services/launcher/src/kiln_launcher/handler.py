@@ -15,6 +15,7 @@ from typing import Any
 from kilnbus import BusProducer, Delivery, HubLaunchRequested, Phase, PhaseEvent, Topics
 from kilnbus.sealing import Sealer
 
+from kiln_launcher import metrics
 from kiln_launcher.hub import Hub, HubError
 from kiln_launcher.names import user_name
 from kiln_launcher.settings import Settings
@@ -49,6 +50,7 @@ class Launcher:
         self._hub = hub
         self._sealer = sealer
         self._in_flight: set[str] = set()
+        self._attempts: dict[str, int] = {}
 
     async def emit(self, req: HubLaunchRequested, phase: Phase, **fields: Any) -> None:
         await self._producer.publish(self._topics.phase_events, req.request_id, PhaseEvent(
@@ -64,8 +66,12 @@ class Launcher:
         if req.request_id in self._in_flight:
             return  # a second delivery while the first is launching: the first answers
         self._in_flight.add(req.request_id)
+        started = time.monotonic()
+        status = "failure"
         try:
-            await self._launch(req)
+            with metrics.INPROGRESS_LAUNCHES.track_inprogress():
+                await self._launch(req)
+            status = "success"
         except LaunchFailed as exc:
             log.info("launch %s failed: %s", req.request_id, exc.cause)
             await self.emit(req, Phase.FAILED, message=str(exc).rstrip("\n") + "\n", failure_cause=exc.cause,
@@ -75,6 +81,9 @@ class Launcher:
                             status_code=exc.status, image_name=req.image_name)
         finally:
             self._in_flight.discard(req.request_id)
+            # BinderHub's label: the attempt index on success, -1 otherwise
+            retries = str(self._attempts.pop(req.request_id, 1) - 1) if status == "success" else "-1"
+            metrics.LAUNCH_TIME.labels(status=status, retries=retries).observe(time.monotonic() - started)
 
     async def _launch(self, req: HubLaunchRequested) -> None:
         started = time.monotonic()
@@ -111,6 +120,7 @@ class Launcher:
                                   started: float) -> None:
         delay = self._s.retry_delay_s
         for attempt in range(1, self._s.retries + 1):
+            self._attempts[req.request_id] = attempt
             try:
                 refused = await self._hub.start_server(user, server, options)
                 if refused is not None:

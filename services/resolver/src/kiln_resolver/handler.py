@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any
 
 from kilnbus import BuildRequested, BusProducer, Delivery, HubLaunchRequested, LaunchRequested, Phase, PhaseEvent, Topics
 
+from kiln_resolver import metrics
 from kiln_resolver.images import image_name, split_image
 from kiln_resolver.policy import Policy
 from kiln_resolver.providers import RepoProvider, ResolveError, Resolution
@@ -74,6 +76,7 @@ class Resolver:
             **fields))
 
     async def _fail(self, request: LaunchRequested, message: str, cause: str, status: int) -> None:
+        metrics.OUTCOMES.labels(provider=request.provider, outcome=cause).inc()
         log.info("launch %s of %s/%s failed: %s", request.request_id, request.provider, request.spec, cause)
         await self._emit(request, Phase.FAILED, message=message.rstrip("\n") + "\n", failure_cause=cause, status_code=status)
 
@@ -105,6 +108,7 @@ class Resolver:
                       provider=request.provider, spec=request.spec, ref_url=resolution.ref_url,
                       resolved_spec=resolution.resolved_spec, hub_user=request.hub_user,
                       launch_host=request.launch_host, client_ip=request.client_ip)
+        metrics.OUTCOMES.labels(provider=request.provider, outcome="cached" if exists else "build").inc()
         if exists:
             if request.build_only:
                 return await self._emit(request, Phase.READY, image_name=image, message="Done! Found built image\n")
@@ -119,18 +123,31 @@ class Resolver:
         cached = self._cache.get(key)
         if cached and time.monotonic() - cached[0] < self._s.resolve_cache_s:
             return cached[1]
+        started = time.monotonic()
         try:
-            resolution = await provider.resolve(request.spec)
+            resolution = await self._timed(request.provider, provider.resolve(request.spec))
         except ResolveError as exc:
             # BinderHub's fallback: links to master or main keep working when the default branch changed.
             owner_repo, _, ref = request.spec.rpartition("/")
             if exc.cause != "ref_not_found" or request.provider != "gh" or ref not in ("master", "main"):
                 raise
-            resolution = await provider.resolve(f"{owner_repo}/HEAD")
+            resolution = await self._timed(request.provider, provider.resolve(f"{owner_repo}/HEAD"))
             await self._emit(request, Phase.WAITING, message=f"Ref {ref!r} not found; using the default branch (HEAD) "
                              "instead. Please update your links.\n")
         self.resolutions += 1
+        log.debug("resolved %s/%s in %.3fs", request.provider, request.spec, time.monotonic() - started)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (time.monotonic(), resolution)
         return resolution
+
+    @staticmethod
+    async def _timed(provider: str, call: Awaitable[Resolution]) -> Resolution:
+        started = time.monotonic()
+        status = "failure"
+        try:
+            resolution = await call
+            status = "success"
+            return resolution
+        finally:
+            metrics.RESOLVE_TIME.labels(provider=provider, status=status).observe(time.monotonic() - started)

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from kiln_resolver.providers.base import ResolveError, Resolution
+from kiln_resolver.metrics import GITHUB_RATE_LIMIT
 
 
 class _ETagCache:
@@ -58,6 +59,7 @@ class GitHubAPI:
             raise ResolveError(f"GitHub's API could not be reached: {exc!r}", "provider_unreachable", 503) from None
         if "x-ratelimit-remaining" in r.headers:
             self.rate_limit_remaining = int(r.headers["x-ratelimit-remaining"])
+            GITHUB_RATE_LIMIT.set(self.rate_limit_remaining)
         if r.status_code == 304 and cached:
             return 200, cached[1]
         if r.status_code in (403, 429) and r.headers.get("x-ratelimit-remaining") == "0":

@@ -1,0 +1,127 @@
+"""One request's history, folded from its phase events, and the time it spent in each phase.
+
+A request's record keeps only what analytics needs: who asked for what, the first time each phase
+was seen, and how it ended. Folding is idempotent (an event delivered twice changes nothing), so
+Kafka's at-least-once delivery never counts a launch twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kilnbus import Phase, PhaseEvent
+
+# The spans an operator sees for a request: (name, from phase, to phases, first that exists wins).
+# resolving: the gateway took it until the commit was known (includes waiting in the resolver's topic);
+# queued: resolved until the builder started fetching (waiting for a build slot);
+# building: fetching until the push started; pushing: until built;
+# launching: built (or, on a cache hit, the resolver's "found built image") until the server was ready.
+SPANS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("resolving", ("accepted",), ("resolved",)),
+    ("queued", ("resolved",), ("fetching",)),
+    ("building", ("fetching",), ("pushing", "built")),
+    ("pushing", ("pushing",), ("built",)),
+    ("launching", ("built", "launching"), ("ready",)),
+)
+SPAN_NAMES: tuple[str, ...] = tuple(name for name, _, _ in SPANS) + ("total",)
+OUTCOMES = (Phase.READY.value, Phase.FAILED.value)
+
+
+@dataclass
+class RequestRecord:
+    """What the log says of one request, as stored in the analytics table (JSON)."""
+
+    request_id: str
+    provider: str = ""
+    spec: str = ""
+    repo: str = ""
+    ref: str = ""
+    origin: str = ""
+    request_origin: str = ""
+    build_token: bool = False
+    marks: dict[str, float] = field(default_factory=dict)  # phase -> first time seen (epoch seconds)
+    outcome: str = ""  # "", "ready" or "failed"
+    failure_cause: str = ""
+    server: str = ""
+    stopped: bool = False
+
+    @property
+    def started(self) -> float:
+        """When the request began: the gateway's accepted event, else the earliest event seen."""
+        return self.marks.get("accepted") or min(self.marks.values(), default=0.0)
+
+    @property
+    def ended(self) -> float | None:
+        return self.marks.get(self.outcome) if self.outcome else None
+
+    @property
+    def running(self) -> bool:
+        """A server was started for it and has not been seen to stop."""
+        return self.outcome == "ready" and bool(self.server) and not self.stopped
+
+    def spans(self) -> dict[str, float]:
+        """Seconds spent in each span this request went through (absent spans are left out)."""
+        out: dict[str, float] = {}
+        for name, starts, ends in SPANS:
+            start = next((self.marks[p] for p in starts if p in self.marks), None)
+            end = next((self.marks[p] for p in ends if p in self.marks), None)
+            if start is not None and end is not None and end >= start:
+                out[name] = end - start
+        if (ended := self.ended) is not None and "accepted" in self.marks:
+            out["total"] = max(0.0, ended - self.marks["accepted"])
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RequestRecord:
+        return cls(**data)
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> RequestRecord:
+        return cls(**json.loads(data))
+
+
+def fold(record: RequestRecord | None, event: PhaseEvent) -> RequestRecord | None:
+    """``record`` updated with ``event``; None when the event adds nothing (the common case of a log line)."""
+    phase = event.phase.value
+    ts = event.timestamp.timestamp()
+    if record is None:
+        record = RequestRecord(request_id=event.request_id)
+    elif phase in record.marks and ts >= record.marks[phase] and not _adds_identity(record, event) \
+            and not (phase == "stopped" and not record.stopped):
+        return None  # the fast path for a build's many log lines
+    changed = False
+    if phase not in record.marks or ts < record.marks[phase]:
+        record.marks[phase] = ts
+        changed = True
+    for name, value in (("provider", event.provider), ("spec", event.spec), ("repo", event.repo_url),
+                        ("ref", event.ref), ("server", event.server_name)):
+        if value and not getattr(record, name):
+            setattr(record, name, value)
+            changed = True
+    if event.phase is Phase.ACCEPTED:
+        record.origin = event.launch_host or record.origin
+        record.request_origin = event.request_origin or ""
+        record.build_token = bool(event.build_token)
+        changed = True
+    if phase in OUTCOMES and not record.outcome:
+        record.outcome = phase
+        record.failure_cause = (event.failure_cause or "unknown") if phase == "failed" else ""
+        changed = True
+    if event.phase is Phase.STOPPED and not record.stopped:
+        record.stopped = True
+        changed = True
+    return record if changed else None
+
+
+def _adds_identity(record: RequestRecord, event: PhaseEvent) -> bool:
+    """A repeated phase still matters if it brings a field the record lacks (say, the repository URL)."""
+    return bool((event.repo_url and not record.repo) or (event.ref and not record.ref)
+                or (event.server_name and not record.server) or (event.provider and not record.provider))
