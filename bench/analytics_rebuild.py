@@ -143,6 +143,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)  # changelog backpressure, expected
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     topics = Topics(prefix)
     await ensure_topics(BusSettings(kafka_bootstrap=BOOTSTRAP, topic_prefix=prefix, topic_partitions=PARTITIONS))

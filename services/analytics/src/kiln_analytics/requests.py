@@ -8,7 +8,7 @@ Kafka's at-least-once delivery never counts a launch twice.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from kilnbus import Phase, PhaseEvent
@@ -74,14 +74,15 @@ class RequestRecord:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self), marks=dict(self.marks))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RequestRecord:
         return cls(**data)
 
     def dumps(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # vars(), not asdict(): the fields are flat, and asdict's deep copy was a hot spot
+        return json.dumps(vars(self), separators=(",", ":")).encode()
 
     @classmethod
     def loads(cls, data: bytes) -> RequestRecord:

@@ -16,5 +16,7 @@ class Settings(BusSettings):
                                  "name rebuilds every table from the start of the log.")
     analytics_store: str = Field("memory://", description="Faust table store; memory:// recovers tables from their "
                                  "changelog topic at start.")
+    analytics_batch: int = Field(1000, ge=1, description="Events folded per batch (one table write per request per batch).")
+    analytics_batch_wait_s: float = Field(0.2, gt=0, description="Longest wait to fill a batch; bounds how stale the numbers are.")
     analytics_top_repos: int = Field(10, ge=1, le=1000, description="Repositories listed on the dashboard.")
     analytics_public_url: str = Field("", description="Where people reach the dashboard, for links; empty: as requested.")

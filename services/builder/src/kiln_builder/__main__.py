@@ -8,14 +8,32 @@ import logging
 from kilnbus import BusProducer, Topics, run_service, serve_consumer
 from kilnbus.consumer import Handler
 
-from kiln_builder.executor import DockerExecutor
+from kiln_builder.executor import BuildExecutor, DockerExecutor
+from kiln_builder.kube_executor import KubernetesExecutor, PodSettings
 from kiln_builder.handler import Builder
 from kiln_builder.settings import Settings
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
+def make_executor(settings: Settings) -> BuildExecutor:
+    """The executor the settings ask for."""
+    if settings.build_executor == "kubernetes":
+        pods = PodSettings(namespace=settings.build_namespace, image=settings.build_image,
+                           cpu_request=settings.build_cpu_request, cpu_limit=settings.build_cpu_limit,
+                           memory_request=settings.build_memory_request,
+                           memory_limit=str(settings.build_memory_limit) if settings.build_memory_limit else "",
+                           node_selector=settings.build_node_selector, tolerations=settings.build_tolerations,
+                           service_account=settings.build_service_account,
+                           docker_config_secret=settings.build_docker_config_secret,
+                           insecure_registries=settings.insecure_registries)
+        auth = (settings.registry_username, settings.registry_password) if settings.registry_username else None
+        return KubernetesExecutor(pods, registry_url=settings.registry_url, registry_auth=auth,
+                                  tail_lines=settings.log_tail_lines)
     auth = {"username": settings.registry_username, "password": settings.registry_password} if settings.registry_username else None
-    executor = DockerExecutor(settings.docker_url or None, settings.build_memory_limit, auth)
+    return DockerExecutor(settings.docker_url or None, settings.build_memory_limit, auth)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    executor = make_executor(settings)
 
     def make_handler(producer: BusProducer, topics: Topics) -> Handler:
         return Builder(settings, producer, topics, executor).handle

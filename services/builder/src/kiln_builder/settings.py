@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import Field
 
 from kilnbus import BusSettings
@@ -22,3 +24,18 @@ class Settings(BusSettings):
     max_repo_bytes: int = Field(2**30, ge=0, description="Largest repository (checked out) that is built, in bytes.")
     work_dir: str = Field("/tmp/kiln-builds", description="Where repositories are checked out while they build.")
     log_tail_lines: int = Field(15, ge=0, description="Lines of the build log repeated in a failure message.")
+    # Where builds run. "kubernetes": one pod per build (kiln_builder.kube_executor), for the Helm chart.
+    build_executor: Literal["docker", "kubernetes"] = Field("docker", description="Where builds run: the Docker engine "
+                                                            "(docker_url) or pods on the Kubernetes cluster the builder runs in.")
+    build_namespace: str = Field("default", description="Kubernetes: namespace of the build pods.")
+    build_image: str = Field("moby/buildkit:v0.18.2-rootless", description="Kubernetes: image of the build pods (BuildKit rootless).")
+    build_cpu_request: str = Field("500m", description="Kubernetes: CPU a build pod requests.")
+    build_cpu_limit: str = Field("", description="Kubernetes: CPU limit of a build pod; empty: none.")
+    build_memory_request: str = Field("1Gi", description="Kubernetes: memory a build pod requests.")
+    build_node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes: node labels build pods must match (JSON).")
+    build_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Kubernetes: tolerations of build pods (JSON).")
+    build_service_account: str = Field("", description="Kubernetes: service account of build pods; empty: the namespace default.")
+    build_docker_config_secret: str = Field("", description="Kubernetes: Secret (key config.json) with the push credentials.")
+    registry_url: str = Field("", description="Kubernetes: the registry's URL, to see which images it has already.")
+    insecure_registries: list[str] = Field(default_factory=list, description="Registries (host:port) reached over plain HTTP.")
+
