@@ -20,7 +20,8 @@ def make_executor(settings: Settings) -> BuildExecutor:
         pods = PodSettings(namespace=settings.build_namespace, image=settings.build_image,
                            cpu_request=settings.build_cpu_request, cpu_limit=settings.build_cpu_limit,
                            memory_request=settings.build_memory_request,
-                           memory_limit=str(settings.build_memory_limit) if settings.build_memory_limit else "",
+                           memory_limit=settings.build_pod_memory_limit
+                           or (str(settings.build_memory_limit) if settings.build_memory_limit else ""),
                            node_selector=settings.build_node_selector, tolerations=settings.build_tolerations,
                            service_account=settings.build_service_account,
                            docker_config_secret=settings.build_docker_config_secret,

@@ -31,6 +31,8 @@ class Settings(BusSettings):
     build_image: str = Field("moby/buildkit:v0.18.2-rootless", description="Kubernetes: image of the build pods (BuildKit rootless).")
     build_cpu_request: str = Field("500m", description="Kubernetes: CPU a build pod requests.")
     build_cpu_limit: str = Field("", description="Kubernetes: CPU limit of a build pod; empty: none.")
+    build_pod_memory_limit: str = Field("", description="Kubernetes: memory limit of a build pod as a quantity (4Gi); "
+                                        "empty: build_memory_limit in bytes.")
     build_memory_request: str = Field("1Gi", description="Kubernetes: memory a build pod requests.")
     build_node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes: node labels build pods must match (JSON).")
     build_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Kubernetes: tolerations of build pods (JSON).")
