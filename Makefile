@@ -33,7 +33,7 @@ test-fast:   ## tests that need no infrastructure at all
 
 bench:       ## benchmarks (print their figures; see bench/README.md)
 	@deploy/local/up.sh infra
-	@for b in bus_latency gateway_stream resolver_throughput launcher_latency builder_builds; do $(PY) bench/$$b.py; done
+	@for b in bus_latency gateway_stream resolver_throughput launcher_latency builder_builds analytics_rebuild; do $(PY) bench/$$b.py; done
 
 clean: down  ## stop everything and delete .state (Kafka log, registry, hub database)
 	rm -rf .state

@@ -20,7 +20,7 @@ if [[ ${1:-all} != infra ]]; then
   "$here/sample.sh" start
   printf '\nKiln is up in %ss. Open http://%s:%s/ and launch a repository,\n' "$((SECONDS - started))" "$KILN_GATEWAY_HOST" "$KILN_GATEWAY_PORT"
   printf 'or launch the sample repository served from this machine:\n  %s\n' "$("$here/sample.sh" url)"
-  echo "'make status' shows each part and its address; 'make down' stops them."
+  echo "Analytics: http://127.0.0.1:$KILN_ANALYTICS_PORT/. 'make status' shows each part and its address; 'make down' stops them."
 else
   ok "infrastructure up in $((SECONDS - started))s"
 fi
