@@ -210,16 +210,22 @@ class KubernetesExecutor:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
 
+        def hand_over(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:
+                pass  # the build was given up (time limit) and its loop is gone: nobody is listening
+
         def pump() -> None:
             try:
                 response = api.read_namespaced_pod_log(name, self._s.namespace, container="build", follow=True,
                                                        _preload_content=False)
                 for line in _lines(response):
-                    loop.call_soon_threadsafe(queue.put_nowait, line)
+                    hand_over(line)
             except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                hand_over(exc)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+                hand_over(done)
 
         threading.Thread(target=pump, daemon=True, name="pod-log").start()
         while (item := await queue.get()) is not done:
