@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Runs Kiln's services as processes from the project's virtualenv.
-#   services.sh start|stop|status [SERVICE...]      (default: all five)
+# Runs Kiln's services:
+#   services.sh start|stop|status [SERVICE...]   (default: all five)
+#   services.sh env SERVICE                      write the service's environment file and print its path
+# KILN_SERVICES_FROM=images (default): each service in its own container, from the image
+# deploy/local/images.sh built, on the host network. KILN_SERVICES_FROM=venv: processes from .venv
+# (quicker while changing code: no image to rebuild).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/kiln.env"
 ALL=(resolver builder launcher analytics gateway)
 RUN="$KILN_STATE/services"
 VENV="$KILN_ROOT/.venv"
+MODE=${KILN_SERVICES_FROM:-images}
+REGISTRY=${KILN_REGISTRY_HOST:-127.0.0.1:5000}
 mkdir -p "$RUN"
+[[ $MODE == images || $MODE == venv ]] || die "KILN_SERVICES_FROM=$MODE" "use images or venv"
 names=("${@:2}"); ((${#names[@]})) || names=("${ALL[@]}")
-
-ready() {  # ready SERVICE: the gateway answers /health; the others have joined their consumer group
-  if [[ $1 == gateway ]]; then curl -fs -o /dev/null "http://$KILN_GATEWAY_HOST:$KILN_GATEWAY_PORT/health"
-  else grep -q "kiln-$1: consuming" "$KILN_LOGS/$1.log"; fi
-}
 
 secret() {  # secret NAME: a random secret made once and kept in .state/secrets/NAME
   local file="$KILN_STATE/secrets/$1"
@@ -21,55 +23,112 @@ secret() {  # secret NAME: a random secret made once and kept in .state/secrets/
   cat "$file"
 }
 
-start_one() {
-  local s=$1 pidfile="$RUN/$1.pid"
-  if pid_alive "$pidfile"; then ok "$s already running"; return; fi
+seal_keys() {
+  local keyfile="$KILN_STATE/token-seal-key"
+  [[ -s $keyfile ]] || (umask 077; "$VENV/bin/kiln-keygen" >"$keyfile")
+  echo "[\"$(cat "$keyfile")\"]"
+}
+
+# write_env SERVICE: the service's environment as KEY=VALUE lines (read literally by docker
+# --env-file and by env), in .state/services/SERVICE.env, readable by root only. Each service gets
+# only its own secrets: its hub service token, and the sealing key for the two that use it.
+write_env() {
+  local s=$1 file="$RUN/$1.env"
+  (
+    unset KILN_METRICS_PORT
+    export KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE"
+    case $s in
+      resolver) export KILN_METRICS_PORT=$KILN_RESOLVER_METRICS_PORT ;;
+      builder) export KILN_METRICS_PORT=$KILN_BUILDER_METRICS_PORT
+        # In a container the checkouts and the git mirror cache live on a volume (see start_container).
+        [[ $MODE == images ]] && export KILN_WORK_DIR=/var/lib/kiln-builder ;;
+      launcher) export KILN_METRICS_PORT=$KILN_LAUNCHER_METRICS_PORT
+        export KILN_HUB_API_TOKEN="${KILN_HUB_API_TOKEN:-$(cat "$KILN_STATE/hub/launcher-token" 2>/dev/null)}"
+        export KILN_TOKEN_SEAL_KEYS="${KILN_TOKEN_SEAL_KEYS:-$(seal_keys)}" ;;
+      gateway) export KILN_HUB_API_TOKEN="${KILN_HUB_API_TOKEN:-$(cat "$KILN_STATE/hub/gateway-token" 2>/dev/null)}"
+        export KILN_TOKEN_SEAL_KEYS="${KILN_TOKEN_SEAL_KEYS:-$(seal_keys)}"
+        # Event ids, build tokens and login sessions must stay valid when the gateway restarts.
+        export KILN_RESUME_SECRET="${KILN_RESUME_SECRET:-$(secret resume)}" \
+          KILN_BUILD_TOKEN_SECRET="${KILN_BUILD_TOKEN_SECRET:-$(secret build-token)}" \
+          KILN_SESSION_SECRET="${KILN_SESSION_SECRET:-$(secret session)}" ;;
+    esac
+    umask 077
+    env | grep '^KILN_' | grep -Ev '^KILN_(ROOT|STATE|LOGS|KAFKA_BOOTSTRAP_EFFECTIVE|SERVICES_FROM|WITH_BROWSER)=' \
+      | sort >"$file"
+  )
+  echo "$file"
+}
+
+running() {  # running SERVICE
+  if [[ $MODE == images ]]; then
+    [[ $(docker inspect -f '{{.State.Running}}' "kiln-$1" 2>/dev/null) == true ]]
+  else
+    pid_alive "$RUN/$1.pid"
+  fi
+}
+
+ready() {  # ready SERVICE: the gateway answers /health; the others have joined their consumer group
+  if [[ $1 == gateway ]]; then curl -fs -o /dev/null "http://$KILN_GATEWAY_HOST:$KILN_GATEWAY_PORT/health"
+  else grep -q "kiln-$1: consuming" "$KILN_LOGS/$1.log"; fi
+}
+
+start_process() {
+  local s=$1
   [[ -x $VENV/bin/kiln-$s ]] || die "kiln-$s is not installed in $VENV" "run make dev"
+  local lines; readarray -t lines <"$(write_env "$s")"
+  env "${lines[@]}" setsid nohup "$VENV/bin/kiln-$s" >>"$KILN_LOGS/$s.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$s.pid"
+}
+
+start_container() {
+  local s=$1 image="$REGISTRY/kiln/$s:latest" extra=()
+  docker image inspect "$image" >/dev/null 2>&1 || die "the image $image is not built" "run make images"
+  docker rm -f "kiln-$s" >/dev/null 2>&1 || true
+  if [[ $s == builder ]]; then
+    # The builder drives the host's engine through its socket; its checkouts and git cache persist.
+    mkdir -p "$KILN_STATE/builder"
+    extra=(-v /var/run/docker.sock:/var/run/docker.sock -v "$KILN_STATE/builder:/var/lib/kiln-builder")
+  fi
+  docker run -d --name "kiln-$s" --network host --env-file "$(write_env "$s")" --label org.kiln.stack=local \
+    --stop-timeout 40 "${extra[@]}" "$image" >/dev/null
+  # The container's output goes to the same log file as a process's would.
+  setsid nohup docker logs -f "kiln-$s" >>"$KILN_LOGS/$s.log" 2>&1 </dev/null &
+}
+
+start_one() {
+  local s=$1
+  if running "$s"; then ok "$s already running"; return; fi
   if [[ $s == gateway ]] && port_open "$KILN_GATEWAY_HOST" "$KILN_GATEWAY_PORT"; then
     die "port $KILN_GATEWAY_PORT is already in use, so the gateway cannot listen there" \
       "stop that program (ss -ltnp 'sport = :$KILN_GATEWAY_PORT' shows it) or set KILN_GATEWAY_PORT"
   fi
   : >"$KILN_LOGS/$s.log"
-  # Each service gets only its own secrets: the hub token of its own service account, and the
-  # sealing key for the two that seal and open server tokens.
-  local token="" seal="" metrics=""
-  case $s in
-    resolver) metrics=$KILN_RESOLVER_METRICS_PORT ;;
-    builder) metrics=$KILN_BUILDER_METRICS_PORT ;;
-    launcher) token=$(cat "$KILN_STATE/hub/launcher-token" 2>/dev/null); seal=$SEAL_KEYS
-      metrics=$KILN_LAUNCHER_METRICS_PORT ;;
-    gateway) token=$(cat "$KILN_STATE/hub/gateway-token" 2>/dev/null); seal=$SEAL_KEYS
-      # Event ids, build tokens and login sessions must stay valid when the gateway restarts.
-      export KILN_RESUME_SECRET="${KILN_RESUME_SECRET:-$(secret resume)}" \
-        KILN_BUILD_TOKEN_SECRET="${KILN_BUILD_TOKEN_SECRET:-$(secret build-token)}" \
-        KILN_SESSION_SECRET="${KILN_SESSION_SECRET:-$(secret session)}" ;;
-  esac
-  if [[ -n $metrics ]]; then export KILN_METRICS_PORT=$metrics; else unset KILN_METRICS_PORT; fi
-  KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE" KILN_HUB_API_TOKEN="${KILN_HUB_API_TOKEN:-$token}" \
-    KILN_TOKEN_SEAL_KEYS="${KILN_TOKEN_SEAL_KEYS:-$seal}" \
-    setsid nohup "$VENV/bin/kiln-$s" >>"$KILN_LOGS/$s.log" 2>&1 </dev/null &
-  echo $! >"$pidfile"
+  if [[ $MODE == images ]]; then start_container "$s"; else start_process "$s"; fi
 }
 
 start() {
-  local keyfile="$KILN_STATE/token-seal-key"
-  [[ -s $keyfile ]] || (umask 077; "$VENV/bin/kiln-keygen" >"$keyfile")
-  SEAL_KEYS="[\"$(cat "$keyfile")\"]"
+  [[ $MODE == images ]] && "$KILN_ROOT/deploy/local/images.sh" "${names[@]}"
   for s in "${names[@]}"; do start_one "$s"; done
   for s in "${names[@]}"; do
-    if ! wait_for "$s" 60 ready "$s"; then
+    if ! wait_for "$s" 90 ready "$s"; then
       tail -n 15 "$KILN_LOGS/$s.log" >&2; die "the $s did not become ready (log: $KILN_LOGS/$s.log)" "read the log above"
     fi
-    ok "$s ready"
+    if [[ $MODE == venv ]]; then ok "$s ready (process)"; else ok "$s ready (container kiln-$s)"; fi
   done
 }
 
 stop() {
   for s in "${names[@]}"; do
+    # Whichever way it was started: services finish the event in hand, commit and leave their group.
+    if [[ -n $(docker ps -aq -f "name=^kiln-$s\$" 2>/dev/null) ]]; then
+      docker stop -t 40 "kiln-$s" >/dev/null 2>&1 || true
+      docker rm -f "kiln-$s" >/dev/null 2>&1 || true
+      ok "$s stopped"
+    fi
     local pidfile="$RUN/$s.pid"
     pid_alive "$pidfile" || { rm -f "$pidfile"; continue; }
     local pid; pid=$(cat "$pidfile")
-    kill -TERM "$pid"  # services finish the event in hand, commit and leave their group
+    kill -TERM "$pid"
     wait_for "$s exit" 40 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
     rm -f "$pidfile"; ok "$s stopped"
   done
@@ -82,8 +141,12 @@ status() {
       gateway) where="http://$KILN_GATEWAY_HOST:$KILN_GATEWAY_PORT/" ;;
       analytics) where="http://127.0.0.1:$KILN_ANALYTICS_PORT/ (dashboard)" ;;
     esac
-    if pid_alive "$RUN/$s.pid"; then printf '%-10s running   %s\n' "$s" "$where"; else printf '%-10s stopped   %s\n' "$s" "$where"; fi
+    if running "$s"; then printf '%-10s running   %s\n' "$s" "$where"; else printf '%-10s stopped   %s\n' "$s" "$where"; fi
   done
 }
 
-case "${1:-}" in start) start ;; stop) stop ;; status) status ;; *) echo "usage: $0 start|stop|status [SERVICE...]" >&2; exit 2 ;; esac
+case "${1:-}" in
+  start) start ;; stop) stop ;; status) status ;;
+  env) [[ -n ${2:-} ]] || die "services.sh env needs a service name" "services.sh env gateway"; write_env "$2" ;;
+  *) echo "usage: $0 start|stop|status [SERVICE...] | env SERVICE" >&2; exit 2 ;;
+esac

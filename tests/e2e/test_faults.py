@@ -1,4 +1,4 @@
-"""Faults on the running stack: each service killed with SIGKILL mid-request, then restarted.
+"""Faults on the running stack: each service's container killed with SIGKILL mid-request, then restarted.
 
 Every request must still end (here: in ``ready``) within a bounded time, once, with nothing built
 or launched twice; a client of a restarted gateway resumes its stream with ``Last-Event-ID``.
@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -21,28 +18,11 @@ import httpx
 import pytest
 
 from ..support.githost import make_repo
+from .conftest import KilnServices
 from .test_binder import GATEWAY, GIT, repos, server_answers, spec_for  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 TICKING = "#!/bin/bash\nfor i in $(seq 1 {n}); do echo tick $i; sleep 1; done\n"
-
-
-def kill9(service: str) -> None:
-    pid = int((ROOT / ".state" / "services" / f"{service}.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-
-
-def restart(service: str) -> None:
-    done = subprocess.run(["bash", str(ROOT / "deploy" / "local" / "services.sh"), "start", service],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 class Stream:
@@ -85,55 +65,55 @@ def one_ready(stream: Stream) -> dict[str, Any]:
     return readies[0]
 
 
-async def test_resolver_killed_then_restarted(repos: Path) -> None:
+async def test_resolver_killed_then_restarted(repos: Path, kiln_services: KilnServices) -> None:
     make_repo(repos, "f-resolver", {"requirements.txt": "six==1.16.0\n", "id": uuid.uuid4().hex})
-    kill9("resolver")
+    kiln_services.kill9("resolver")
     try:
         stream = Stream(spec_for(repos, "f-resolver"))
         await asyncio.sleep(2)
         assert stream.events == [], "nobody resolved it while the resolver was down"
     finally:
-        restart("resolver")
+        kiln_services.restart("resolver")
     await asyncio.wait_for(stream.closed.wait(), 240)
     server_answers(one_ready(stream))
 
 
-async def test_builder_killed_mid_build_then_restarted(repos: Path) -> None:
+async def test_builder_killed_mid_build_then_restarted(repos: Path, kiln_services: KilnServices) -> None:
     make_repo(repos, "f-builder", {"postBuild": TICKING.format(n=6), "id": uuid.uuid4().hex})
     stream = Stream(spec_for(repos, "f-builder"))
     try:
         await stream.until(lambda: any("tick 2" in e.get("message", "") for _, e in stream.events), 180, "the build to run")
-        kill9("builder")
+        kiln_services.kill9("builder")
     finally:
-        restart("builder")
+        kiln_services.restart("builder")
     await asyncio.wait_for(stream.closed.wait(), 300)
     assert stream.phases().count("built") == 1, "built is said once, after the rebuilt image was pushed"
     server_answers(one_ready(stream))
 
 
-async def test_launcher_killed_mid_launch_then_restarted(repos: Path) -> None:
+async def test_launcher_killed_mid_launch_then_restarted(repos: Path, kiln_services: KilnServices) -> None:
     make_repo(repos, "f-launcher", {"README.md": uuid.uuid4().hex})
     warm = Stream(spec_for(repos, "f-launcher"))  # builds the image, so the next launch is a cache hit
     await asyncio.wait_for(warm.closed.wait(), 300)
     stream = Stream(spec_for(repos, "f-launcher"))
     try:
         await stream.until(lambda: "launching" in stream.phases(), 60, "the launch to start")
-        kill9("launcher")
+        kiln_services.kill9("launcher")
     finally:
-        restart("launcher")
+        kiln_services.restart("launcher")
     await asyncio.wait_for(stream.closed.wait(), 240)
     server_answers(one_ready(stream))
 
 
-async def test_gateway_restarted_client_resumes_with_last_event_id(repos: Path) -> None:
+async def test_gateway_restarted_client_resumes_with_last_event_id(repos: Path, kiln_services: KilnServices) -> None:
     make_repo(repos, "f-gateway", {"postBuild": TICKING.format(n=8), "id": uuid.uuid4().hex})
     spec = spec_for(repos, "f-gateway")
     first = Stream(spec)
     try:
         await first.until(lambda: any("tick 1" in e.get("message", "") for _, e in first.events), 180, "the build to run")
-        kill9("gateway")
+        kiln_services.kill9("gateway")
     finally:
-        restart("gateway")
+        kiln_services.restart("gateway")
     await asyncio.wait_for(first.closed.wait(), 30)
     assert "ready" not in first.phases()
     last_id = next(i for i, _ in reversed(first.events) if i)

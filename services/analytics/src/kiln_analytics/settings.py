@@ -16,6 +16,8 @@ class Settings(BusSettings):
                                  "name rebuilds every table from the start of the log.")
     analytics_store: str = Field("memory://", description="Faust table store; memory:// recovers tables from their "
                                  "changelog topic at start.")
+    analytics_data_dir: str = Field("/tmp/kiln-analytics", description="Faust's working folder (it keeps little "
+                                    "there with the memory store).")
     analytics_batch: int = Field(1000, ge=1, description="Events folded per batch (one table write per request per batch).")
     analytics_batch_wait_s: float = Field(0.2, gt=0, description="Longest wait to fill a batch; bounds how stale the numbers are.")
     analytics_top_repos: int = Field(10, ge=1, le=1000, description="Repositories listed on the dashboard.")

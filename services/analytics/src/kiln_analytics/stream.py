@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -34,11 +35,14 @@ class Analytics:
         self._codec = default_codec()
         topics = Topics(settings.topic_prefix)
         self.group = settings.analytics_group
+        datadir = Path(settings.analytics_data_dir) / self.group
+        datadir.parent.mkdir(parents=True, exist_ok=True)  # faust makes only the last folder
         self.app = faust.App(
             self.group,
             broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
             broker_credentials=_credentials(settings),
             store=settings.analytics_store,
+            datadir=str(datadir),
             web_enabled=False,
             topic_partitions=settings.topic_partitions,
             topic_replication_factor=settings.topic_replication,

@@ -1,0 +1,111 @@
+"""The end-to-end suite runs Kiln's five services as containers from their images, started here with
+testcontainers on the host network, against the stack's real Kafka, registry, engine and hub.
+
+testcontainers' reaper (Ryuk) is turned off: its image would have to be pulled, and nothing can be
+pulled here; the session fixture removes its containers itself. While the suite runs, the services
+`make up` started are stopped, and they are started again afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+from testcontainers.core.container import DockerContainer  # noqa: E402 (after the setting above)
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL = ROOT / "deploy" / "local"
+REGISTRY = os.environ.get("KILN_REGISTRY_HOST", "127.0.0.1:5000")
+ORDER = ("resolver", "builder", "launcher", "analytics", "gateway")
+
+
+def script(name: str, *args: str) -> str:
+    done = subprocess.run(["bash", str(LOCAL / name), *args], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{name} {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+class KilnServices:
+    """The five services as testcontainers, each startable, killable and restartable on its own."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, DockerContainer] = {}
+
+    def start(self, service: str, extra_env: dict[str, str] | None = None, timeout: float = 90) -> None:
+        env_file = script("services.sh", "env", service).strip().splitlines()[-1]
+        env = dict(line.split("=", 1) for line in Path(env_file).read_text().splitlines() if "=" in line)
+        env.update(extra_env or {})
+        container = DockerContainer(f"{REGISTRY}/kiln/{service}:latest", env=env, name=f"kiln-{service}")
+        container.with_kwargs(network_mode="host", labels={"org.kiln.stack": "e2e"})
+        if service == "builder":
+            (ROOT / ".state" / "builder").mkdir(parents=True, exist_ok=True)
+            container.with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
+            container.with_volume_mapping(str(ROOT / ".state" / "builder"), "/var/lib/kiln-builder", "rw")
+        container.start()
+        self.containers[service] = container
+        self._wait_ready(service, container, timeout)
+
+    def _wait_ready(self, service: str, container: DockerContainer, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if service == "gateway":
+                try:
+                    if httpx.get("http://127.0.0.1:8585/health", timeout=2).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+            else:
+                out, err = container.get_logs()
+                if f"kiln-{service}: consuming".encode() in out + err:
+                    return
+            container.get_wrapped_container().reload()
+            assert container.get_wrapped_container().status == "running", container.get_logs()[1][-2000:]
+            time.sleep(0.3)
+        raise AssertionError(f"the {service} container did not become ready: {container.get_logs()[1][-2000:]!r}")
+
+    def kill9(self, service: str) -> None:
+        """SIGKILL, as a crash: the service gets no chance to finish or commit anything."""
+        container = self.containers.pop(service)
+        wrapped = container.get_wrapped_container()
+        wrapped.kill(signal="SIGKILL")
+        wrapped.wait(timeout=30)
+        container.stop()
+
+    def restart(self, service: str, extra_env: dict[str, str] | None = None) -> None:
+        """Start ``service`` again (gracefully stopped first if it runs), with settings of the test's if given."""
+        if service in self.containers:
+            self.stop(service)
+        self.start(service, extra_env)
+
+    def stop(self, service: str) -> None:
+        container = self.containers.pop(service)
+        container.get_wrapped_container().stop(timeout=40)  # SIGTERM: finish, commit, leave the group
+        container.stop()
+
+
+@pytest.fixture(scope="session")
+def kiln_services() -> Iterator[KilnServices]:
+    script("images.sh")  # the images the chart uses too, rebuilt only if their sources changed
+    script("services.sh", "stop")
+    services = KilnServices()
+    try:
+        for service in ORDER:
+            services.start(service)
+        yield services
+    finally:
+        for service in list(services.containers):
+            services.stop(service)
+        script("services.sh", "start")
+
+
+@pytest.fixture(autouse=True)
+def _services_running(kiln_services: KilnServices) -> None:
+    """Every end-to-end test runs against the containers above."""
