@@ -167,3 +167,27 @@ async def test_culled_server_is_reported_stopped(launcher: LaunchHarness) -> Non
     await wait_until(lambda: any(e.phase is Phase.STOPPED for e in launcher.phases[rid]), 20, "the stopped event")
     stopped = next(e for e in launcher.phases[rid] if e.phase is Phase.STOPPED)
     assert stopped.server_name == ready.server_name and stopped.service == "launcher"
+
+
+async def test_quota_count_asks_the_hub_once_for_many_requests() -> None:
+    """The total quota's count: concurrent requests share one hub listing, started launches add up,
+    and the hub is asked again once the count is older than its interval. ``listing`` stands in for
+    the hub's GET /users (the call itself is tested against the real hub above)."""
+    from kiln_launcher.quota import RunningCount
+
+    asked = 0
+
+    async def listing() -> int:
+        nonlocal asked
+        asked += 1
+        await asyncio.sleep(0.05)
+        return 3
+
+    running = RunningCount(listing, max_age_s=0.3)
+    assert await asyncio.gather(*(running.count() for _ in range(50))) == [3] * 50
+    assert asked == 1
+    running.started()
+    running.started()
+    assert await running.count() == 5 and asked == 1
+    await asyncio.sleep(0.35)
+    assert await running.count() == 3 and asked == 2, "a fresh answer replaces the local additions"

@@ -18,6 +18,7 @@ from kilnbus.sealing import Sealer
 from kiln_launcher import metrics
 from kiln_launcher.hub import Hub, HubError
 from kiln_launcher.names import user_name
+from kiln_launcher.quota import RunningCount
 from kiln_launcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Launcher:
         self._sealer = sealer
         self._in_flight: set[str] = set()
         self._attempts: dict[str, int] = {}
+        self._running = RunningCount(hub.running_servers, settings.quota_check_interval_s)
 
     async def emit(self, req: HubLaunchRequested, phase: Phase, **fields: Any) -> None:
         await self._producer.publish(self._topics.phase_events, req.request_id, PhaseEvent(
@@ -90,9 +92,10 @@ class Launcher:
         user = req.hub_user or user_name(req.repo_url, req.request_id)
         server = "binder-" + hashlib.sha256(req.request_id.encode()).hexdigest()[:10]
         if self._s.total_quota is not None:
-            running = await self._hub.running_servers()
+            running = await self._running.count()
             if running >= self._s.total_quota:
                 raise LaunchFailed(f"Too many users on this Binder ({running} servers running)! Try again soon.", "total_quota", 429)
+            self._running.started()
         await self.emit(req, Phase.LAUNCHING, message="Launching server...\n", image_name=req.image_name)
         if req.hub_user is None:
             await self._hub.create_user(user)  # exists already if this request was delivered before

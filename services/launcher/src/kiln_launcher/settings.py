@@ -15,6 +15,8 @@ class Settings(BusSettings):
     hub_api_token: str = Field("", description="The launcher's hub service token (scopes: admin:users, admin:servers, tokens).")
     token_seal_keys: list[str] = Field(default_factory=list, description="Fernet keys; the first seals server tokens on the bus.")
     total_quota: int | None = Field(None, ge=0, description="Running servers allowed in all; None: no limit; 0: closed.")
+    quota_check_interval_s: float = Field(5.0, ge=0, description="How often the total quota's count of running "
+                                          "servers is asked of the hub; launches started in between are added to it.")
     launch_timeout_s: float = Field(600, gt=0, description="A server not ready within this time has failed to launch.")
     retries: int = Field(4, ge=1, description="Attempts at starting a server before the launch fails.")
     retry_delay_s: float = Field(4.0, ge=0, description="First wait between attempts; it doubles each time.")
