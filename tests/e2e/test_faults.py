@@ -124,3 +124,26 @@ async def test_gateway_restarted_client_resumes_with_last_event_id(repos: Path, 
     assert len(seen) == len(set(seen)), "nothing delivered twice across the reconnect"
     assert resumed.phases()[-1] == "ready"
     server_answers(ready)
+
+
+async def test_analytics_killed_mid_request_then_restarted(repos: Path, kiln_services: KilnServices) -> None:
+    """Analytics is off the request path: the launch is not held up, and the restarted service,
+    recovering its table from the changelog and reading on from its offsets, counts it."""
+    make_repo(repos, "f-analytics", {"README.md": uuid.uuid4().hex})
+    repo_url = f"{GIT}/{repos.name}/f-analytics"
+    stream = Stream(spec_for(repos, "f-analytics"))
+    try:
+        await stream.until(lambda: len(stream.events) > 0, 120, "the first event")
+        kiln_services.kill9("analytics")
+        await asyncio.wait_for(stream.closed.wait(), 300)
+        server_answers(one_ready(stream))
+    finally:
+        kiln_services.restart("analytics")
+    async with httpx.AsyncClient(base_url="http://127.0.0.1:8590", timeout=10) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            days = (await client.get("/api/v1/launches", params={"repo": repo_url, "window": "day"})).json()["buckets"]
+            if sum(b["success"] for b in days) == 1 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    assert sum(b["success"] for b in days) == 1, days
