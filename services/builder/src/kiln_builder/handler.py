@@ -29,7 +29,9 @@ from kiln_builder.settings import Settings
 
 log = logging.getLogger(__name__)
 PUSH_EVENT_INTERVAL_S = 1.5  # as BinderHub: a progress bar needs no more
-LOG_PHASES = (Phase.FETCHING, Phase.BUILDING)
+# Sent without waiting for the broker (order kept by the idempotent producer; the next phase change
+# waits for them): log lines, and the queue position a build starts from.
+LOG_PHASES = (Phase.WAITING, Phase.FETCHING, Phase.BUILDING)
 
 
 class Builder:
