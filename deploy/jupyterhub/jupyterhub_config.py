@@ -12,6 +12,7 @@ Read by deploy/local/hub.sh. Settings come from the environment, with the local 
   KILN_CULL_IDLE_S            idle servers are stopped after this many seconds (600)
 """
 
+import asyncio
 import os
 import re
 import signal
@@ -44,7 +45,29 @@ class HostNetworkDockerSpawner(DockerSpawner):
 
     async def start(self):
         self.port = random_port()
-        return await super().start()
+        result = await super().start()
+        await self._wait_for_port()
+        return result
+
+    async def _wait_for_port(self):
+        """Return once the server accepts connections (or its container has stopped).
+
+        The hub checks a new server with randomised exponential backoff, waits of up to 5 s, so a
+        server that is up at 2 s is often seen at 3 to 6 s. Polling the port every 50 ms here makes
+        the hub's first check find it up.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while loop.time() < deadline:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            except OSError:
+                pass
+            if await self.poll() is not None:
+                return  # the container stopped: the hub's own check reports that
+            await asyncio.sleep(0.05)
 
     async def get_ip_and_port(self):
         return "127.0.0.1", self.port

@@ -137,7 +137,10 @@ async def test_analytics_and_metrics_tell_what_happened(repos: Path) -> None:
         exported = [json.loads(line) for line in (await client.get("/api/v1/export/launches.jsonl")).text.splitlines()]
         mine = [e for e in exported if repos.name in e["spec"] and "counted" in e["spec"]]
         assert len(mine) == 2 and {e["provider"] for e in mine} == {"Git"}
-        assert "counted" in (await client.get("/")).text
+        listed = (await client.get("/api/v1/repos", params={"limit": 1000})).json()["repos"]
+        assert {"provider": "git", "repo": repo_url, "launches": 2, "failures": 0} in listed
+        page = await client.get("/")  # the stack's log holds other repositories too: the top ten may not be ours
+        assert page.status_code == 200 and page.text.count("<svg") == 4
     scraped = {name: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
                for name, port in (("gateway", 8585), ("analytics", 8590), ("resolver", 9101), ("builder", 9102),
                                   ("launcher", 9103))}
