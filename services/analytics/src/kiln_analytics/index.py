@@ -89,8 +89,10 @@ class Index:
         for s in self._ended_between(since, until):
             counts[(s.provider, s.repo)] += 1
             failures[(s.provider, s.repo)] += s.outcome != "ready"
-        return [{"provider": p, "repo": r, "launches": n, "failures": failures[(p, r)]}
-                for (p, r), n in counts.most_common(limit)]
+        # Ties broken by name: records arrive in partition order, which differs between replicas
+        # and rebuilds, and the same log must give the same answer.
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        return [{"provider": p, "repo": r, "launches": n, "failures": failures[(p, r)]} for (p, r), n in ranked]
 
     def by_provider(self, since: float, until: float) -> dict[str, int]:
         return dict(Counter(s.provider for s in self._ended_between(since, until)).most_common())
