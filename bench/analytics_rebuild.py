@@ -21,15 +21,18 @@ import logging
 import os
 import platform
 import resource
+import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from kilnbus import BusSettings, Phase, PhaseEvent, Topics, default_codec, ensure_topics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.conftest import delete_topics  # noqa: E402 (the same cleanup the tests use)
 
 BOOTSTRAP = os.environ.get("KILN_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 PARTITIONS = 6
@@ -127,17 +130,6 @@ async def analytics_rebuild(prefix: str, events: int, requests: int) -> tuple[fl
     return elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def delete_prefix(prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -155,7 +147,7 @@ async def main() -> None:
         avro_s = await raw_read(topics.phase_events.name, events, decode=True)
         faust_s, rss = await analytics_rebuild(prefix, events, requests)
     finally:
-        await delete_prefix(prefix)
+        await delete_topics(BOOTSTRAP, prefix)
     rows = [("raw aiokafka, bytes", raw_s), ("raw aiokafka + Avro decode", avro_s), ("analytics (faust), tables rebuilt", faust_s)]
     print(f"\n{'reader':36} {'seconds':>9} {'events/s':>11}")
     for name, seconds in rows:

@@ -60,11 +60,12 @@ class Analytics:
         self.table = self.app.Table("requests", partitions=settings.topic_partitions, key_type=bytes, value_type=bytes,
                                     use_partitioner=True)
         self.table.on_recover(self._recovered)
+        # Read from the index at each scrape: nothing to keep in step by hand.
+        metrics.RUNNING_SERVERS.set_function(lambda: len(self.index.running()))
         self.app.agent(self.source, name="phase-events")(self._consume)
 
     async def _recovered(self) -> None:
         self.index.rebuild(RequestRecord.loads(v) for v in self.table.values())
-        metrics.RUNNING_SERVERS.set(len(self.index.running()))
         log.info("%s: table recovered with %d requests", self.group, len(self.index))
         if not self.ready:
             self.ready = True
@@ -95,12 +96,6 @@ class Analytics:
                 self._fold_into(dirty, phase_event)
             self._write(dirty)
 
-    def apply(self, event: PhaseEvent) -> None:
-        """Fold one event and write its record: for callers outside a batch."""
-        dirty: dict[bytes, RequestRecord] = {}
-        self._fold_into(dirty, event)
-        self._write(dirty)
-
     def _fold_into(self, dirty: dict[bytes, RequestRecord], event: PhaseEvent) -> None:
         key = event.request_id.encode()
         before = dirty.get(key)
@@ -112,12 +107,8 @@ class Analytics:
 
     def _write(self, dirty: dict[bytes, RequestRecord]) -> None:
         for key, record in dirty.items():
-            previous = self.index.get(record.request_id)
             self.table[key] = record.dumps()
             self.index.update(record)
-            now_running = record.running
-            if now_running != (previous.running if previous is not None else False):
-                metrics.RUNNING_SERVERS.inc(1 if now_running else -1)
 
     async def _set_aside(self, event: Any, error: str) -> None:
         metrics.MALFORMED.inc()

@@ -51,7 +51,6 @@ class Launcher:
         self._hub = hub
         self._sealer = sealer
         self._in_flight: set[str] = set()
-        self._attempts: dict[str, int] = {}
         self._running = RunningCount(hub.running_servers, settings.quota_check_interval_s)
 
     async def emit(self, req: HubLaunchRequested, phase: Phase, **fields: Any) -> None:
@@ -69,11 +68,10 @@ class Launcher:
             return  # a second delivery while the first is launching: the first answers
         self._in_flight.add(req.request_id)
         started = time.monotonic()
-        status = "failure"
+        retries = "-1"  # BinderHub's label: the attempt index on success, -1 otherwise
         try:
             with metrics.INPROGRESS_LAUNCHES.track_inprogress():
-                await self._launch(req)
-            status = "success"
+                retries = str(await self._launch(req) - 1)
         except LaunchFailed as exc:
             log.info("launch %s failed: %s", req.request_id, exc.cause)
             await self.emit(req, Phase.FAILED, message=str(exc).rstrip("\n") + "\n", failure_cause=exc.cause,
@@ -83,11 +81,11 @@ class Launcher:
                             status_code=exc.status, image_name=req.image_name)
         finally:
             self._in_flight.discard(req.request_id)
-            # BinderHub's label: the attempt index on success, -1 otherwise
-            retries = str(self._attempts.pop(req.request_id, 1) - 1) if status == "success" else "-1"
+            status = "failure" if retries == "-1" else "success"
             metrics.LAUNCH_TIME.labels(status=status, retries=retries).observe(time.monotonic() - started)
 
-    async def _launch(self, req: HubLaunchRequested) -> None:
+    async def _launch(self, req: HubLaunchRequested) -> int:
+        """Start (or find) the server and report it ready; returns the attempt that started it."""
         started = time.monotonic()
         user = req.hub_user or user_name(req.repo_url, req.request_id)
         server = "binder-" + hashlib.sha256(req.request_id.encode()).hexdigest()[:10]
@@ -107,29 +105,30 @@ class Launcher:
                    "binder_launch_host": req.launch_host, "binder_request": f"v2/{req.provider}/{req.spec}",
                    "binder_persistent_request": f"v2/{req.provider}/{req.resolved_spec}",
                    "binder_client_ip": req.client_ip or ""}
+        attempt = 1
         if state is not None and state.get("ready"):
             log.info("launch %s: server %s/%s already running (request delivered again)", req.request_id, user, server)
         elif state is not None:
             await self._follow(req, user, server, started)
         else:
-            await self._start_with_retries(req, user, server, options, started)
+            attempt = await self._start_with_retries(req, user, server, options, started)
         token = await self._hub.token(user, server, self._s.token_lifetime_s)
         url = f"{self._s.hub_public_url.rstrip('/')}/user/{user}/{server}/"
         await self.emit(req, Phase.READY, message=f"server running at {url}\n", url=url, sealed_token=self._sealer.seal(token),
                         image_name=req.image_name, repo_url=req.repo_url, ref_url=req.ref_url, resolved_spec=req.resolved_spec,
                         launch_host=req.launch_host, server_name=f"{user}/{server}", ref=req.ref)
+        return attempt
 
     async def _start_with_retries(self, req: HubLaunchRequested, user: str, server: str, options: dict[str, Any],
-                                  started: float) -> None:
+                                  started: float) -> int:
         delay = self._s.retry_delay_s
         for attempt in range(1, self._s.retries + 1):
-            self._attempts[req.request_id] = attempt
             try:
                 refused = await self._hub.start_server(user, server, options)
                 if refused is not None:
                     raise LaunchFailed(f"The server failed to start: {refused}", classify(refused), 500)
                 await self._follow(req, user, server, started)
-                return
+                return attempt
             except LaunchFailed as exc:
                 if exc.cause in ("image_missing", "launch_timeout") or attempt == self._s.retries:
                     await self._hub.stop_server(user, server)

@@ -123,7 +123,6 @@ class Resolver:
         cached = self._cache.get(key)
         if cached and time.monotonic() - cached[0] < self._s.resolve_cache_s:
             return cached[1]
-        started = time.monotonic()
         try:
             resolution = await self._timed(request.provider, provider.resolve(request.spec))
         except ResolveError as exc:
@@ -135,7 +134,6 @@ class Resolver:
             await self._emit(request, Phase.WAITING, message=f"Ref {ref!r} not found; using the default branch (HEAD) "
                              "instead. Please update your links.\n")
         self.resolutions += 1
-        log.debug("resolved %s/%s in %.3fs", request.provider, request.spec, time.monotonic() - started)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (time.monotonic(), resolution)
