@@ -30,9 +30,10 @@ from kilnbus.sealing import new_key  # noqa: E402
 from kiln_launcher.__main__ import serve  # noqa: E402
 from kiln_launcher.settings import Settings  # noqa: E402
 from tests.bus.helpers import start_consumer  # noqa: E402
+from tests.support.stack import HUB_API  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-API = "http://127.0.0.1:8081/hub/api"
+API = HUB_API
 IMAGE = (ROOT / ".state" / "base-image").read_text().strip()
 TOKEN = (ROOT / ".state" / "hub" / "launcher-token").read_text().strip()
 
@@ -80,7 +81,7 @@ async def main() -> None:
     bus = BusSettings(topic_prefix=f"bench-launch-{uuid.uuid4().hex[:8]}.")
     await ensure_topics(bus)
     topics = Topics(bus.topic_prefix)
-    settings = Settings(**bus.model_dump(), hub_api_token=TOKEN, token_seal_keys=[new_key()])
+    settings = Settings(**bus.model_dump(), hub_api_url=HUB_API, hub_api_token=TOKEN, token_seal_keys=[new_key()])
     headers = {"Authorization": f"token {TOKEN}"}
     direct, bare, kiln = [], [], []
     cleanup: list[str] = []

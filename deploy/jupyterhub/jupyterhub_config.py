@@ -1,4 +1,7 @@
-"""JupyterHub for Kiln on one machine: DockerSpawner with host networking, all on loopback.
+"""JupyterHub for Kiln on one machine: DockerSpawner, servers isolated on a network of their own.
+
+The hub and the proxy listen on loopback, except the hub's API, which listens on the gateway
+address of the user network (deploy/local/network.sh), the one place on the host a server may reach.
 
 Read by deploy/local/hub.sh. Settings come from the environment, with the local stack's defaults:
   KILN_STATE                  where the hub's installation and service tokens are
@@ -10,6 +13,11 @@ Read by deploy/local/hub.sh. Settings come from the environment, with the local 
                               the gateway becomes an OAuth client of the hub)
   KILN_GATEWAY_OAUTH_CALLBACK the gateway's /oauth_callback URL, in the authenticated mode
   KILN_CULL_IDLE_S            idle servers are stopped after this many seconds (600)
+  KILN_USER_NETWORK           the Docker network servers run on (kiln-users)
+  KILN_USER_GATEWAY           the host's address on that network; the hub's API listens there (172.29.0.1)
+  KILN_SERVER_MEM_LIMIT       memory limit of each server (2G, as mybinder.org)
+  KILN_SERVER_CPU_LIMIT       CPU limit of each server, in cores (1)
+  KILN_SERVER_PIDS_LIMIT      processes and threads each server may have at once (1024)
 """
 
 import asyncio
@@ -20,7 +28,6 @@ import sys
 from pathlib import Path
 
 from dockerspawner import DockerSpawner
-from jupyterhub.utils import random_port
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
@@ -36,20 +43,20 @@ base_image_file = Path(os.environ.get("KILN_STATE", ".state")) / "base-image"
 base_image = base_image_file.read_text().strip() if base_image_file.exists() else f"{registry}/kiln/base:latest"
 
 
-class HostNetworkDockerSpawner(DockerSpawner):
-    """DockerSpawner for host networking: a free loopback port per server, no port bindings.
+class IsolatedDockerSpawner(DockerSpawner):
+    """DockerSpawner for servers on Kiln's user network, waiting for each server's port.
 
-    With network_mode=host Docker rejects port bindings, and `docker port` reports nothing, so the
-    spawner picks the port itself and tells the hub where the server is.
+    A server runs as uid 1000 with no capabilities, no new privileges and limits on memory, CPU and
+    processes, in a network namespace of its own: it reaches the internet and the hub's API, and
+    nothing else on the host (deploy/local/network.sh holds the firewall rules).
     """
 
     async def start(self):
-        self.port = random_port()
-        result = await super().start()
-        await self._wait_for_port()
-        return result
+        ip, port = await super().start()
+        await self._wait_for_port(ip, port)
+        return ip, port
 
-    async def _wait_for_port(self):
+    async def _wait_for_port(self, ip, port):
         """Return once the server accepts connections (or its container has stopped).
 
         The hub checks a new server with randomised exponential backoff, waits of up to 5 s, so a
@@ -60,7 +67,7 @@ class HostNetworkDockerSpawner(DockerSpawner):
         deadline = loop.time() + self.start_timeout
         while loop.time() < deadline:
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                _, writer = await asyncio.open_connection(ip, port)
                 writer.close()
                 return
             except OSError:
@@ -68,9 +75,6 @@ class HostNetworkDockerSpawner(DockerSpawner):
             if await self.poll() is not None:
                 return  # the container stopped: the hub's own check reports that
             await asyncio.sleep(0.05)
-
-    async def get_ip_and_port(self):
-        return "127.0.0.1", self.port
 
     def get_env(self):
         """BinderHub's launch metadata for the server, from the launcher's user options."""
@@ -94,8 +98,13 @@ def allowed_images(spawner):
 
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = int(os.environ.get("KILN_HUB_PORT", "8000"))
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = int(os.environ.get("KILN_HUB_API_PORT", "8081"))
+# The hub's API is the one thing on the host that servers reach (jupyterhub-singleuser checks tokens,
+# completes OAuth and reports activity there): it listens on the user network's gateway address, which
+# the firewall opens to servers for this port only. Kiln's launcher reaches it there too.
+user_gateway = os.environ.get("KILN_USER_GATEWAY", "172.29.0.1")
+hub_api_port = int(os.environ.get("KILN_HUB_API_PORT", "8081"))
+c.JupyterHub.hub_bind_url = f"http://{user_gateway}:{hub_api_port}"
+c.JupyterHub.hub_connect_url = f"http://{user_gateway}:{hub_api_port}"
 c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(data / "cookie_secret")
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{int(os.environ.get('KILN_PROXY_API_PORT', '8001'))}"
@@ -117,10 +126,20 @@ elif auth == "dummy":
 else:
     sys.exit(f"KILN_HUB_AUTH={auth!r}: expected 'none' or 'dummy'")
 
-c.JupyterHub.spawner_class = HostNetworkDockerSpawner
-c.DockerSpawner.network_name = "host"
-c.DockerSpawner.use_internal_ip = True
+c.JupyterHub.spawner_class = IsolatedDockerSpawner
+c.DockerSpawner.network_name = os.environ.get("KILN_USER_NETWORK", "kiln-users")
+c.DockerSpawner.use_internal_ip = True  # the proxy reaches each server at its address on that network
 c.DockerSpawner.remove = True
+c.DockerSpawner.mem_limit = os.environ.get("KILN_SERVER_MEM_LIMIT", "2G")
+c.DockerSpawner.cpu_limit = float(os.environ.get("KILN_SERVER_CPU_LIMIT", "1"))
+# Strangers' code: uid 1000 whatever the image says (Dockerfile repositories too, as on mybinder.org),
+# no capabilities, no setuid escalation, a bounded number of processes (a fork bomb stays inside).
+c.DockerSpawner.extra_create_kwargs = {"user": "1000"}
+c.DockerSpawner.extra_host_config = {
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+    "pids_limit": int(os.environ.get("KILN_SERVER_PIDS_LIMIT", "1024")),
+}
 # Images come only from Kiln's own registry (allowed_images), which is on this machine: pull what the
 # engine lacks (built by another builder, or pruned), never anything from elsewhere.
 c.DockerSpawner.pull_policy = "ifnotpresent"
@@ -128,7 +147,8 @@ c.DockerSpawner.image = base_image
 c.DockerSpawner.allowed_images = allowed_images
 c.DockerSpawner.name_template = "kiln-{username}--{servername}"
 c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
-c.Spawner.ip = "127.0.0.1"
+c.Spawner.ip = "0.0.0.0"  # inside the server's own network namespace
+c.Spawner.port = 8888
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
 c.Spawner.default_url = "/lab"

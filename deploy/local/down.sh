@@ -12,6 +12,7 @@ if docker info >/dev/null 2>&1; then
   ids=$(docker ps -aq --filter "name=^kiln-")
   [[ -n $ids ]] && docker rm -f $ids >/dev/null && ok "removed leftover server containers"
 fi
+"$here/network.sh" stop
 "$here/registry.sh" stop
 "$here/kafka.sh" stop
 "$here/docker.sh" stop

@@ -8,6 +8,7 @@
 # KILN_HUB_INSTANCE (main; another name keeps its own database and pid, sharing the installation).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/kiln.env"
 HUB="$KILN_STATE/hub"
 PORT=${KILN_HUB_PORT:-8000}
 API_PORT=${KILN_HUB_API_PORT:-8081}
@@ -43,26 +44,29 @@ install() {
 
 start() {
   if [[ -n ${KILN_HUB_URL:-} ]]; then ok "hub: using $KILN_HUB_URL"; return; fi
-  if pid_alive "$PIDFILE" && curl -fs -o /dev/null "http://127.0.0.1:$API_PORT/hub/api/"; then
-    ok "jupyterhub already running on 127.0.0.1:$PORT (API 127.0.0.1:$API_PORT)"; return
+  if pid_alive "$PIDFILE" && curl -fs -o /dev/null "http://$KILN_USER_GATEWAY:$API_PORT/hub/api/"; then
+    ok "jupyterhub already running on 127.0.0.1:$PORT (API $KILN_USER_GATEWAY:$API_PORT)"; return
   fi
+  # A hub of ours that runs but does not answer where it should (an older configuration) is restarted.
+  pid_alive "$PIDFILE" && { warn "the running hub does not answer at $KILN_USER_GATEWAY:$API_PORT: restarting it"; stop; }
   for p in "$PORT" "$API_PORT" "$PROXY_API_PORT"; do
-    port_open 127.0.0.1 "$p" && die "port $p is already in use, so JupyterHub cannot listen there" \
+    { port_open 127.0.0.1 "$p" || port_open "$KILN_USER_GATEWAY" "$p"; } && die "port $p is already in use, so JupyterHub cannot listen there" \
       "stop that program (ss -ltnp 'sport = :$p' shows it) or set KILN_HUB_PORT / KILN_HUB_API_PORT / KILN_PROXY_API_PORT"
   done
   docker info >/dev/null 2>&1 || die "the Docker engine does not answer; DockerSpawner needs it" "run deploy/local/docker.sh start (make up does)"
+  ip addr show 2>/dev/null | grep -q "inet $KILN_USER_GATEWAY/" || die "no interface has $KILN_USER_GATEWAY, where the hub's API listens for servers" "run deploy/local/network.sh start (make up does)"
   install
   step "starting JupyterHub on 127.0.0.1:$PORT"
   mkdir -p "$DATA"
   # `cd` on its own, so that $! is the hub itself and not a subshell around it.
-  (cd "$DATA"; export KILN_STATE KILN_HUB_DATA="$DATA" PATH="$HUB/venv/bin:$PATH"
+  (cd "$DATA"; export KILN_STATE KILN_HUB_DATA="$DATA" KILN_USER_NETWORK KILN_USER_GATEWAY PATH="$HUB/venv/bin:$PATH"
    setsid nohup "$HUB/venv/bin/jupyterhub" -f "$KILN_ROOT/deploy/jupyterhub/jupyterhub_config.py" >"$LOG" 2>&1 </dev/null &
    echo $! >"$PIDFILE")
-  if ! wait_for "hub" 60 curl -fs -o /dev/null "http://127.0.0.1:$API_PORT/hub/api/"; then
+  if ! wait_for "hub" 60 curl -fs -o /dev/null "http://$KILN_USER_GATEWAY:$API_PORT/hub/api/"; then
     tail -n 20 "$LOG" >&2; die "JupyterHub did not start (log: $LOG)" "read the log above"
   fi
   wait_for "proxy" 30 port_open 127.0.0.1 "$PORT" || die "the proxy did not start on $PORT (log: $LOG)" "read $LOG"
-  ok "jupyterhub ready on 127.0.0.1:$PORT (API 127.0.0.1:$API_PORT)"
+  ok "jupyterhub ready on 127.0.0.1:$PORT (API $KILN_USER_GATEWAY:$API_PORT)"
 }
 
 stop() {
@@ -76,8 +80,8 @@ stop() {
 
 status() {
   if [[ -n ${KILN_HUB_URL:-} ]]; then echo "jupyterhub external  $KILN_HUB_URL"; return; fi
-  if pid_alive "$PIDFILE" && curl -fs -o /dev/null "http://127.0.0.1:$API_PORT/hub/api/"; then
-    echo "jupyterhub running   http://127.0.0.1:$PORT (API http://127.0.0.1:$API_PORT/hub/api)"
+  if pid_alive "$PIDFILE" && curl -fs -o /dev/null "http://$KILN_USER_GATEWAY:$API_PORT/hub/api/"; then
+    echo "jupyterhub running   http://127.0.0.1:$PORT (API http://$KILN_USER_GATEWAY:$API_PORT/hub/api)"
   else echo "jupyterhub stopped   http://127.0.0.1:$PORT"; fi
 }
 

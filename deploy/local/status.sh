@@ -6,6 +6,7 @@ source "$here/lib.sh"
 source "$here/kiln.env"
 "$here/kafka.sh" status
 "$here/docker.sh" status
+"$here/network.sh" status
 "$here/registry.sh" status
 if [[ -f $KILN_STATE/base-image ]]; then echo "base image $(cat "$KILN_STATE/base-image")"; else echo "base image not built"; fi
 "$here/hub.sh" status

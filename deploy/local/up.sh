@@ -12,6 +12,7 @@ echo "kiln: bringing the local stack up (logs in $KILN_LOGS)"
 "$here/venv.sh"
 "$here/kafka.sh" start
 "$here/docker.sh" start
+"$here/network.sh" start
 "$here/registry.sh" start
 "$here/base-image.sh"
 "$here/hub.sh" start

@@ -20,11 +20,11 @@ import httpx
 import pytest
 
 from ..support.githost import make_repo
+from ..support.stack import HUB_API
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "http://127.0.0.1:8585"
-HUB_API = "http://127.0.0.1:8081/hub/api"
 GIT = "http://127.0.0.1:8765"
 ANALYTICS = "http://127.0.0.1:8590"
 

@@ -19,6 +19,7 @@ import pytest
 
 from kilnbus import Phase, PhaseEvent
 
+from ..support.stack import user_gateway
 from .conftest import Gateway, free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.hub, pytest.mark.slow]
@@ -47,7 +48,7 @@ def gateway_settings(gateway_settings: Any, auth_hub: dict[str, str], gateway_po
     return gateway_settings.model_copy(update={
         "gateway_port": gateway_port, "auth_enabled": True,
         "hub_public_url": f"http://127.0.0.1:{auth_hub['KILN_HUB_PORT']}",
-        "hub_api_url": f"http://127.0.0.1:{auth_hub['KILN_HUB_API_PORT']}/hub/api",
+        "hub_api_url": f"http://{user_gateway()}:{auth_hub['KILN_HUB_API_PORT']}/hub/api",
         "hub_api_token": (ROOT / ".state" / "hub" / "gateway-token").read_text().strip(),
         "oauth_callback_url": f"http://127.0.0.1:{gateway_port}/oauth_callback",
         "rate_limit": 1,

@@ -25,10 +25,10 @@ from kiln_launcher.__main__ import serve
 from kiln_launcher.settings import Settings
 
 from ..bus.helpers import start_consumer, wait_until
+from ..support.stack import HUB_API
 
 pytestmark = [pytest.mark.kafka, pytest.mark.hub, pytest.mark.docker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-HUB_API = "http://127.0.0.1:8081/hub/api"
 
 
 @dataclass
@@ -85,7 +85,7 @@ def hub(method: str, path: str, **kw: Any) -> httpx.Response:
 @pytest.fixture
 async def launcher(bus_settings: BusSettings, topics: Topics, producer: BusProducer) -> AsyncIterator[LaunchHarness]:
     key = new_key()
-    settings = Settings(**bus_settings.model_dump(), hub_api_token=hub_token(), token_seal_keys=[key], retry_delay_s=0.2,
+    settings = Settings(**bus_settings.model_dump(), hub_api_url=HUB_API, hub_api_token=hub_token(), token_seal_keys=[key], retry_delay_s=0.2,
                         cull_check_interval_s=1.0)
     h = LaunchHarness(settings, topics, producer, Sealer([key]))
     reader = await start_consumer(bus_settings, topics, [topics.phase_events], h.collect, producer, group="launcher-test-reader")

@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..support.stack import HUB_API
+
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "deploy" / "local"
 
@@ -82,7 +84,7 @@ def test_second_up_changes_nothing_and_status_shows_addresses() -> None:
     assert not any(word in again.stdout for word in ("starting", "installing", "building", "fetching"))
     status = script("status.sh").stdout
     for expected in ("kafka      running   127.0.0.1:9092", "registry   running   127.0.0.1:5000",
-                     "jupyterhub running   http://127.0.0.1:8000 (API http://127.0.0.1:8081/hub/api)",
+                     f"jupyterhub running   http://127.0.0.1:8000 (API {HUB_API})", "network    isolated  kiln-users",
                      "base image 127.0.0.1:5000/kiln/base:"):
         assert expected in status, status
 
@@ -132,7 +134,7 @@ def test_base_image_runs_as_jovyan_with_jupyter_and_extra_cas() -> None:
 def test_hub_spawns_the_base_image_with_the_launcher_token() -> None:
     """The launcher's service token can do the whole BinderHub flow, and the server wants a token."""
     token = (ROOT / ".state" / "hub" / "launcher-token").read_text().strip()
-    api = "http://127.0.0.1:8081/hub/api"
+    api = HUB_API
     user = f"stacktest-{os.getpid()}"
     with httpx.Client(headers={"Authorization": f"token {token}"}, timeout=60) as hub:
         assert hub.post(f"{api}/users/{user}").status_code == 201

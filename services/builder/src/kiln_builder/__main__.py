@@ -30,7 +30,8 @@ def make_executor(settings: Settings) -> BuildExecutor:
         return KubernetesExecutor(pods, registry_url=settings.registry_url, registry_auth=auth,
                                   tail_lines=settings.log_tail_lines)
     auth = {"username": settings.registry_username, "password": settings.registry_password} if settings.registry_username else None
-    return DockerExecutor(settings.docker_url or None, settings.build_memory_limit, auth)
+    return DockerExecutor(settings.docker_url or None, settings.build_memory_limit, auth, network=settings.build_network,
+                          cgroup_parent=settings.build_cgroup_parent, cpus=settings.build_cpus)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -82,13 +82,28 @@ def _tar_context(context: dict[str, bytes] | Path, dockerfile: str, extra: dict[
 
 
 class DockerExecutor:
-    """Builds with the engine's (legacy) builder on the host network, under a memory limit."""
+    """Builds with the engine's (legacy) builder, each step isolated and bounded.
 
-    def __init__(self, base_url: str | None = None, memory_limit: int = 0, registry_auth: dict[str, str] | None = None) -> None:
+    Build steps run strangers' code, so they run on ``network`` (a bridge with outbound NAT and no
+    route to the host: deploy/local/network.sh), under a memory limit, a CPU quota and the process
+    limit of ``cgroup_parent`` (a cgroup the operator made, shared by all builds). The engine is
+    started with no-new-privileges, which covers build steps too.
+    """
+
+    def __init__(self, base_url: str | None = None, memory_limit: int = 0, registry_auth: dict[str, str] | None = None,
+                 network: str = "kiln-builds", cgroup_parent: str = "", cpus: float = 0) -> None:
         self._base_url = base_url
         self._memory_limit = memory_limit
         self._auth = registry_auth or None
         self._api_version: str | None = None
+        self._network = network
+        # docker-py's build() accepts only some of the build API's limits; the others are query
+        # parameters of the same request, which its client (a requests session) adds to each call.
+        self._build_params: dict[str, str | int] = {}
+        if cgroup_parent:
+            self._build_params["cgroupparent"] = cgroup_parent
+        if cpus:
+            self._build_params.update(cpuperiod=100_000, cpuquota=int(cpus * 100_000))
 
     def _client(self) -> docker.APIClient:
         # A client per call (closing it is how a streaming build is cancelled), but the API version is
@@ -105,11 +120,15 @@ class DockerExecutor:
         return docker.utils.kwargs_from_env()  # DOCKER_HOST, DOCKER_TLS_VERIFY, ... else the local socket
 
     async def _stream(self, start: Callable[[docker.APIClient], Iterator[dict[str, Any]]], sink: Callable[[dict[str, Any]], Awaitable[None]],
-                      timeout_s: float) -> None:
-        """Run a streaming engine call in a thread; pass each chunk to ``sink``; abort it on timeout."""
+                      timeout_s: float, params: dict[str, str | int] | None = None) -> None:
+        """Run a streaming engine call in a thread; pass each chunk to ``sink``; abort it on timeout.
+
+        ``params`` are added to the call's query string.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         client = self._client()
+        client.params.update(params or {})
         done = object()
 
         def pump() -> None:
@@ -168,11 +187,11 @@ class DockerExecutor:
 
         def start(client: docker.APIClient) -> Iterator[dict[str, Any]]:
             return client.build(fileobj=tar, custom_context=True, dockerfile=".kiln.Dockerfile", tag=tag, rm=True, forcerm=True,
-                                network_mode="host", decode=True, buildargs=buildargs or {}, container_limits=limits, pull=False,
+                                network_mode=self._network, decode=True, buildargs=buildargs or {}, container_limits=limits, pull=False,
                                 labels=labels or None)
 
         try:
-            await self._stream(start, sink, timeout_s)
+            await self._stream(start, sink, timeout_s, self._build_params)
             await emit(partial)
         except TimeoutError:
             # Closing the connection stops the build between steps, not the step running now.

@@ -21,6 +21,12 @@ class Settings(BusSettings):
     concurrent_builds: int = Field(2, ge=1, description="Builds running at once on this builder; more wait in a queue.")
     build_timeout_s: float = Field(1800, gt=0, description="A build running longer is stopped.")
     build_memory_limit: int = Field(4 * 2**30, ge=0, description="Memory a build may use, in bytes; 0: no limit.")
+    build_network: str = Field("kiln-builds", description="Docker network build steps run on: one with outbound NAT "
+                               "and no route to the host or Kiln (deploy/local/network.sh makes it). \"host\" turns "
+                               "isolation off: never for a public service.")
+    build_cgroup_parent: str = Field("/kiln-builds", description="Docker: parent cgroup of build steps, holding the "
+                                     "process limit all builds share (deploy/local/docker.sh makes it); empty: none.")
+    build_cpus: float = Field(2.0, ge=0, description="Docker: CPU cores a build may use; 0: no limit.")
     max_repo_bytes: int = Field(2**30, ge=0, description="Largest repository (checked out) that is built, in bytes.")
     work_dir: str = Field("/tmp/kiln-builds", description="Where repositories are checked out while they build.")
     log_tail_lines: int = Field(15, ge=0, description="Lines of the build log repeated in a failure message.")
