@@ -21,7 +21,8 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from kiln_builder.executor import BuildFailed
-from kiln_builder.kube_executor import KubernetesExecutor, PodSettings, build_command, pod_manifest
+from kiln_builder.kube_executor import (IMAGE_DIR, PULL_KEY, PUSH_KEY, KubernetesExecutor, PodSettings, build_command,
+                                        pod_manifest, push_command)
 
 API = k8s.ApiClient()
 
@@ -32,14 +33,23 @@ def round_trip(pod: k8s.V1Pod) -> k8s.V1Pod:
 
 
 class FakeCluster:
-    """The pod endpoints of an API server, for one scenario: how the build container ends."""
+    """The pod endpoints of an API server, for one scenario: how the build and push containers end.
+
+    A pod goes through the stages a kubelet reports: pending, ``context`` running (until the
+    context arrives), ``build`` running (until its log ends), ``build`` ended, then, only if the build
+    succeeded, ``push`` running (until its log ends) and ``push`` ended. ``followed`` records which
+    container's log was read and in what stage, so a test can tell the push never ran alongside the
+    build.
+    """
 
     def __init__(self, log: list[bytes], exit_code: int = 0, reason: str | None = None, waiting: str | None = None,
-                 hang: bool = False) -> None:
+                 hang: bool = False, push_log: list[bytes] | None = None, push_exit: int = 0) -> None:
         self.pods: dict[str, k8s.V1Pod] = {}
         self.deleted: list[str] = []
         self.context: dict[str, bytes] = {}
+        self.followed: list[tuple[str, str]] = []
         self._log, self._exit, self._reason, self._waiting, self._hang = log, exit_code, reason, waiting, hang
+        self._push_log, self._push_exit = push_log if push_log is not None else [b"registry.local:5000/kiln/r@sha256:00\n"], push_exit
         self._stage: dict[str, str] = {}
 
     # CoreV1Api methods the executor calls
@@ -54,31 +64,43 @@ class FakeCluster:
         if name in self.deleted:
             raise ApiException(status=404, reason="Not Found")
         stage = self._stage[name]
-        if stage == "pending":  # the next look finds the init container running (or the image not pullable)
+        running = k8s.V1ContainerState(running=k8s.V1ContainerStateRunning())
+        if stage == "pending":  # the next look finds the context container running (or the image not pullable)
             self._stage[name] = "init"
-            return self._pod(name, "Pending", init=k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="PodInitializing")))
+            return self._pod(name, "Pending", context=k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="PodInitializing")))
         if stage == "init":
             if self._waiting:
-                return self._pod(name, "Pending", init=k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=self._waiting)))
-            return self._pod(name, "Pending", init=k8s.V1ContainerState(running=k8s.V1ContainerStateRunning()))
+                return self._pod(name, "Pending", context=k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=self._waiting)))
+            return self._pod(name, "Pending", context=running)
         if stage == "building":
-            return self._pod(name, "Running", build=k8s.V1ContainerState(running=k8s.V1ContainerStateRunning()))
-        terminated = k8s.V1ContainerStateTerminated(exit_code=self._exit, reason=self._reason or ("Completed" if self._exit == 0 else "Error"))
-        return self._pod(name, "Succeeded" if self._exit == 0 else "Failed", build=k8s.V1ContainerState(terminated=terminated))
+            return self._pod(name, "Pending", build=running)
+        built = self._ended(self._exit, self._reason)
+        if stage == "built" and self._exit != 0:  # an init container failed: the pod fails, push never starts
+            return self._pod(name, "Failed", build=built)
+        if stage == "built":
+            return self._pod(name, "Running", build=built, push=running)
+        return self._pod(name, "Succeeded" if self._push_exit == 0 else "Failed", build=built,
+                         push=self._ended(self._push_exit, None))
 
     def read_namespaced_pod_log(self, name: str, namespace: str, container: str, follow: bool,
                                 _preload_content: bool) -> Any:
-        assert container == "build" and follow and not _preload_content
+        assert follow and not _preload_content
+        self.followed.append((container, self._stage[name]))
         cluster = self
 
         class Stream:
             def stream(self, size: int) -> Any:
-                yield from cluster._log
-                if cluster._hang:
-                    import time
+                if container == "build":
+                    yield from cluster._log
+                    if cluster._hang:
+                        import time
 
-                    time.sleep(3)  # a build that never ends; the executor's timer must stop it
-                cluster._stage[name] = "done"
+                        time.sleep(3)  # a build that never ends; the executor's timer must stop it
+                    cluster._stage[name] = "built"
+                else:
+                    assert container == "push" and cluster._stage[name] == "built"
+                    yield from cluster._push_log
+                    cluster._stage[name] = "pushed"
 
         return Stream()
 
@@ -96,15 +118,26 @@ class FakeCluster:
                     self.context[member.name] = tar.extractfile(member).read()  # type: ignore[union-attr]
         self._stage[name] = "building"
 
-    def _pod(self, name: str, phase: str, init: k8s.V1ContainerState | None = None,
-             build: k8s.V1ContainerState | None = None) -> k8s.V1Pod:
+    @staticmethod
+    def _ended(exit_code: int, reason: str | None) -> k8s.V1ContainerState:
+        return k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(
+            exit_code=exit_code, reason=reason or ("Completed" if exit_code == 0 else "Error")))
+
+    def _pod(self, name: str, phase: str, context: k8s.V1ContainerState | None = None,
+             build: k8s.V1ContainerState | None = None, push: k8s.V1ContainerState | None = None) -> k8s.V1Pod:
         pod = self.pods[name]
+
+        def status(container: str, state: k8s.V1ContainerState | None) -> k8s.V1ContainerStatus:
+            waiting = k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="PodInitializing"))
+            return k8s.V1ContainerStatus(name=container, image="x", image_id="", ready=False, restart_count=0,
+                                         state=state or waiting)
+
+        done = self._ended(0, None)
         pod.status = k8s.V1PodStatus(
             phase=phase,
-            init_container_statuses=[k8s.V1ContainerStatus(name="context", image="x", image_id="", ready=False,
-                                                           restart_count=0, state=init)] if init else None,
-            container_statuses=[k8s.V1ContainerStatus(name="build", image="x", image_id="", ready=False,
-                                                      restart_count=0, state=build)] if build else None)
+            init_container_statuses=[status("context", context if context else (done if build else None)),
+                                     status("build", build)],
+            container_statuses=[status("push", push)])
         return pod
 
 
@@ -134,37 +167,106 @@ async def run(cluster: FakeCluster, tmp_path: Path, timeout_s: float = 60) -> li
     return lines
 
 
+def manifest(settings: PodSettings = SETTINGS) -> k8s.V1Pod:
+    return round_trip(pod_manifest("kiln-build-1", "registry.local:5000/kiln/r:1", settings, 1800.7,
+                                   {"NB_UID": "1000"}, {"repo2docker.repo": "https://x/y"}))
+
+
+def containers(pod: k8s.V1Pod) -> dict[str, k8s.V1Container]:
+    return {c.name: c for c in (pod.spec.init_containers or []) + pod.spec.containers}
+
+
 def test_pod_manifest_carries_the_operators_settings() -> None:
-    pod = round_trip(pod_manifest("kiln-build-1", "registry.local:5000/kiln/r:1", SETTINGS, 1800.7,
-                                  {"NB_UID": "1000"}, {"repo2docker.repo": "https://x/y"}))
+    pod = manifest()
     spec = pod.spec
     assert spec.restart_policy == "Never" and spec.active_deadline_seconds == 1800
     assert spec.node_selector == {"hub.jupyter.org/node-purpose": "user"}
     assert spec.tolerations[0].key == "dedicated" and spec.tolerations[0].effect == "NoSchedule"
-    assert spec.service_account_name == "kiln-build" and spec.automount_service_account_token is False
-    build = spec.containers[0]
+    build = containers(pod)["build"]
     assert build.resources.requests == {"cpu": "1", "memory": "2Gi"} and build.resources.limits == {"cpu": "2", "memory": "3Gi"}
-    assert build.security_context.run_as_user == 1000 and build.security_context.privileged is None
     assert "--opt" in build.command and "build-arg:NB_UID=1000" in build.command
     assert "label:repo2docker.repo=https://x/y" in build.command
-    assert build.command[-1] == "type=image,name=registry.local:5000/kiln/r:1,push=true,registry.insecure=true"
-    assert {v.name for v in spec.volumes} == {"workspace", "docker-config"}
     assert pod.metadata.labels["app.kubernetes.io/component"] == "build"
 
 
-def test_build_command_without_insecure_registry() -> None:
-    command = build_command("quay.io/org/img:tag", {}, {}, insecure=False)
-    assert command[0] == "buildctl-daemonless.sh" and command[-1] == "type=image,name=quay.io/org/img:tag,push=true"
+def test_build_then_push_in_that_order_the_build_writing_a_layout_not_pushing() -> None:
+    pod = manifest()
+    # init containers run one after the other and all end before the pod's containers start
+    assert [c.name for c in pod.spec.init_containers] == ["context", "build"]
+    assert [c.name for c in pod.spec.containers] == ["push"]
+    build, push = containers(pod)["build"], containers(pod)["push"]
+    assert build.command[-2:] == ["--output", f"type=oci,name=registry.local:5000/kiln/r:1,dest={IMAGE_DIR},tar=false"]
+    assert not any("push=true" in arg for arg in build.command)
+    assert push.image == SETTINGS.push_image
+    assert push.command == ["crane", "push", "--insecure", IMAGE_DIR, "registry.local:5000/kiln/r:1"]
+    image_mounts = {c.name: m for c in (build, push) for m in c.volume_mounts if m.name == "image"}
+    assert image_mounts["build"].read_only is None and image_mounts["push"].read_only is True
+
+
+def test_push_credentials_are_mounted_only_into_the_push_container() -> None:
+    pod = manifest()
+    volumes = {v.name: v for v in pod.spec.volumes}
+    by_key = {v.secret.items[0].key: name for name, v in volumes.items() if v.secret}
+    assert set(by_key) == {PUSH_KEY, PULL_KEY}
+    assert all(volumes[name].secret.secret_name == "kiln-push" for name in by_key.values())
+    assert volumes[by_key[PULL_KEY]].secret.optional is True  # registries that serve pulls to anyone need none
+    mounted = {name: {m.name for m in c.volume_mounts or []} for name, c in containers(pod).items()}
+    assert [name for name, mounts in mounted.items() if by_key[PUSH_KEY] in mounts] == ["push"]
+    assert [name for name, mounts in mounted.items() if by_key[PULL_KEY] in mounts] == ["build"]
+    env = {name: {e.name: e.value for e in c.env or []} for name, c in containers(pod).items()}
+    push_dir = next(m.mount_path for m in containers(pod)["push"].volume_mounts if m.name == by_key[PUSH_KEY])
+    assert env["push"]["DOCKER_CONFIG"] == push_dir
+    assert env["build"]["DOCKER_CONFIG"] != push_dir and "DOCKER_CONFIG" not in env["context"]
+    # positive control: without a Secret there is nothing to mount, and the build still writes its layout
+    bare = manifest(PodSettings(namespace="binder"))
+    assert {v.name for v in bare.spec.volumes} == {"workspace", "image"}
+    assert all(e.name != "DOCKER_CONFIG" for c in containers(bare).values() for e in c.env or [])
+
+
+def test_build_pod_has_no_token_and_a_service_account_without_rights() -> None:
+    spec = manifest().spec
+    assert spec.service_account_name == "kiln-build" and spec.automount_service_account_token is False
+    assert spec.enable_service_links is False
+    assert spec.host_network is None and spec.host_pid is None and spec.host_ipc is None
+    assert spec.security_context.run_as_non_root is True and spec.security_context.seccomp_profile.type == "RuntimeDefault"
+
+
+def test_build_container_is_as_tight_as_buildkit_rootless_allows() -> None:
+    sc = containers(manifest())["build"].security_context
+    assert sc.run_as_user == 1000 and sc.run_as_non_root is True and sc.privileged is False
+    # what rootless BuildKit needs and nothing more: newuidmap/newgidmap's file capabilities
+    assert sc.capabilities.drop == ["ALL"] and sc.capabilities.add == ["SETUID", "SETGID"]
+    assert sc.allow_privilege_escalation is True
+    assert sc.seccomp_profile.type == "Unconfined" and sc.app_armor_profile.type == "Unconfined"
+
+
+@pytest.mark.parametrize("name", ["context", "push"])
+def test_containers_without_user_code_are_locked_down(name: str) -> None:
+    sc = containers(manifest())[name].security_context
+    assert sc.run_as_non_root is True and sc.run_as_user != 0 and sc.privileged is False
+    assert sc.allow_privilege_escalation is False and sc.read_only_root_filesystem is True
+    assert sc.capabilities.drop == ["ALL"] and not sc.capabilities.add
+    assert sc.seccomp_profile.type == "RuntimeDefault" and sc.app_armor_profile is None
+
+
+def test_build_and_push_commands_without_insecure_registry() -> None:
+    command = build_command("quay.io/org/img:tag", {}, {})
+    assert command[0] == "buildctl-daemonless.sh" and command[-1] == f"type=oci,name=quay.io/org/img:tag,dest={IMAGE_DIR},tar=false"
+    assert push_command("quay.io/org/img:tag", insecure=False) == ["crane", "push", IMAGE_DIR, "quay.io/org/img:tag"]
+    assert "--insecure" not in containers(manifest(PodSettings(namespace="b", docker_config_secret="s")))["push"].command
 
 
 async def test_successful_build_streams_lines_and_removes_its_pod(tmp_path: Path) -> None:
     cluster = FakeCluster([b"#1 [internal] load build definition\n#2 RUN pip ins", b"tall numpy\n#3 DONE 4.2s\n"])
     lines = await run(cluster, tmp_path)
     assert lines[0].startswith("Kiln: build pod binder/kiln-build-")
-    assert lines[1:] == ["#1 [internal] load build definition\n", "#2 RUN pip install numpy\n", "#3 DONE 4.2s\n"]
+    assert lines[1:] == ["#1 [internal] load build definition\n", "#2 RUN pip install numpy\n", "#3 DONE 4.2s\n",
+                         "registry.local:5000/kiln/r@sha256:00\n"]
     assert set(cluster.context) == {"repo/requirements.txt", "repo/index.ipynb", "kiln-entrypoint", ".kiln.Dockerfile"}
     assert cluster.context[".kiln.Dockerfile"].startswith(b"FROM base")
     assert cluster.deleted == list(cluster.pods)
+    # the push's log follows the build's, and the push began only once the build had ended
+    assert cluster.followed == [("build", "building"), ("push", "built")]
 
 
 async def test_failed_build_reports_its_last_line_and_removes_its_pod(tmp_path: Path) -> None:
@@ -172,6 +274,16 @@ async def test_failed_build_reports_its_last_line_and_removes_its_pod(tmp_path: 
     with pytest.raises(BuildFailed) as failed:
         await run(cluster, tmp_path)
     assert failed.value.cause == "build_failed" and "did not complete successfully" in str(failed.value)
+    assert cluster.deleted == list(cluster.pods)
+    assert [container for container, _ in cluster.followed] == ["build"], "a failed build is not pushed"
+
+
+async def test_a_failed_push_is_named_and_removes_its_pod(tmp_path: Path) -> None:
+    cluster = FakeCluster([b"#3 DONE 1.0s\n"], push_log=[b"Error: PUT https://r/v2/x/blobs: UNAUTHORIZED\n"], push_exit=1)
+    with pytest.raises(BuildFailed) as failed:
+        await run(cluster, tmp_path)
+    assert failed.value.cause == "push_failed" and "UNAUTHORIZED" in str(failed.value)
+    assert "#3 DONE" not in str(failed.value), "the reason is the push's, not the build's last line"
     assert cluster.deleted == list(cluster.pods)
 
 

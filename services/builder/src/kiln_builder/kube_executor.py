@@ -1,14 +1,22 @@
 """Builds in Kubernetes pods: the ``BuildExecutor`` the builder uses when it runs on a cluster.
 
-Each build is one pod in the build namespace, removed when the build ends however it ends:
+Each build is one pod in the build namespace, removed when the build ends however it ends. Its
+containers run one after the other (two init containers, then the pod's one container):
 
-1. an init container (the build image, waiting for a marker file) receives the build context as a
-   tar stream through the pod ``exec`` API, the way ``kubectl cp`` copies files;
-2. the build container runs BuildKit rootless (``buildctl-daemonless.sh``): no Docker socket, no
-   privileged container; it builds the Dockerfile Kiln generated and pushes the image itself, with
-   the registry credentials mounted from a Secret;
-3. its log is followed line by line into ``building`` events; the pod's own deadline
-   (``activeDeadlineSeconds``) and the executor's timer both bound it.
+1. ``context`` (the build image, waiting for a marker file) receives the build context as a tar
+   stream through the pod ``exec`` API, the way ``kubectl cp`` copies files;
+2. ``build`` runs BuildKit rootless (``buildctl-daemonless.sh``): no Docker socket, no privileged
+   container. It builds the Dockerfile Kiln generated, whose RUN steps are the repository's code,
+   and writes the image as an OCI layout into an ``emptyDir``. It holds no push credential: at most
+   the read-only pull credential its ``FROM`` needs;
+3. ``push`` (crane, no shell) pushes that layout to the registry with the push credential, the one
+   container the credential is mounted into. It starts only after ``build`` and every process the
+   repository's code left behind have ended (an init container's processes die with it), so nothing
+   the repository ran can read it, whatever it does inside BuildKit's sandbox.
+
+The log of ``build`` then ``push`` is followed line by line into ``building`` events; the pod's own
+deadline (``activeDeadlineSeconds``) and the executor's timer both bound it. The pod mounts no
+service-account token and its service account is one with no RBAC (the chart's ``<release>-build``).
 
 The kubernetes client is synchronous; its calls run in threads. ``api`` may be any object with the
 ``CoreV1Api`` methods used here, which is how the unit tests drive it without a cluster.
@@ -37,7 +45,12 @@ from kiln_builder.executor import BuildFailed, LineSink, ProgressSink, _tar_cont
 
 log = logging.getLogger(__name__)
 WORKSPACE = "/workspace"
+IMAGE_DIR = "/kiln/image"  # the OCI layout the build writes and the push reads
+PULL_CONFIG_DIR = "/kiln/pull"  # DOCKER_CONFIG of the build container: read-only registry credentials
+PUSH_CONFIG_DIR = "/kiln/push"  # DOCKER_CONFIG of the push container: the push credentials
 READY_MARKER = ".kiln-context-ready"
+PUSH_KEY = "config.json"  # key of the docker-config Secret holding the push credentials
+PULL_KEY = "pull.json"  # key of the same Secret holding pull-only credentials (optional)
 IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
 
 
@@ -47,14 +60,18 @@ class PodSettings:
 
     namespace: str = "default"
     image: str = "moby/buildkit:v0.18.2-rootless"
+    # The push step: crane (go-containerregistry), which pushes an OCI layout and has no shell.
+    push_image: str = "gcr.io/go-containerregistry/crane:v0.20.2"
     cpu_request: str = "500m"
     cpu_limit: str = ""
     memory_request: str = "1Gi"
     memory_limit: str = "4Gi"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
-    service_account: str = ""
-    docker_config_secret: str = ""  # a Secret with key config.json: the registry credentials for pushes
+    service_account: str = ""  # the chart's "<release>-build": no RBAC, no token mounted
+    # A Secret with key config.json (push credentials, mounted only into the push container) and
+    # optionally pull.json (read-only credentials for the build's FROM, if the registry wants them).
+    docker_config_secret: str = ""
     insecure_registries: list[str] = field(default_factory=list)  # registries reached over plain HTTP
     start_timeout_s: float = 300  # image pull and scheduling
     poll_interval_s: float = 0.5
@@ -66,8 +83,9 @@ def pod_name(tag: str) -> str:
     return f"kiln-build-{digest}"
 
 
-def build_command(tag: str, buildargs: dict[str, str], labels: dict[str, str], insecure: bool) -> list[str]:
-    """buildctl's arguments: the generated Dockerfile in the workspace, the image pushed when built."""
+def build_command(tag: str, buildargs: dict[str, str], labels: dict[str, str]) -> list[str]:
+    """buildctl's arguments: the generated Dockerfile in the workspace, the image written as an OCI
+    layout for the push container."""
     args = ["buildctl-daemonless.sh", "build", "--frontend", "dockerfile.v0",
             "--local", f"context={WORKSPACE}", "--local", f"dockerfile={WORKSPACE}",
             "--opt", "filename=.kiln.Dockerfile", "--progress", "plain"]
@@ -75,26 +93,42 @@ def build_command(tag: str, buildargs: dict[str, str], labels: dict[str, str], i
         args += ["--opt", f"build-arg:{key}={value}"]
     for key, value in sorted(labels.items()):
         args += ["--opt", f"label:{key}={value}"]
-    output = f"type=image,name={tag},push=true"
-    if insecure:
-        output += ",registry.insecure=true"
-    return args + ["--output", output]
+    # No push from here: this container runs the repository's code and holds no push credential.
+    return args + ["--output", f"type=oci,name={tag},dest={IMAGE_DIR},tar=false"]
+
+
+def push_command(tag: str, insecure: bool) -> list[str]:
+    """crane's arguments: the OCI layout the build wrote, pushed as ``tag``."""
+    return ["crane", "push", *(["--insecure"] if insecure else []), IMAGE_DIR, tag]
 
 
 def pod_manifest(name: str, tag: str, settings: PodSettings, timeout_s: float, buildargs: dict[str, str] | None = None,
                  labels: dict[str, str] | None = None) -> k8s.V1Pod:
-    """The build pod for ``tag``."""
+    """The build pod for ``tag``: context, build and push containers, in that order (module docstring)."""
     registry = tag.split("/", 1)[0]
     workspace = k8s.V1VolumeMount(name="workspace", mount_path=WORKSPACE)
     limits = {"memory": settings.memory_limit} if settings.memory_limit else {}
     if settings.cpu_limit:
         limits["cpu"] = settings.cpu_limit
-    mounts = [workspace]
-    volumes = [k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource())]
+    build_mounts = [workspace, k8s.V1VolumeMount(name="image", mount_path=IMAGE_DIR)]
+    push_mounts = [k8s.V1VolumeMount(name="image", mount_path=IMAGE_DIR, read_only=True)]
+    volumes = [k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource()),
+               k8s.V1Volume(name="image", empty_dir=k8s.V1EmptyDirVolumeSource())]
+    build_env = [k8s.V1EnvVar(name="BUILDKITD_FLAGS", value="--oci-worker-no-process-sandbox")]
+    push_env: list[k8s.V1EnvVar] = []
     if settings.docker_config_secret:
-        mounts.append(k8s.V1VolumeMount(name="docker-config", mount_path="/home/user/.docker", read_only=True))
-        volumes.append(k8s.V1Volume(name="docker-config", secret=k8s.V1SecretVolumeSource(
-            secret_name=settings.docker_config_secret, items=[k8s.V1KeyToPath(key="config.json", path="config.json")])))
+        # Two volumes from one Secret, each with one key: the build container can see only the
+        # pull credentials (optional: a registry that serves pulls to anyone needs none).
+        volumes += [
+            k8s.V1Volume(name="push-config", secret=k8s.V1SecretVolumeSource(
+                secret_name=settings.docker_config_secret, items=[k8s.V1KeyToPath(key=PUSH_KEY, path="config.json")])),
+            k8s.V1Volume(name="pull-config", secret=k8s.V1SecretVolumeSource(
+                secret_name=settings.docker_config_secret, optional=True,
+                items=[k8s.V1KeyToPath(key=PULL_KEY, path="config.json")]))]
+        build_mounts.append(k8s.V1VolumeMount(name="pull-config", mount_path=PULL_CONFIG_DIR, read_only=True))
+        push_mounts.append(k8s.V1VolumeMount(name="push-config", mount_path=PUSH_CONFIG_DIR, read_only=True))
+        build_env.append(k8s.V1EnvVar(name="DOCKER_CONFIG", value=PULL_CONFIG_DIR))
+        push_env.append(k8s.V1EnvVar(name="DOCKER_CONFIG", value=PUSH_CONFIG_DIR))
     wait = f"until [ -f {WORKSPACE}/{READY_MARKER} ]; do sleep 0.2; done"
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(
@@ -108,21 +142,58 @@ def pod_manifest(name: str, tag: str, settings: PodSettings, timeout_s: float, b
             node_selector=settings.node_selector or None,
             tolerations=[k8s.V1Toleration(**t) for t in settings.tolerations] or None,
             service_account_name=settings.service_account or None,
+            # No API token in any container, whatever the service account's default says.
             automount_service_account_token=False,
-            init_containers=[k8s.V1Container(name="context", image=settings.image, command=["sh", "-c", wait],
-                                              volume_mounts=[workspace])],
+            # No KAFKA_SERVICE_HOST-style variables: the repository's code is not told where Kiln's
+            # services are (the NetworkPolicies stop it reaching them anyway).
+            enable_service_links=False,
+            security_context=k8s.V1PodSecurityContext(
+                run_as_non_root=True, seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+            init_containers=[
+                k8s.V1Container(name="context", image=settings.image, command=["sh", "-c", wait],
+                                volume_mounts=[workspace], security_context=_locked_down(1000)),
+                k8s.V1Container(
+                    name="build", image=settings.image,
+                    command=build_command(tag, buildargs or {}, labels or {}), env=build_env,
+                    resources=k8s.V1ResourceRequirements(
+                        requests={"cpu": settings.cpu_request, "memory": settings.memory_request}, limits=limits or None),
+                    security_context=_buildkit_rootless(), volume_mounts=build_mounts)],
             containers=[k8s.V1Container(
-                name="build", image=settings.image,
-                command=build_command(tag, buildargs or {}, labels or {}, registry in settings.insecure_registries),
-                env=[k8s.V1EnvVar(name="BUILDKITD_FLAGS", value="--oci-worker-no-process-sandbox")],
-                resources=k8s.V1ResourceRequirements(
-                    requests={"cpu": settings.cpu_request, "memory": settings.memory_request}, limits=limits or None),
-                security_context=k8s.V1SecurityContext(
-                    run_as_user=1000, run_as_group=1000,
-                    seccomp_profile=k8s.V1SeccompProfile(type="Unconfined"),
-                    app_armor_profile=k8s.V1AppArmorProfile(type="Unconfined")),
-                volume_mounts=mounts)],
+                name="push", image=settings.push_image,
+                command=push_command(tag, registry in settings.insecure_registries), env=push_env or None,
+                resources=k8s.V1ResourceRequirements(requests={"cpu": "50m", "memory": "64Mi"},
+                                                     limits={"memory": "512Mi"}),
+                security_context=_locked_down(65532), volume_mounts=push_mounts)],
             volumes=volumes))
+
+
+def _locked_down(uid: int) -> k8s.V1SecurityContext:
+    """Containers that run no user code need nothing: no capabilities, no privilege gain, no writes
+    outside their volumes, the runtime's default seccomp profile."""
+    return k8s.V1SecurityContext(
+        run_as_user=uid, run_as_group=uid, run_as_non_root=True, privileged=False, allow_privilege_escalation=False,
+        read_only_root_filesystem=True, capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
+
+
+def _buildkit_rootless() -> k8s.V1SecurityContext:
+    """As tight as BuildKit rootless allows (docs/operators.md has the trade-off).
+
+    - seccomp and AppArmor ``Unconfined``: rootlesskit and the RUN steps' sandbox make user and mount
+      namespaces (``unshare``, ``mount``), which the runtime's default profiles forbid;
+    - privilege escalation stays allowed and SETUID/SETGID stay in the bounding set: ``newuidmap``
+      and ``newgidmap`` gain exactly those two through file capabilities to write the namespace's ID
+      maps, and no_new_privs would refuse them. Every other capability is dropped: inside its own
+      user namespace BuildKit gets a full set regardless (the kernel resets the bounding set there),
+      and outside it nothing needs one;
+    - uid 1000, never root, never privileged. The root filesystem stays writable: BuildKit keeps its
+      state and the rootless runtime directory on it, and the pod is deleted after the build.
+    """
+    return k8s.V1SecurityContext(
+        run_as_user=1000, run_as_group=1000, run_as_non_root=True, privileged=False, allow_privilege_escalation=True,
+        capabilities=k8s.V1Capabilities(drop=["ALL"], add=["SETUID", "SETGID"]),
+        seccomp_profile=k8s.V1SeccompProfile(type="Unconfined"),
+        app_armor_profile=k8s.V1AppArmorProfile(type="Unconfined"))
 
 
 class KubernetesExecutor:
@@ -169,22 +240,37 @@ class KubernetesExecutor:
             await asyncio.to_thread(self._delete, api, name)
 
     async def _run(self, api: Any, name: str, tar: bytes, on_line: LineSink, tail: deque[str]) -> None:
-        await self._wait_for(api, name, lambda pod: _init_running(pod), "the build pod to start")
+        await self._wait_for(api, name, lambda pod: _running(pod, "context"), "the build pod to start")
         await asyncio.to_thread(self._send_context, api, name, tar)
-        await self._wait_for(api, name, lambda pod: _build_started(pod), "the build container to start")
-        await self._follow_log(api, name, on_line, tail)
-        pod = await self._wait_for(api, name, lambda pod: _build_finished(pod), "the build to finish")
-        terminated = _build_state(pod).terminated
-        if pod.status.reason == "DeadlineExceeded":
-            raise BuildFailed("The build took longer than its limit and was stopped.", "build_timeout")
-        if terminated is None:
-            raise BuildFailed(f"The build pod ended without a result ({pod.status.phase}).", "builder_error")
+        await self._wait_for(api, name, lambda pod: _started(pod, "build"), "the build container to start")
+        await self._follow_log(api, name, "build", on_line, tail)
+        pod = await self._wait_for(api, name, lambda pod: _finished(pod, "build"), "the build to finish")
+        terminated = self._ended(pod, "build")
         if terminated.reason == "OOMKilled":
             raise BuildFailed(f"The build used more than its memory limit of {self._s.memory_limit} and was stopped.",
                               "build_memory")
         if terminated.exit_code != 0:
             last = next((line for line in reversed(tail) if line.strip()), f"exit code {terminated.exit_code}")
             raise BuildFailed(last.strip())
+        # The build's processes are gone; only now does a container with the push credential start.
+        await self._wait_for(api, name, lambda pod: _started(pod, "push"), "the push to start")
+        tail.clear()
+        await self._follow_log(api, name, "push", on_line, tail)
+        pod = await self._wait_for(api, name, lambda pod: _finished(pod, "push"), "the push to finish")
+        terminated = self._ended(pod, "push")
+        if terminated.exit_code != 0:
+            last = next((line for line in reversed(tail) if line.strip()), f"exit code {terminated.exit_code}")
+            raise BuildFailed(f"Pushing the image to the registry failed: {last.strip()}", "push_failed")
+
+    @staticmethod
+    def _ended(pod: Any, container: str) -> Any:
+        """How ``container`` ended, once ``_finished`` said it has; the pod's deadline is a time-out."""
+        if pod.status.reason == "DeadlineExceeded":
+            raise BuildFailed("The build took longer than its limit and was stopped.", "build_timeout")
+        terminated = _state(pod, container).terminated
+        if terminated is None:
+            raise BuildFailed(f"The build pod ended without a result ({pod.status.phase}).", "builder_error")
+        return terminated
 
     async def _wait_for(self, api: Any, name: str, done: Any, what: str) -> Any:
         deadline = time.monotonic() + self._s.start_timeout_s
@@ -205,7 +291,7 @@ class KubernetesExecutor:
         script = f"tar -xf - -C {WORKSPACE} && touch {WORKSPACE}/{READY_MARKER}"
         self._exec_stdin(api, name, self._s.namespace, "context", ["sh", "-c", script], tar)
 
-    async def _follow_log(self, api: Any, name: str, on_line: LineSink, tail: deque[str]) -> None:
+    async def _follow_log(self, api: Any, name: str, container: str, on_line: LineSink, tail: deque[str]) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
@@ -218,7 +304,7 @@ class KubernetesExecutor:
 
         def pump() -> None:
             try:
-                response = api.read_namespaced_pod_log(name, self._s.namespace, container="build", follow=True,
+                response = api.read_namespaced_pod_log(name, self._s.namespace, container=container, follow=True,
                                                        _preload_content=False)
                 for line in _lines(response):
                     hand_over(line)
@@ -310,24 +396,25 @@ def _statuses(pod: Any, init: bool) -> list[Any]:
     return (pod.status.init_container_statuses if init else pod.status.container_statuses) or []
 
 
-def _init_running(pod: Any) -> bool:
-    return any(s.name == "context" and s.state and s.state.running for s in _statuses(pod, True))
-
-
-def _build_state(pod: Any) -> Any:
-    for s in _statuses(pod, False):
-        if s.name == "build":
+def _state(pod: Any, container: str) -> Any:
+    """The state of one container of the pod, init or not (an empty state until it is reported)."""
+    for s in _statuses(pod, True) + _statuses(pod, False):
+        if s.name == container and s.state:
             return s.state
     return k8s.V1ContainerState()
 
 
-def _build_started(pod: Any) -> bool:
-    state = _build_state(pod)
+def _running(pod: Any, container: str) -> bool:
+    return bool(_state(pod, container).running)
+
+
+def _started(pod: Any, container: str) -> bool:
+    state = _state(pod, container)
     return bool(state.running or state.terminated)
 
 
-def _build_finished(pod: Any) -> bool:
-    return bool(_build_state(pod).terminated) or pod.status.reason == "DeadlineExceeded"
+def _finished(pod: Any, container: str) -> bool:
+    return bool(_state(pod, container).terminated) or pod.status.reason == "DeadlineExceeded"
 
 
 def _waiting_reason(pod: Any) -> str:
