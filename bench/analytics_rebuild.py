@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import delete_topics  # noqa: E402 (the same cleanup the tests use)
 
 BOOTSTRAP = os.environ.get("KILN_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+KAFKA = BusSettings(kafka_bootstrap=BOOTSTRAP).client_kwargs()  # as the local broker's admin (tests.conftest)
 PARTITIONS = 6
 
 
@@ -67,7 +68,7 @@ def request_events(i: int, start: datetime) -> list[PhaseEvent]:
 async def produce_log(topic: str, target: int) -> tuple[int, int]:
     """Write at least ``target`` events; returns (events, requests)."""
     codec = default_codec()
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=20, max_batch_size=512 * 1024,
+    producer = AIOKafkaProducer(**KAFKA, linger_ms=20, max_batch_size=512 * 1024,
                                 compression_type=None, acks=1)
     await producer.start()
     start = datetime(2026, 5, 1, tzinfo=timezone.utc)
@@ -90,7 +91,7 @@ async def produce_log(topic: str, target: int) -> tuple[int, int]:
 
 async def raw_read(topic: str, events: int, decode: bool) -> float:
     codec = default_codec()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+    consumer = AIOKafkaConsumer(topic, **KAFKA, group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
                                 auto_offset_reset="earliest", enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
     await consumer.start()
     seen = 0

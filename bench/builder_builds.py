@@ -33,6 +33,9 @@ from kiln_builder.__main__ import serve  # noqa: E402
 from kiln_builder.settings import Settings  # noqa: E402
 from tests.bus.helpers import start_consumer  # noqa: E402
 from tests.support.githost import commit, git, make_repo, start_githost  # noqa: E402
+from tests.support.stack import use_local_kafka_admin  # noqa: E402
+
+use_local_kafka_admin()  # the local broker wants its admin
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = (ROOT / ".state" / "base-image").read_text().strip()

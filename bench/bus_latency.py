@@ -31,7 +31,13 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from kilnbus import BusConsumer, BusProducer, BusSettings, Delivery, Phase, PhaseEvent, Topics, default_codec, ensure_topics
 
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.stack import use_local_kafka_admin  # noqa: E402
+
 BOOTSTRAP = os.environ.get("KILN_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+use_local_kafka_admin()
+KAFKA = BusSettings(kafka_bootstrap=BOOTSTRAP).client_kwargs()  # the local broker wants its admin
 SAMPLE = PhaseEvent(request_id="bench-request-0000000000000000", phase=Phase.BUILDING, service="builder",
                     message="Step 3/12 : RUN pip install --no-cache-dir -r requirements.txt" + " " * 20)
 PAYLOAD_SIZE = len(default_codec().encode(SAMPLE))
@@ -53,7 +59,7 @@ async def paced(n: int, rate: float, send: Callable[[int], Awaitable[None]]) -> 
 
 
 async def make_topic(name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin = AIOKafkaAdminClient(**KAFKA)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, 1, 1)])
@@ -71,8 +77,8 @@ async def raw_run(n: int, rate: float | None, avro: bool = False) -> tuple[list[
     fields["timestamp"] = int(SAMPLE.timestamp.timestamp() * 1000)
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     await make_topic(topic)
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True, linger_ms=0)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=topic, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(**KAFKA, acks="all", enable_idempotence=True, linger_ms=0)
+    consumer = AIOKafkaConsumer(topic, **KAFKA, group_id=topic, auto_offset_reset="earliest")
     await producer.start()
     await consumer.start()
     filler = b"x" * (PAYLOAD_SIZE - 8)

@@ -33,8 +33,11 @@ from kilnbus import BusProducer, BusSettings, Delivery, LaunchRequested, Phase, 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.bus.helpers import start_consumer  # noqa: E402
+from tests.support.stack import use_local_kafka_admin  # noqa: E402
 
 BOOTSTRAP = os.environ.get("KILN_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+use_local_kafka_admin()
+KAFKA = BusSettings(kafka_bootstrap=BOOTSTRAP).client_kwargs()  # the local broker wants its admin
 
 
 def pct(values: list[float], q: float) -> float:
@@ -63,13 +66,13 @@ def cpu_seconds(pid: int) -> float:
 async def kafka_two_hops(n: int) -> list[float]:
     """Floor: a message produced, consumed, answered and the answer consumed, with raw aiokafka."""
     a, b = f"bench-hop-a-{uuid.uuid4().hex[:6]}", f"bench-hop-b-{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin = AIOKafkaAdminClient(**KAFKA)
     await admin.start()
     await admin.create_topics([NewTopic(a, 1, 1), NewTopic(b, 1, 1)])
     await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
-    ca = AIOKafkaConsumer(a, bootstrap_servers=BOOTSTRAP, group_id=a, auto_offset_reset="earliest")
-    cb = AIOKafkaConsumer(b, bootstrap_servers=BOOTSTRAP, group_id=b, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(**KAFKA, acks="all", enable_idempotence=True)
+    ca = AIOKafkaConsumer(a, **KAFKA, group_id=a, auto_offset_reset="earliest")
+    cb = AIOKafkaConsumer(b, **KAFKA, group_id=b, auto_offset_reset="earliest")
     await producer.start(); await ca.start(); await cb.start()  # noqa: E702
 
     async def echo() -> None:

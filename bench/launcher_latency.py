@@ -30,7 +30,9 @@ from kilnbus.sealing import new_key  # noqa: E402
 from kiln_launcher.__main__ import serve  # noqa: E402
 from kiln_launcher.settings import Settings  # noqa: E402
 from tests.bus.helpers import start_consumer  # noqa: E402
-from tests.support.stack import HUB_API  # noqa: E402
+from tests.support.stack import HUB_API, use_local_kafka_admin  # noqa: E402
+
+use_local_kafka_admin()  # the local broker wants its admin
 
 ROOT = Path(__file__).resolve().parents[1]
 API = HUB_API

@@ -28,6 +28,9 @@ from kiln_resolver.__main__ import serve  # noqa: E402
 from kiln_resolver.settings import Settings  # noqa: E402
 from tests.bus.helpers import start_consumer  # noqa: E402
 from tests.support.githost import make_repo, start_githost  # noqa: E402
+from tests.support.stack import use_local_kafka_admin  # noqa: E402
+
+use_local_kafka_admin()  # the local broker wants its admin
 
 
 def pct(values: list[float], q: float) -> float:

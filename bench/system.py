@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.githost import make_repo  # noqa: E402
-from tests.support.stack import HUB_API  # noqa: E402
+from tests.support.stack import HUB_API, use_local_kafka_admin  # noqa: E402
+
+use_local_kafka_admin()  # the local broker wants its admin
 
 GATEWAY = "http://127.0.0.1:8585"
 GIT = "http://127.0.0.1:8765"

@@ -12,8 +12,13 @@ import pytest
 
 from kilnbus import BusProducer, BusSettings, Topics, ensure_topics
 
+from .support.stack import use_local_kafka_admin
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "deploy" / "local"
+
+
+use_local_kafka_admin()
 
 
 def run_script(script: str, *args: str, env: dict[str, str] | None = None) -> None:
@@ -35,6 +40,7 @@ def kafka_bootstrap() -> str:
     if bootstrap := os.environ.get("KILN_KAFKA_BOOTSTRAP"):
         return bootstrap
     run_script("kafka.sh", "start")
+    use_local_kafka_admin()  # a fresh machine has the password only now
     return "127.0.0.1:9092"
 
 
@@ -53,7 +59,7 @@ async def bus_settings(kafka_bootstrap: str) -> AsyncIterator[BusSettings]:
 async def delete_topics(bootstrap: str, prefix: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**BusSettings(kafka_bootstrap=bootstrap).client_kwargs())
     await admin.start()
     try:
         doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]

@@ -3,7 +3,11 @@
 #   kafka.sh start|stop|status|restart
 # Settings (environment): KILN_KAFKA_PORT (9092), KILN_KAFKA_CONTROLLER_PORT (9093),
 # KILN_KAFKA_INSTANCE (main; a second instance keeps its own data, as the fault tests need),
-# KILN_KAFKA_BOOTSTRAP (set it to use an existing cluster instead: nothing is started).
+# KILN_KAFKA_BOOTSTRAP (set it to use an existing cluster instead: nothing is started),
+# KILN_TOPIC_PREFIX (kiln.; the ACLs name Kiln's topics under it).
+# The broker requires authentication: each service has a SCRAM-SHA-512 user of its own, allowed only
+# what deploy/local/kafka-acls.txt lists; "admin" is the superuser the scripts and tests use.
+# Passwords are made once, into .state/secrets/kafka-<user> (readable by root only).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -15,6 +19,27 @@ HOME_DIR="$KILN_STATE/kafka/$INSTANCE"
 PIDFILE="$HOME_DIR/kafka.pid"
 LOG="$KILN_LOGS/kafka-$INSTANCE.log"
 POM_DIR="$KILN_ROOT/deploy/kafka"
+SECRETS="$KILN_STATE/secrets"
+USERS=(admin gateway resolver builder launcher analytics)
+ACLS="$KILN_ROOT/deploy/local/kafka-acls.txt"
+PREFIX=${KILN_TOPIC_PREFIX:-kiln.}
+
+password() {  # password USER: made once, kept in .state/secrets/kafka-USER
+  local file="$SECRETS/kafka-$1"
+  [[ -s $file ]] || (mkdir -p "$SECRETS"; umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
+  cat "$file"
+}
+
+# client_config FILE MECHANISM: an admin client's properties (SCRAM for the broker, PLAIN for the controller).
+client_config() {
+  local module=scram.ScramLoginModule; [[ $2 == PLAIN ]] && module=plain.PlainLoginModule
+  (umask 077; cat >"$1" <<PROPS
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=$2
+sasl.jaas.config=org.apache.kafka.common.security.$module required username="admin" password="$(password admin)";
+PROPS
+  )
+}
 
 fetch_jars() {
   # The stamp records which pom produced the jars, so a changed pom fetches again.
@@ -37,9 +62,19 @@ java_ok() {
   ((${v%%.*} >= 17)) || die "Java $v is too old for Kafka 4 (needs 17 or newer)" "install openjdk-17-jre-headless and put it first on PATH"
 }
 
+JAVA=(java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+  -Dlog4j2.configurationFile="$POM_DIR/log4j2.properties" -cp "$LIBS/*")
+
 start() {
   if [[ -n ${KILN_KAFKA_BOOTSTRAP:-} ]]; then ok "kafka: using the existing cluster at $KILN_KAFKA_BOOTSTRAP"; return; fi
-  if pid_alive "$PIDFILE" && port_open 127.0.0.1 "$PORT"; then ok "kafka ($INSTANCE) already running on 127.0.0.1:$PORT"; return; fi
+  local config_sha; config_sha=$( (cat "$POM_DIR/server.properties.in"; echo "$PORT $CONTROLLER_PORT") | sha256sum | cut -d' ' -f1)
+  if pid_alive "$PIDFILE" && [[ $(cat "$HOME_DIR/.config-sha" 2>/dev/null) != "$config_sha" ]]; then
+    warn "Kafka ($INSTANCE) runs with an older configuration: restarting it"; stop
+  fi
+  if pid_alive "$PIDFILE" && port_open 127.0.0.1 "$PORT"; then
+    ensure_users; ensure_acls
+    ok "kafka ($INSTANCE) already running on 127.0.0.1:$PORT"; return
+  fi
   java_ok
   for p in "$PORT" "$CONTROLLER_PORT"; do
     port_open 127.0.0.1 "$p" && die "port $p is already in use by another program, so Kafka cannot listen there" \
@@ -47,26 +82,70 @@ start() {
   done
   fetch_jars
   mkdir -p "$HOME_DIR/data"
-  sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@DATA_DIR@|$HOME_DIR/data|g" \
-    "$POM_DIR/server.properties.in" >"$HOME_DIR/server.properties"
-  local java=(java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
-    -Dlog4j2.configurationFile="$POM_DIR/log4j2.properties" -cp "$LIBS/*")
+  (umask 077; sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@DATA_DIR@|$HOME_DIR/data|g" \
+    -e "s|@ADMIN_PASSWORD@|$(password admin)|g" "$POM_DIR/server.properties.in" >"$HOME_DIR/server.properties")
+  client_config "$HOME_DIR/admin.properties" SCRAM-SHA-512
+  client_config "$HOME_DIR/admin-plain.properties" PLAIN
   if [[ ! -f $HOME_DIR/data/meta.properties ]]; then
     step "formatting Kafka storage ($INSTANCE)"
-    local id; id=$("${java[@]}" kafka.tools.StorageTool random-uuid)
-    "${java[@]}" kafka.tools.StorageTool format -t "$id" -c "$HOME_DIR/server.properties" >>"$LOG" 2>&1 \
+    local id; id=$("${JAVA[@]}" kafka.tools.StorageTool random-uuid)
+    "${JAVA[@]}" kafka.tools.StorageTool format -t "$id" -c "$HOME_DIR/server.properties" >>"$LOG" 2>&1 \
       || die "formatting Kafka's storage failed (see $LOG)" "remove $HOME_DIR and run make up again"
   fi
   step "starting Kafka ($INSTANCE) on 127.0.0.1:$PORT"
   : >"$LOG.run"
-  setsid nohup "${java[@]}" kafka.Kafka "$HOME_DIR/server.properties" >"$LOG.run" 2>&1 </dev/null &
+  setsid nohup "${JAVA[@]}" kafka.Kafka "$HOME_DIR/server.properties" >"$LOG.run" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
+  echo "$config_sha" >"$HOME_DIR/.config-sha"
   if ! wait_for "kafka" 90 grep -q "Kafka Server started" "$LOG.run"; then
     tail -n 20 "$LOG.run" >&2
     die "Kafka did not become ready within 90 s (log: $LOG.run)" "read the log above; 'make down' then 'make up' retries"
   fi
   wait_for "kafka port" 10 port_open 127.0.0.1 "$PORT" || die "Kafka started but does not accept connections on $PORT" "see $LOG.run"
-  ok "kafka ($INSTANCE) ready on 127.0.0.1:$PORT"
+  ensure_users
+  ensure_acls
+  ok "kafka ($INSTANCE) ready on 127.0.0.1:$PORT (SASL/SCRAM, per-service ACLs)"
+}
+
+# ensure_users: a SCRAM credential for each user, made by the admin over PLAIN (its static account),
+# so that it works on storage formatted before authentication was on too. Done again only when a
+# password changes.
+ensure_users() {
+  local want u stamp="$HOME_DIR/.users-sha"
+  want=$(for u in "${USERS[@]}"; do echo "$u $(password "$u")"; done | sha256sum | cut -d' ' -f1)
+  [[ -f $stamp && $(cat "$stamp") == "$want" ]] && return 0
+  step "creating Kafka users (${USERS[*]})"
+  for u in "${USERS[@]}"; do
+    "${JAVA[@]}" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" \
+      --command-config "$HOME_DIR/admin-plain.properties" --alter --entity-type users --entity-name "$u" \
+      --add-config "SCRAM-SHA-512=[password=$(password "$u")]" >>"$LOG" 2>&1 \
+      || die "creating the Kafka user $u failed (see $LOG)" "read the log; 'make down' then 'make up' retries"
+  done
+  echo "$want" >"$stamp"
+}
+
+# ensure_acls: every line of kafka-acls.txt, with the topic prefix filled in. Done again only when the
+# file or the prefix changes. ACLs are added, never removed here: a line taken out of the file stays
+# until removed by hand (AclCommand --remove) or with the broker's data.
+ensure_acls() {
+  local want stamp="$HOME_DIR/.acls-sha" user ops type pattern name principals op args
+  want=$( (cat "$ACLS"; echo "$PREFIX") | sha256sum | cut -d' ' -f1)
+  [[ -f $stamp && $(cat "$stamp") == "$want" ]] && return 0
+  step "setting Kafka ACLs (deploy/local/kafka-acls.txt)"
+  while read -r user ops type pattern name; do
+    [[ -z $user || $user == \#* ]] && continue
+    principals=()
+    if [[ $user == "*" ]]; then
+      for u in "${USERS[@]:1}"; do principals+=(--allow-principal "User:$u"); done
+    else principals=(--allow-principal "User:$user"); fi
+    args=()
+    for op in ${ops//,/ }; do args+=(--operation "$op"); done
+    "${JAVA[@]}" org.apache.kafka.tools.AclCommand --bootstrap-server "127.0.0.1:$PORT" \
+      --command-config "$HOME_DIR/admin.properties" --add --force "${principals[@]}" "${args[@]}" \
+      "--$type" "${name//@P@/$PREFIX}" --resource-pattern-type "$pattern" >>"$LOG" 2>&1 \
+      || die "setting the Kafka ACL '$user $ops $type $name' failed (see $LOG)" "check deploy/local/kafka-acls.txt"
+  done <"$ACLS"
+  echo "$want" >"$stamp"
 }
 
 stop() {

@@ -37,6 +37,10 @@ write_env() {
   (
     unset KILN_METRICS_PORT
     export KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE"
+    # On the local broker each service is a Kafka user of its own, allowed only its own topics.
+    if [[ -z ${KILN_KAFKA_SASL_USERNAME:-} && -s $KILN_STATE/secrets/kafka-$s ]]; then
+      export KILN_KAFKA_SASL_USERNAME=$s KILN_KAFKA_SASL_PASSWORD="$(cat "$KILN_STATE/secrets/kafka-$s")"
+    fi
     case $s in
       resolver) export KILN_METRICS_PORT=$KILN_RESOLVER_METRICS_PORT ;;
       builder) export KILN_METRICS_PORT=$KILN_BUILDER_METRICS_PORT

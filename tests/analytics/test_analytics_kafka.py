@@ -154,7 +154,7 @@ async def test_api_page_and_export(producer: BusProducer, topics: Topics, analyt
 async def read_dead_letters(settings: BusSettings, topics: Topics, count: int) -> list[DeadLetter]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topics.dead_letter.name, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(topics.dead_letter.name, **settings.client_kwargs(),
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     letters: list[DeadLetter] = []

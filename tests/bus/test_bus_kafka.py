@@ -24,7 +24,7 @@ pytestmark = pytest.mark.kafka
 
 async def committed(settings: BusSettings, group: str, topic: str) -> int:
     """Sum of the group's committed offsets over the topic's partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -110,7 +110,8 @@ async def test_failing_handler_is_retried_then_set_aside(bus_settings: BusSettin
     await wait_until(lambda: "after" in done, 30, "the event after the broken one")
     await running.close()
     assert done == ["flaky", "after"]
-    assert attempts == {"flaky": 3, "broken": 4, "after": 1}
+    # A connection error is retried; a bug (ValueError) is not: retrying cannot help, so it is set aside at once.
+    assert attempts == {"flaky": 3, "broken": 1, "after": 1}
     assert running.consumer.dead_lettered == 1
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def user_gateway() -> str:
@@ -15,3 +18,17 @@ def user_gateway() -> str:
 
 
 HUB_API = os.environ.get("KILN_HUB_API_URL") or f"http://{user_gateway()}:{os.environ.get('KILN_HUB_API_PORT', '8081')}/hub/api"
+
+
+def use_local_kafka_admin() -> None:
+    """Tests talk to the local broker as its admin (a superuser), unless told of another cluster.
+
+    BusSettings reads these from the environment, so every client a test makes authenticates.
+    """
+    password = ROOT / ".state" / "secrets" / "kafka-admin"
+    if os.environ.get("KILN_KAFKA_BOOTSTRAP") or not password.exists():
+        return
+    os.environ.setdefault("KILN_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    os.environ.setdefault("KILN_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    os.environ.setdefault("KILN_KAFKA_SASL_USERNAME", "admin")
+    os.environ.setdefault("KILN_KAFKA_SASL_PASSWORD", password.read_text().strip())
