@@ -40,7 +40,7 @@ CHART_OWNED = {
     "resolver": {"image_prefix", "registry_url", "registry_username", "registry_password", "registry_token_url"},
     "builder": {"build_executor", "build_namespace", "build_image", "build_cpu_request", "build_cpu_limit",
                 "build_memory_request", "build_pod_memory_limit", "build_timeout_s", "build_node_selector",
-                "build_tolerations", "build_docker_config_secret", "base_image", "env_image_prefix", "registry_url",
+                "build_tolerations", "build_service_account", "build_docker_config_secret", "base_image", "env_image_prefix", "registry_url",
                 "registry_username", "registry_password", "insecure_registries", "work_dir", "docker_url"},
     "launcher": {"token_seal_keys", "hub_api_url", "hub_public_url", "hub_api_token"},
     "analytics": {"analytics_host", "analytics_port", "analytics_group"},
@@ -61,6 +61,7 @@ BOOL: dict[str, Any] = {"type": "boolean"}
 INT: dict[str, Any] = {"type": "integer"}
 FREE: dict[str, Any] = {"type": "object"}  # Kubernetes objects passed through as they are
 LIST: dict[str, Any] = {"type": "array"}
+SERVICE_NAMES = ["gateway", "resolver", "builder", "launcher", "analytics"]
 
 
 def setting_schema(info: FieldInfo) -> dict[str, Any]:
@@ -123,28 +124,39 @@ def values_schema() -> dict[str, Any]:
             "kafka": obj({
                 "bootstrap": STR,
                 "securityProtocol": {"enum": ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]},
-                "sasl": obj({"mechanism": {"enum": ["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]}, "username": STR,
-                             "password": STR, "existingSecret": STR}),
+                # one user per service: its name, and its password or the existing Secret's key for it
+                "sasl": obj({"mechanism": {"enum": ["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]},
+                             "usernames": obj({name: STR for name in SERVICE_NAMES}),
+                             "passwords": obj({name: STR for name in SERVICE_NAMES}), "existingSecret": STR}),
                 "tls": obj({"caSecret": STR, "caKey": STR}),
                 "topicPrefix": STR, "partitions": {"type": "integer", "minimum": 1},
                 "replication": {"type": "integer", "minimum": 1}, "phaseEventsRetentionMs": INT,
                 "strimzi": obj({"enabled": BOOL, "clusterName": STR, "version": STR,
                                 "replicas": {"type": "integer", "minimum": 1},
-                                "storage": obj({"size": STR, "class": STR, "deleteClaim": BOOL}), "resources": FREE}),
+                                "storage": obj({"size": STR, "class": STR, "deleteClaim": BOOL}), "resources": FREE,
+                                "authentication": BOOL}),
             }),
             "registry": obj({"url": STR, "username": STR, "password": STR, "image_prefix": STR, "token_url": STR,
-                             "auth_config_url": STR, "insecure": BOOL},
+                             "auth_config_url": STR, "insecure": BOOL,
+                             "pull": obj({"username": STR, "password": STR, "secretName": STR})},
                             description="BinderHub's registry settings, same keys."),
             "secrets": obj({"existingSecret": STR, "tokenSealKey": STR, "buildTokenSecret": STR, "resumeSecret": STR,
                             "sessionSecret": STR}),
             "hub": obj({"apiUrl": STR, "publicUrl": STR, "tokenSecret": obj({"name": STR, "key": STR})}),
             "metrics": obj({"annotations": BOOL}),
+            "networkPolicy": obj({
+                "enabled": BOOL,
+                "privateRanges": {"type": "array", "items": STR},
+                "builds": obj({"extraEgress": LIST}),
+                "userServers": obj({"enabled": BOOL, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                    "extraEgress": LIST}),
+                "gateway": obj({"from": LIST}), "analytics": obj({"from": LIST}), "metrics": obj({"from": LIST})}),
             "gateway": service_block("gateway", {"service": service, "ingress": obj({
                 "enabled": BOOL, "className": STR, "annotations": {"type": "object", "additionalProperties": STR},
                 "hosts": {"type": "array", "items": STR}, "tls": LIST})}),
             "resolver": service_block("resolver"),
             "builder": service_block("builder", {"baseImage": STR, "kubernetes": obj({
-                "namespace": STR, "image": STR, "resources": FREE,
+                "namespace": STR, "createNamespace": BOOL, "image": STR, "resources": FREE,
                 "nodeSelector": {"type": "object", "additionalProperties": STR}, "tolerations": LIST,
                 "timeoutSeconds": {"type": "integer", "minimum": 60}})}),
             "launcher": service_block("launcher"),

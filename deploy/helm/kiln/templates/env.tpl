@@ -31,11 +31,16 @@
   value: {{ required "registry.url is required" .Values.registry.url | quote }}
 - name: KILN_REGISTRY_TOKEN_URL
   value: {{ .Values.registry.token_url | quote }}
+{{ include "kiln.registryPullEnv" . }}
+{{- end -}}
+
+{{- define "kiln.registryPullEnv" -}}
+{{- /* The read-only account: looking images up needs no more. The push account never reaches a Kiln pod. */ -}}
 - name: KILN_REGISTRY_USERNAME
-  value: {{ .Values.registry.username | quote }}
-{{- if .Values.registry.password }}
+  value: {{ .Values.registry.pull.username | quote }}
+{{- if .Values.registry.pull.password }}
 - name: KILN_REGISTRY_PASSWORD
-  valueFrom: {secretKeyRef: {name: {{ include "kiln.fullname" . }}-registry, key: password}}
+  valueFrom: {secretKeyRef: {name: {{ include "kiln.fullname" . }}-registry, key: pull-password}}
 {{- end }}
 {{- end -}}
 
@@ -61,6 +66,8 @@
   value: {{ toJson $k.nodeSelector | quote }}
 - name: KILN_BUILD_TOLERATIONS
   value: {{ toJson $k.tolerations | quote }}
+- name: KILN_BUILD_SERVICE_ACCOUNT
+  value: {{ include "kiln.fullname" . }}-build
 - name: KILN_BUILD_DOCKER_CONFIG_SECRET
   value: {{ include "kiln.fullname" . }}-push
 - name: KILN_BASE_IMAGE
@@ -69,12 +76,7 @@
   value: {{ printf "%senv" .Values.registry.image_prefix | quote }}
 - name: KILN_REGISTRY_URL
   value: {{ .Values.registry.url | quote }}
-- name: KILN_REGISTRY_USERNAME
-  value: {{ .Values.registry.username | quote }}
-{{- if .Values.registry.password }}
-- name: KILN_REGISTRY_PASSWORD
-  valueFrom: {secretKeyRef: {name: {{ include "kiln.fullname" . }}-registry, key: password}}
-{{- end }}
+{{ include "kiln.registryPullEnv" . }}
 {{- if .Values.registry.insecure }}
 - name: KILN_INSECURE_REGISTRIES
   value: {{ list (regexReplaceAll "^https?://" .Values.registry.url "" | trimSuffix "/") | toJson | quote }}
