@@ -100,7 +100,8 @@ async def builder(tmp_path_factory: Any) -> AsyncIterator[BuildHarness]:
     root = tmp_path_factory.mktemp("git")
     host = start_githost(root)
     settings = Settings(**bus.model_dump(), base_image=(ROOT / ".state" / "base-image").read_text().strip(),
-                        work_dir=str(tmp_path_factory.mktemp("work")))
+                        work_dir=str(tmp_path_factory.mktemp("work")),
+                        allowed_private_hosts=["127.0.0.1"])  # the test git host is on loopback
     async with BusProducer(bus) as producer:
         h = BuildHarness(settings, topics, producer, host, prefix=f"127.0.0.1:5000/kilntest-{uuid.uuid4().hex[:6]}/binder-")
         h.readers.append(await start_consumer(bus, topics, [topics.phase_events, topics.hub_launch_requested], h.collect,

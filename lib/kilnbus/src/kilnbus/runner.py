@@ -29,8 +29,10 @@ async def serve_consumer(
     serve_metrics(settings)
     await ensure_topics(settings)
     async with BusProducer(settings) as producer:
+        # Requests set aside (a bug, a crash loop) become failed events their users see at once.
+        options = {"failure_events": topics.phase_events, "max_crashes": settings.handler_max_crashes, **consumer_options}
         consumer = BusConsumer(settings, group, watch(topics), make_handler(producer, topics),
-                               producer=producer, dead_letter=topics.dead_letter, **consumer_options)
+                               producer=producer, dead_letter=topics.dead_letter, **options)
         await consumer.start()
         log.info("%s: consuming %s", group, [t.name for t in watch(topics)])
         await consumer.run(stop)

@@ -26,6 +26,9 @@ class BusSettings(BaseSettings):
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates.")
     topic_partitions: int = Field(6, ge=1, description="Partitions of each Kiln topic when Kiln creates it.")
     topic_replication: int = Field(1, ge=1, description="Replication factor of each Kiln topic when Kiln creates it.")
+    handler_max_crashes: int = Field(3, ge=0, description="A request in hand during this many crashes of the service "
+                                     "handling it (OOM kill, SIGKILL) is set aside with a failed event instead of being "
+                                     "tried again; 0: never.")
     metrics_host: str = Field("127.0.0.1", description="Address of the /metrics server of services without a web app.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Port of that /metrics server; unset: none.")
 

@@ -12,13 +12,19 @@ postBuild, start, Dockerfile, the binder/ and .binder/ folders) and builds in tw
 
 Anything needing conda-forge, R, Julia or Nix cannot be built from PyPI and Debian alone and is
 refused with a message that says so. (Why not repo2docker itself: docs/decisions.md.)
+
+The checkout is hostile content: every file Kiln reads goes through ``RepoFiles``, which follows
+no symbolic link out of the checkout, reads only regular files, and at most ``max_file_bytes`` of
+each. Messages name the file and the problem, never the file's bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +37,88 @@ _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # what Debian allows, and no 
 _LOCAL_REQ = re.compile(r"^\s*(-r|--requirement|-c|--constraint|-e|--editable)?\s*(\.|file:|/|\.\./)", re.MULTILINE)
 
 
+DEFAULT_MAX_FILE_BYTES = 1 << 20
+
+
 class BuildpackError(Exception):
     """The repository asks for something Kiln cannot build; the message says what and why."""
+
+    def __init__(self, message: str, cause: str = "unsupported_environment") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class RepoFiles:
+    """Reads a checkout's configuration files without trusting them.
+
+    A file that is a symbolic link is followed only while it stays inside the checkout (a
+    ``requirements.txt`` linking to ``binder/requirements.txt`` is fine; one linking to
+    ``/proc/self/environ``, ``/dev/zero``, ``/etc/passwd`` or ``../../x`` is refused unread).
+    """
+
+    def __init__(self, root: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
+        self.root = root
+        self._real_root = os.path.realpath(root)
+        self.max_file_bytes = max_file_bytes
+
+    def name(self, path: Path) -> str:
+        """How the user calls ``path``: relative to the repository."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.name
+
+    def present(self, path: Path) -> bool:
+        """Whether the repository has an entry at ``path`` (a link counts, wherever it points)."""
+        return os.path.lexists(path)
+
+    def _real(self, path: Path) -> str:
+        real = os.path.realpath(path)
+        if real != self._real_root and not real.startswith(self._real_root + os.sep):
+            raise BuildpackError(f"{self.name(path)} is a symbolic link that leads outside the repository; Kiln does not "
+                                 "follow it. Make it a regular file.", "unsafe_repository")
+        return real
+
+    def check(self, path: Path) -> None:
+        """Refuse ``path`` if it is a link leading outside the repository (for files Kiln does not read itself)."""
+        if self.present(path):
+            self._real(path)
+
+    def is_dir(self, path: Path) -> bool:
+        """Whether ``path`` is a folder of the repository (a link to a folder inside it counts)."""
+        if not self.present(path):
+            return False
+        return os.path.isdir(self._real(path))
+
+    def read_bytes(self, path: Path) -> bytes:
+        """The bytes of the regular file at ``path``, refusing links out, other kinds of file, and big files."""
+        real = self._real(path)
+        try:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: real has no links left.
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError:
+            raise BuildpackError(f"{self.name(path)} cannot be read (it is not a regular file of the repository).",
+                                 "unsafe_repository") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise BuildpackError(f"{self.name(path)} is not a regular file.", "unsafe_repository")
+            # Never trust st_size (/proc files say 0): read one byte past the limit to know.
+            data = f.read(self.max_file_bytes + 1)
+        if len(data) > self.max_file_bytes:
+            raise BuildpackError(f"{self.name(path)} is larger than {_size(self.max_file_bytes)}; this Binder reads "
+                                 "configuration files up to that size.", "unsafe_repository")
+        return data
+
+    def read_text(self, path: Path) -> str:
+        """``read_bytes`` decoded as UTF-8 (a BOM is allowed)."""
+        try:
+            return self.read_bytes(path).decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise BuildpackError(f"{self.name(path)} is not UTF-8 text.", "unsupported_environment") from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB" if n >= 2**10 else f"{n} bytes"
 
 
 @dataclass
@@ -45,19 +131,23 @@ class Plan:
     env_key: str | None = None
     repo_dockerfile: str = ""
     dockerfile_path: Path | None = None  # the repository's own Dockerfile
+    dockerfile_text: str = ""  # its content, read through RepoFiles
     python_version: str = ""
     summary: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def config_dir(repo: Path) -> Path:
+def config_dir(repo: Path, files: RepoFiles | None = None) -> Path:
+    """Where the configuration files are: binder/, .binder/ or the repository's root."""
+    files = files or RepoFiles(repo)
     binder, dot_binder = repo / "binder", repo / ".binder"
-    if binder.is_dir() and dot_binder.is_dir():
+    has_binder, has_dot_binder = files.is_dir(binder), files.is_dir(dot_binder)
+    if has_binder and has_dot_binder:
         raise BuildpackError("The repository has both binder/ and .binder/ folders; keep one.")
-    return binder if binder.is_dir() else dot_binder if dot_binder.is_dir() else repo
+    return binder if has_binder else dot_binder if has_dot_binder else repo
 
 
-def _unsupported(repo: Path, cfg: Path) -> None:
+def _unsupported(repo: Path, cfg: Path, files: RepoFiles) -> None:
     at_root = cfg == repo
     checks = [
         (cfg / "Project.toml", "Julia (Project.toml)"), (cfg / "JuliaProject.toml", "Julia (JuliaProject.toml)"),
@@ -67,59 +157,72 @@ def _unsupported(repo: Path, cfg: Path) -> None:
     if at_root:
         checks.append((repo / "DESCRIPTION", "an R package (DESCRIPTION)"))
     for path, what in checks:
-        if path.exists():
+        if files.present(path):
             raise BuildpackError(f"This repository needs {what}, which Kiln cannot build: it builds environments from "
                                  "PyPI and Debian packages only.")
     runtime = cfg / "runtime.txt"
-    if runtime.exists() and runtime.read_text().strip().startswith("r-"):
+    if files.present(runtime) and files.read_text(runtime).strip().startswith("r-"):
         raise BuildpackError("runtime.txt asks for R, which Kiln cannot build: it builds from PyPI and Debian packages only.")
 
 
-def python_version(cfg: Path, offered: list[str]) -> str:
+def python_version(cfg: Path, offered: list[str], files: RepoFiles | None = None) -> str:
     """The Python runtime.txt asks for, checked against what the base image offers."""
+    files = files or RepoFiles(cfg)
     runtime = cfg / "runtime.txt"
     default = offered[0]
-    if not runtime.exists():
+    if not files.present(runtime):
         return default
-    text = runtime.read_text().strip()
+    text = files.read_text(runtime).strip()
     m = re.fullmatch(r"python-(\d+)(?:\.(\d+))?(?:\.\d+)?(?:-\d{4}-\d{2}-\d{2})?", text)
     if not m:
-        raise BuildpackError(f"runtime.txt says {text!r}; expected python-X.Y (e.g. python-{default}).")
+        # Not repeating what the file says: it is the repository's content, not Kiln's message.
+        raise BuildpackError(f"{files.name(runtime)} does not name a Python version Kiln understands; expected "
+                             f"python-X.Y (e.g. python-{default}).")
     wanted = m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
     if wanted == "3" or wanted in offered:
         return default if wanted == "3" else wanted
     raise BuildpackError(f"runtime.txt asks for Python {wanted}; this Binder offers Python {', '.join(offered)}.")
 
 
-def _apt_packages(cfg: Path) -> list[str]:
+def _apt_packages(cfg: Path, files: RepoFiles) -> list[str]:
     path = cfg / "apt.txt"
-    if not path.exists():
+    if not files.present(path):
         return []
     names = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(files.read_text(path).splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         if not _APT_NAME.match(line):
-            raise BuildpackError(f"apt.txt: {line!r} is not a Debian package name (one name per line, no versions).")
+            raise BuildpackError(f"{files.name(path)}, line {number}: not a Debian package name (one name per line, no "
+                                 "versions).")
         names.append(line)
     return names
 
 
-def _environment_yml(path: Path, offered: list[str]) -> tuple[str | None, list[str]]:
+def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> tuple[str | None, list[str]]:
     """(python version or None, pip requirements) from an environment.yml of Python and pip only."""
     try:
-        env = yaml.safe_load(path.read_text()) or {}
+        env = yaml.safe_load(files.read_text(path)) or {}
+    except RecursionError:
+        raise BuildpackError(f"{path.name} is nested too deeply to read.") from None
     except yaml.YAMLError as exc:
+        # Where, not what: the parser's problem text can quote the file.
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BuildpackError(f"{path.name} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise BuildpackError(f"{path.name} is not valid YAML{where}.") from None
     if not isinstance(env, dict):
         raise BuildpackError(f"{path.name} must be a mapping with a 'dependencies' list.")
     version, pip, other = None, [], []
-    for dep in env.get("dependencies") or []:
+    dependencies = env.get("dependencies") or []
+    if not isinstance(dependencies, list):
+        raise BuildpackError(f"{path.name}: 'dependencies' must be a list.")
+    for dep in dependencies:
         if isinstance(dep, dict) and set(dep) == {"pip"}:
-            pip.extend(str(p) for p in dep["pip"] or [])
+            # Only strings: str() of a YAML alias bomb (lists of lists by reference) would never end.
+            if not isinstance(dep["pip"] or [], list) or not all(isinstance(p, str) for p in dep["pip"] or []):
+                raise BuildpackError(f"{path.name}: the entries under 'pip:' must be requirement strings.")
+            pip.extend(dep["pip"] or [])
         elif isinstance(dep, str):
             name = re.split(r"[=<>! ]", dep.split("::")[-1], maxsplit=1)[0]
             if name == "python":
@@ -128,41 +231,48 @@ def _environment_yml(path: Path, offered: list[str]) -> tuple[str | None, list[s
             elif name != "pip":
                 other.append(dep)
         else:
-            other.append(str(dep))
+            other.append(dep)  # counted, never printed (see above)
     if other:
-        raise BuildpackError(f"{path.name} asks for conda packages Kiln cannot install: {', '.join(other)}. Kiln builds from "
+        raise BuildpackError(f"{path.name} asks for {len(other)} conda package(s) Kiln cannot install. Kiln builds from "
                              "PyPI and Debian only: list them under 'pip:' (or in requirements.txt) if they are on PyPI.")
-    if version and version not in offered and version != "3":
+    if version and version not in offered and version != "3":  # version matched \d+(\.\d+)?: safe to repeat
         raise BuildpackError(f"{path.name} asks for Python {version}; this Binder offers Python {', '.join(offered)}.")
     return version, pip
 
 
-def _installs_package(repo: Path, cfg: Path) -> bool:
+def _installs_package(repo: Path, cfg: Path, files: RepoFiles) -> bool:
     if cfg != repo:
         return False  # with a binder folder, repo2docker ignores a root setup.py / pyproject.toml
-    if (repo / "setup.py").exists():
+    if files.present(repo / "setup.py"):
         return True
     pyproject = repo / "pyproject.toml"
-    if pyproject.exists():
-        text = pyproject.read_text()
+    if files.present(pyproject):
+        text = files.read_text(pyproject)
         return "[project]" in text and "[build-system]" in text
     return False
 
 
-def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[str, str]) -> Plan:
+def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[str, str],
+         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Plan:
     """Decide how to build ``repo``, following repo2docker's order (Dockerfile first, then Python)."""
-    cfg = config_dir(repo)
+    files = RepoFiles(repo, max_file_bytes)
+    cfg = config_dir(repo, files)
     rel = cfg.relative_to(repo).as_posix()
     prefix = "" if rel == "." else rel + "/"
     root_dockerfile = repo / "Dockerfile"
-    if root_dockerfile.exists() and re.search(r"^\s*FROM\s+andrewosh/binder-base", root_dockerfile.read_text(), re.M | re.I):
+    if files.present(root_dockerfile) and re.search(r"^\s*FROM\s+andrewosh/binder-base", files.read_text(root_dockerfile),
+                                                    re.M | re.I):
         raise BuildpackError("This Dockerfile builds on andrewosh/binder-base, which Binder stopped supporting in 2020.")
-    if (cfg / "Dockerfile").exists():
-        return Plan(kind="dockerfile", dockerfile_path=cfg / "Dockerfile", summary=[f"Using {prefix}Dockerfile"], labels=labels)
-    _unsupported(repo, cfg)
+    if files.present(cfg / "Dockerfile"):
+        return Plan(kind="dockerfile", dockerfile_path=cfg / "Dockerfile", dockerfile_text=files.read_text(cfg / "Dockerfile"),
+                    summary=[f"Using {prefix}Dockerfile"], labels=labels)
+    _unsupported(repo, cfg, files)
+    # Files only checked for presence here are still refused when they lead outside the checkout.
+    for name in ("postBuild", "start", "setup.py"):
+        files.check(cfg / name)
 
-    version = python_version(cfg, offered_pythons)
-    apt = _apt_packages(cfg)
+    version = python_version(cfg, offered_pythons, files)
+    apt = _apt_packages(cfg, files)
     env_files: dict[str, bytes] = {}
     env_steps: list[str] = []
     repo_steps: list[str] = []
@@ -170,11 +280,11 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     if apt:
         env_files["apt.txt"] = ("\n".join(apt) + "\n").encode()
         summary.append(f"apt.txt: {len(apt)} package(s)")
-    env_yml = next((cfg / n for n in ("environment.yml", "environment.yaml") if (cfg / n).exists()), None)
-    pipfile = next((cfg / n for n in ("Pipfile.lock", "Pipfile") if (cfg / n).exists()), None)
+    env_yml = next((cfg / n for n in ("environment.yml", "environment.yaml") if files.present(cfg / n)), None)
+    pipfile = next((cfg / n for n in ("Pipfile.lock", "Pipfile") if files.present(cfg / n)), None)
     requirements = cfg / "requirements.txt"
     if env_yml is not None:
-        yml_version, pip_reqs = _environment_yml(env_yml, offered_pythons)
+        yml_version, pip_reqs = _environment_yml(env_yml, offered_pythons, files)
         version = yml_version if yml_version and yml_version != "3" else version
         if pip_reqs:
             env_files["requirements.txt"] = ("\n".join(pip_reqs) + "\n").encode()
@@ -182,24 +292,25 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
         summary.append(f"{env_yml.name}: {len(pip_reqs)} pip package(s)")
     elif pipfile is not None:
         for name in ("Pipfile", "Pipfile.lock"):
-            if (cfg / name).exists():
-                env_files[name] = (cfg / name).read_bytes()
-        locked = "--ignore-pipfile" if (cfg / "Pipfile.lock").exists() else "--skip-lock"
+            if files.present(cfg / name):
+                env_files[name] = files.read_bytes(cfg / name)
+        locked = "--ignore-pipfile" if files.present(cfg / "Pipfile.lock") else "--skip-lock"
         step = f"cd {{dir}} && PIPENV_VENV_IN_PROJECT=0 pipenv install --system --dev {locked}"
-        if re.search(r"path\s*=\s*['\"]\.", (cfg / "Pipfile").read_text() if (cfg / "Pipfile").exists() else ""):
+        pipfile_text = env_files["Pipfile"].decode(errors="replace") if "Pipfile" in env_files else ""
+        if re.search(r"path\s*=\s*['\"]\.", pipfile_text):
             repo_steps.append("pip install --no-cache-dir pipenv==2024.4.1 && " + step.format(dir=HOME + "/" + rel))
         else:
             env_steps.append("pip install --no-cache-dir pipenv==2024.4.1 && " + step.format(dir="/tmp/kiln-env"))
         summary.append(f"{pipfile.name} with pipenv")
-    elif requirements.exists():
-        text = requirements.read_text()
+    elif files.present(requirements):
+        text = files.read_text(requirements)
         if _LOCAL_REQ.search(text):
             repo_steps.append(f"pip install --no-cache-dir -r {prefix}requirements.txt")  # refers to files of the repository
         else:
             env_files["requirements.txt"] = text.encode()
             env_steps.append("pip install --no-cache-dir -r /tmp/kiln-env/requirements.txt")
         summary.append("requirements.txt")
-    if _installs_package(repo, cfg):
+    if _installs_package(repo, cfg, files):
         repo_steps.append("pip install --no-cache-dir .")
         summary.append("the repository installed as a package")
 
@@ -219,10 +330,10 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
 
     repo_lines = ["FROM {env_image}", f"COPY --chown={NB_UID}:{NB_UID} {REPO_SUBDIR}/ {HOME}/"]
     repo_lines += [f"RUN {step}" for step in repo_steps]
-    if (cfg / "postBuild").exists():
+    if files.present(cfg / "postBuild"):
         repo_lines.append(f"RUN chmod +x {prefix}postBuild && ./{prefix}postBuild")
         summary.append("postBuild")
-    if (cfg / "start").exists():
+    if files.present(cfg / "start"):
         repo_lines += ["USER root", "COPY kiln-entrypoint /usr/local/bin/kiln-entrypoint",
                        "RUN chmod 0755 /usr/local/bin/kiln-entrypoint" + f" && chmod +x {HOME}/{prefix}start", f"USER {NB_USER}",
                        f"ENV R2D_ENTRYPOINT={HOME}/{prefix}start",

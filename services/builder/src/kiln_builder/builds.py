@@ -3,12 +3,18 @@
 Every request of a build gets every event of it: one that attaches late is first sent the log so
 far. Builds beyond ``concurrent_builds`` wait, and their requests are told their place in the queue
 whenever it changes.
+
+A build's output is the repository's to choose, so what the builder keeps of it is bounded: each
+log line is cut at ``max_line_chars`` (with a marker saying so), and the log kept for requests that
+attach later holds at most ``history_bytes``, dropping its oldest lines first (a late request is
+told how many it missed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +27,24 @@ log = logging.getLogger(__name__)
 Emit = Callable[[BuildRequested, Phase, dict[str, Any]], Awaitable[None]]
 
 REPLAYED_PHASES = (Phase.FETCHING, Phase.BUILDING, Phase.WAITING)
-HISTORY_LIMIT = 2000
+LOG_PHASES = (Phase.FETCHING, Phase.BUILDING)
+DEFAULT_HISTORY_BYTES = 4 << 20
+DEFAULT_LINE_CHARS = 4096
+DIAGNOSE_LINES = 500  # what diagnose() may look at
+_EVENT_OVERHEAD = 200  # bytes a kept event costs beyond its message (the dict, the tuple)
+
+
+def limit_lines(message: str, max_chars: int) -> str:
+    """``message`` with every line longer than ``max_chars`` cut there, and a marker saying how long it was."""
+    if not max_chars or len(message) <= max_chars:
+        return message
+    out = []
+    for line in message.splitlines(keepends=True):
+        body = line.rstrip("\n")
+        if len(body) > max_chars:
+            line = f"{body[:max_chars]} [Kiln: line truncated, {len(body)} characters]\n"
+        out.append(line)
+    return "".join(out)
 
 
 @dataclass
@@ -31,14 +54,21 @@ class Job:
     image: str
     first: BuildRequested
     subscribers: dict[str, BuildRequested] = field(default_factory=dict)
-    history: list[tuple[Phase, dict[str, Any]]] = field(default_factory=list)
+    history: deque[tuple[Phase, dict[str, Any]]] = field(default_factory=deque)
+    history_bytes: int = 0
+    history_dropped: int = 0  # events dropped from the front of history to stay within its bound
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     lines: list[str] = field(default_factory=list)
     env_image_to_push: str | None = None
 
 
 class Builds:
-    def __init__(self, limit: int, run: Callable[[Job, "Builds"], Awaitable[None]], emit: Emit) -> None:
+    """The builds of one builder: one per image, at most ``limit`` at once, the rest queued."""
+
+    def __init__(self, limit: int, run: Callable[[Job, "Builds"], Awaitable[None]], emit: Emit,
+                 history_bytes: int = DEFAULT_HISTORY_BYTES, max_line_chars: int = DEFAULT_LINE_CHARS) -> None:
+        self._history_bytes = history_bytes
+        self._max_line_chars = max_line_chars
         self._slots = asyncio.Semaphore(limit)
         self._run = run
         self._emit_one = emit
@@ -55,12 +85,22 @@ class Builds:
 
     async def emit(self, job: Job, phase: Phase, **fields: Any) -> None:
         """Send an event to every request of ``job``, and keep it for requests that attach later."""
-        if phase in REPLAYED_PHASES and len(job.history) < HISTORY_LIMIT:
-            job.history.append((phase, fields))
-        if phase in (Phase.FETCHING, Phase.BUILDING) and "message" in fields:
+        if phase in LOG_PHASES and "message" in fields:
+            fields = {**fields, "message": limit_lines(fields["message"], self._max_line_chars)}
             job.lines.append(fields["message"])
-            del job.lines[:-500]
+            del job.lines[:-DIAGNOSE_LINES]
+        if phase in REPLAYED_PHASES:
+            self._keep(job, phase, fields)
         await asyncio.gather(*(self._emit_one(req, phase, fields) for req in list(job.subscribers.values())))
+
+    def _keep(self, job: Job, phase: Phase, fields: dict[str, Any]) -> None:
+        """Add an event to ``job``'s history, dropping the oldest ones past the byte bound."""
+        job.history.append((phase, fields))
+        job.history_bytes += len(fields.get("message") or "") + _EVENT_OVERHEAD
+        while job.history_bytes > self._history_bytes and len(job.history) > 1:
+            _, old = job.history.popleft()
+            job.history_bytes -= len(old.get("message") or "") + _EVENT_OVERHEAD
+            job.history_dropped += 1
 
     async def submit(self, request: BuildRequested) -> Job:
         """The job building ``request.image_name``: an existing one (attached to) or a new one."""
@@ -69,6 +109,9 @@ class Builds:
             job.subscribers[request.request_id] = request
             await self._emit_one(request, Phase.WAITING, {"message": "Another launch is already building this image; "
                                                                      "following its build.\n"})
+            if job.history_dropped:
+                await self._emit_one(request, Phase.BUILDING, {"message": f"[Kiln: the first {job.history_dropped} "
+                                                                          "lines of this build's log are not kept]\n"})
             for phase, fields in list(job.history):
                 await self._emit_one(request, phase, fields)
             return job

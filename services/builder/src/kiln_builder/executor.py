@@ -179,6 +179,9 @@ class DockerExecutor:
             if "stream" in chunk:
                 # The engine colours a step's stderr; the log is shown as text, so the codes go.
                 *lines, partial = (partial + _ANSI.sub("", chunk["stream"])).split("\n")
+                if len(partial) > 65536:  # a line that never ends is passed on in pieces (cut downstream), not kept
+                    lines.append(partial)
+                    partial = ""
                 for line in lines:
                     await emit(line)
             elif "error" in chunk:

@@ -1,4 +1,13 @@
-"""Fetching a repository at an exact commit with git, streaming git's own words as it goes."""
+"""Fetching a repository at an exact commit with git, streaming git's own words as it goes.
+
+The repository is hostile until proven otherwise. Before git runs, the URL is checked again with
+the resolver's rule (``kilnbus.urlguard``: scheme, no credentials, no private hosts), and git runs
+with no redirects, only the allowed transports, no submodules, object checking on (``fsck``
+refuses trees with ``..``, ``.git`` or duplicate names), and for HTTP the addresses just checked
+pinned, so a second DNS answer cannot point it elsewhere. The download is stopped past
+``max_fetch_bytes``; the checkout is extracted by Kiln itself, refusing any entry that would land
+outside it and stopping past ``max_bytes`` or ``max_entries``.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +15,61 @@ import asyncio
 import hashlib
 import os
 import re
-import shlex
 import shutil
-from pathlib import Path
+import subprocess
+import tarfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from kilnbus.urlguard import UnsafeRepoURL, check_repo_url, git_safety_args, public_addresses, redact
 
 from kiln_builder.executor import BuildFailed, LineSink
 
 _PROGRESS = re.compile(r"\d+% \(\d+/\d+\)")
-_ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+_ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+        # The builder's own git configuration is not the repository's business.
+        "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
+# A commit, tag or branch name; never something git could read as an option.
+_REF = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._/-]{0,254}$")
+_GIT_LINE_LIMIT = 500  # git's own lines (and a hostile server's "remote:" lines) shown in the log
 
 
-async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: float) -> tuple[int, list[str]]:
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What the builder fetches, and how much of it (0: no limit)."""
+
+    max_bytes: int = 2**30
+    max_entries: int = 0
+    max_fetch_bytes: int = 0
+    allowed_schemes: list[str] = field(default_factory=lambda: ["https", "http", "git"])
+    allowed_private_hosts: list[str] = field(default_factory=list)
+
+
+def _git_options(policy: FetchPolicy) -> list[str]:
+    return [*git_safety_args(policy.allowed_schemes),
+            # Check every object received: a hand-made tree could name "../x" or hold "a" twice.
+            "-c", "transfer.fsckObjects=true", "-c", "fetch.fsck.zeroPaddedFilemode=ignore"]
+
+
+def _amount(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB" if n >= 2**10 else f"{n} bytes"
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue  # git renames its temporary files as it goes
+    return total
+
+
+async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: float,
+               watch: tuple[Path, int] | None = None) -> tuple[int, list[str]]:
+    """Run git, passing its finished lines on; with ``watch=(dir, limit)`` stop it once ``dir`` grows past ``limit``."""
     proc = await asyncio.create_subprocess_exec("git", *args, cwd=cwd, env=_ENV, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
     lines: list[str] = []
@@ -29,24 +82,41 @@ async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: fl
             buf += chunk
             # git redraws progress with \r; send each finished line once
             *done, buf = buf.replace(b"\r", b"\n").split(b"\n")
+            buf = buf[-4096:]  # a server may send a "line" that never ends
             for raw in done:
-                line = raw.decode(errors="replace").strip()
+                line = raw.decode(errors="replace").strip()[:_GIT_LINE_LIMIT]
                 if _PROGRESS.search(line) and not line.endswith("done."):
                     continue  # git redraws these many times a second; the finished line says it all
                 if line:
                     lines.append(line)
+                    del lines[:-20]
                     await on_line(line + "\n")
 
+    async def guard() -> None:
+        assert watch is not None
+        path, limit = watch
+        while True:
+            await asyncio.sleep(0.5)
+            if path.exists() and await asyncio.to_thread(_dir_size, path) > limit:
+                proc.kill()
+                raise BuildFailed(f"The repository is larger than this Binder fetches ({_amount(limit)} with its history).",
+                                  "repo_too_large")
+
+    reader = asyncio.ensure_future(read())
+    tasks = {reader} | ({asyncio.ensure_future(guard())} if watch and watch[1] else set())
     try:
-        await asyncio.wait_for(read(), timeout)
-    except TimeoutError:
-        proc.kill()
-        raise BuildFailed(f"Fetching the repository took longer than {timeout:.0f} seconds.", "fetch_failed") from None
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            proc.kill()
+            raise BuildFailed(f"Fetching the repository took longer than {timeout:.0f} seconds.", "fetch_failed")
+        for task in done:
+            task.result()  # the guard's BuildFailed
+    finally:
+        for task in tasks:
+            task.cancel()
+        if proc.returncode is None and not reader.done():
+            proc.kill()
     return await proc.wait(), lines
-
-
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 _locks: dict[str, asyncio.Lock] = {}
@@ -58,42 +128,173 @@ async def _has_commit(mirror: Path, ref: str) -> bool:
     return await proc.wait() == 0
 
 
+class CheckoutRefused(Exception):
+    """An entry of the archive Kiln will not extract, or a limit passed; the message is for the user."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def extract_checkout(stream: object, dest: Path, max_bytes: int, max_entries: int) -> None:
+    """Extract the tar ``stream`` (git archive's) into ``dest``, refusing anything that could leave it.
+
+    Only directories, regular files and symbolic links are written (git archive makes nothing
+    else). A link may point anywhere: Kiln never follows links out of a checkout (``buildpacks.RepoFiles``)
+    and extraction never writes through one, because every entry's parent must resolve inside
+    ``dest``. Sizes are counted from the headers before anything is written.
+    """
+    root = os.path.realpath(dest)
+    total = entries = 0
+    with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
+            if member.name == "pax_global_header" or member.type == tarfile.XGLTYPE:
+                continue
+            entries += 1
+            if max_entries and entries > max_entries:
+                raise CheckoutRefused(f"The repository has more than {max_entries} files and folders; this Binder builds "
+                                      "repositories up to that many.", "repo_too_large")
+            name = PurePosixPath(member.name)
+            if name.is_absolute() or ".." in name.parts or not name.parts:
+                raise CheckoutRefused("The repository contains a path that leads outside it.", "unsafe_repository")
+            if not (member.isfile() or member.isdir() or member.issym()):
+                raise CheckoutRefused("The repository contains an entry that is not a file, folder or link.",
+                                      "unsafe_repository")
+            parent = os.path.realpath(os.path.join(root, *name.parts[:-1]))
+            if not _inside(root, parent):
+                raise CheckoutRefused("The repository contains a path that leads outside it through a symbolic link.",
+                                      "unsafe_repository")
+            if member.isfile():
+                total += member.size
+                if max_bytes and total > max_bytes:
+                    raise CheckoutRefused(f"The repository is larger than {_amount(max_bytes)} checked out; this Binder "
+                                          "builds repositories up to that size.", "repo_too_large")
+            target = os.path.join(parent, name.parts[-1])
+            if os.path.lexists(target) and not (member.isdir() and os.path.isdir(target) and not os.path.islink(target)):
+                raise CheckoutRefused("The repository contains the same path twice.", "unsafe_repository")
+            if member.isdir():
+                os.makedirs(target, mode=0o755, exist_ok=True)
+            elif member.issym():
+                os.symlink(member.linkname, target)
+            else:
+                source = tar.extractfile(member)
+                assert source is not None
+                # O_EXCL|O_NOFOLLOW: create a new file here, never open one a link points at.
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755 if member.mode & 0o111 else 0o644)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+
+
+async def _archive(mirror: Path, ref: str, dest: Path, policy: FetchPolicy) -> None:
+    """``git archive`` of ``ref`` extracted into ``dest`` by ``extract_checkout``."""
+    def run() -> None:
+        proc = subprocess.Popen(["git", "--git-dir", str(mirror), "archive", "--format=tar", ref, "--"], env=_ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        errors = bytearray()
+
+        def drain() -> None:  # read all of stderr (a full pipe would block git), keep its start
+            assert proc.stderr is not None
+            while chunk := proc.stderr.read(8192):
+                if len(errors) < 8192:
+                    errors.extend(chunk)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        finished = False
+        try:
+            extract_checkout(proc.stdout, dest, policy.max_bytes, policy.max_entries)
+            while proc.stdout.read(1 << 16):  # the tar's trailing blocks
+                pass
+            finished = True
+        except CheckoutRefused:
+            raise
+        except (tarfile.TarError, OSError) as exc:
+            raise CheckoutRefused(f"The commit could not be checked out ({type(exc).__name__}).", "fetch_failed") from None
+        finally:
+            if not finished:
+                proc.kill()
+            proc.wait()
+            reader.join(5)
+        if proc.returncode != 0:
+            raise CheckoutRefused(f"git could not archive {ref}: {bytes(errors).decode(errors='replace').strip()[:300]}",
+                                  "fetch_failed")
+
+    await asyncio.to_thread(run)
+
+
 async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_bytes: int, cache_dir: Path,
-                timeout: float = 600) -> None:
-    """Check out ``ref`` of ``repo_url`` into ``dest``; refuse repositories over ``max_bytes``.
+                timeout: float = 600, policy: FetchPolicy | None = None) -> None:
+    """Check out ``ref`` of ``repo_url`` into ``dest``; refuse unsafe URLs and repositories over the limits.
 
     Each repository is kept as a bare mirror under ``cache_dir``: a new commit costs an incremental
     fetch instead of a clone, and a commit already there (a rebuild) costs no network at all.
     """
+    policy = policy or FetchPolicy(max_bytes=max_bytes)
     if dest.exists():
         shutil.rmtree(dest)
+    try:
+        parts = await check_repo_url(repo_url, policy.allowed_schemes, policy.allowed_private_hosts)
+    except UnsafeRepoURL as exc:
+        raise BuildFailed(str(exc), exc.cause) from None
+    if not _REF.match(ref):
+        raise BuildFailed("The commit to build is not a valid git ref.", "bad_spec")
+    options = _git_options(policy)
+    scheme, host = parts.scheme.lower(), parts.hostname
+    assert host is not None
+    if scheme in ("http", "https"):
+        # Pin the addresses just checked: git's own lookup could get another answer (DNS rebinding).
+        try:
+            addresses = await public_addresses(host, policy.allowed_private_hosts)
+        except UnsafeRepoURL as exc:
+            raise BuildFailed(str(exc), exc.cause) from None
+        port = parts.port or (443 if scheme == "https" else 80)
+        pinned = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
+        options += ["-c", f"http.curloptResolve={host}:{port}:{pinned}"]
+    shown = redact(repo_url)
     mirror = cache_dir / (hashlib.sha256(repo_url.encode()).hexdigest()[:20] + ".git")
-    await on_line(f"Picked Git content provider.\nFetching {repo_url} at {ref}\n")
+    watch = (mirror, policy.max_fetch_bytes)
+    await on_line(f"Picked Git content provider.\nFetching {shown} at {ref}\n")
     async with _locks.setdefault(repo_url, asyncio.Lock()):  # one git process per mirror at a time
         if not (mirror / "HEAD").exists():
             shutil.rmtree(mirror, ignore_errors=True)
             cache_dir.mkdir(parents=True, exist_ok=True)
-            code, lines = await _git(["clone", "--bare", "--progress", "--", repo_url, str(mirror)], None, on_line, timeout)
+            try:
+                code, lines = await _git([*options, "clone", "--bare", "--no-recurse-submodules", "--progress", "--",
+                                          repo_url, str(mirror)], None, on_line, timeout, watch)
+            except BuildFailed:
+                shutil.rmtree(mirror, ignore_errors=True)
+                raise
             if code != 0:
                 shutil.rmtree(mirror, ignore_errors=True)
-                raise BuildFailed(f"Could not clone {repo_url}: {lines[-1] if lines else 'git failed'}", "fetch_failed")
+                raise BuildFailed(f"Could not clone {shown}: {lines[-1] if lines else 'git failed'}", "fetch_failed")
         elif not await _has_commit(mirror, ref):
-            code, lines = await _git(["--git-dir", str(mirror), "fetch", "--progress", "--prune", "origin",
-                                      "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"], None, on_line, timeout)
+            try:
+                code, lines = await _git([*options, "--git-dir", str(mirror), "fetch", "--no-recurse-submodules", "--progress",
+                                          "--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                                         None, on_line, timeout, watch)
+            except BuildFailed:
+                shutil.rmtree(mirror, ignore_errors=True)  # a mirror past the limit is not kept for next time
+                raise
             if code != 0:
-                raise BuildFailed(f"Could not fetch {repo_url}: {lines[-1] if lines else 'git failed'}", "fetch_failed")
+                raise BuildFailed(f"Could not fetch {shown}: {lines[-1] if lines else 'git failed'}", "fetch_failed")
         else:
             await on_line(f"{ref[:12]} is already here; nothing to fetch\n")
+        # Once more after git ended: a fast download can finish between two of the guard's looks.
+        if policy.max_fetch_bytes and await asyncio.to_thread(_dir_size, mirror) > policy.max_fetch_bytes:
+            shutil.rmtree(mirror, ignore_errors=True)
+            raise BuildFailed(f"The repository is larger than this Binder fetches ({_amount(policy.max_fetch_bytes)} with "
+                              "its history).", "repo_too_large")
         if not await _has_commit(mirror, ref):
-            raise BuildFailed(f"Commit {ref} is not in {repo_url}.", "fetch_failed")
+            raise BuildFailed(f"Commit {ref} is not in {shown}.", "fetch_failed")
         dest.mkdir(parents=True)
-        archive = await asyncio.create_subprocess_shell(
-            f"git --git-dir {shlex.quote(str(mirror))} archive --format=tar {shlex.quote(ref)} | tar -x -C {shlex.quote(str(dest))}",
-            env=_ENV, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        _, err = await archive.communicate()
-        if archive.returncode != 0:
-            raise BuildFailed(f"Could not check out {ref}: {err.decode(errors='replace').strip()}", "fetch_failed")
-    size = await asyncio.to_thread(_size, dest)
-    if max_bytes and size > max_bytes:
-        raise BuildFailed(f"The repository is {size / 2**20:.0f} MiB; this Binder builds repositories up to "
-                          f"{max_bytes / 2**20:.0f} MiB.", "repo_too_large")
+        try:
+            await _archive(mirror, ref, dest, policy)
+        except CheckoutRefused as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise BuildFailed(str(exc), exc.cause) from None
+

@@ -24,7 +24,7 @@ from kiln_builder import metrics
 from kiln_builder.builds import Builds, Job
 from kiln_builder.diagnose import diagnose
 from kiln_builder.executor import BuildExecutor, BuildFailed
-from kiln_builder.fetch import fetch
+from kiln_builder.fetch import FetchPolicy, fetch
 from kiln_builder.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,19 @@ LOG_PHASES = (Phase.WAITING, Phase.FETCHING, Phase.BUILDING)
 
 
 class Builder:
+    """The build-request handler: one ``Builds`` queue, fetch and plan here, builds on the executor."""
+
     def __init__(self, settings: Settings, producer: BusProducer, topics: Topics, executor: BuildExecutor) -> None:
         self._s = settings
         self._producer = producer
         self._topics = topics
         self._executor = executor
-        self.builds = Builds(settings.concurrent_builds, self._build, self._emit)
+        self.builds = Builds(settings.concurrent_builds, self._build, self._emit,
+                             history_bytes=settings.build_log_memory_bytes, max_line_chars=settings.max_log_line_chars)
+        self._fetch_policy = FetchPolicy(max_bytes=settings.max_repo_bytes, max_entries=settings.max_repo_entries,
+                                         max_fetch_bytes=settings.max_fetch_bytes,
+                                         allowed_schemes=settings.git_allowed_protocols,
+                                         allowed_private_hosts=settings.allowed_private_hosts)
         self._in_flight: set[str] = set()
         self._pending: list[asyncio.Future[Any]] = []
         self.completed = 0
@@ -51,6 +58,9 @@ class Builder:
             # Log lines are not awaited one by one (a broker round trip each): the idempotent producer
             # keeps them in order, and the next phase change waits for all of them.
             self._pending.append(await self._producer.send(self._topics.phase_events, request.request_id, event))
+            if len(self._pending) > 1000:
+                # A build printing for hours must not keep a future per line until its next phase change.
+                self._pending = [f for f in self._pending if not f.done()]
             return
         pending, self._pending = self._pending, []
         await asyncio.gather(*pending)
@@ -99,7 +109,7 @@ class Builder:
                 await building(f"Found {job.image} on this builder; pushing it.\n")
             else:
                 await fetch(request.repo_url, request.ref, workdir, fetching, self._s.max_repo_bytes,
-                            Path(self._s.work_dir) / "git-cache")
+                            Path(self._s.work_dir) / "git-cache", policy=self._fetch_policy)
                 await self._build_image(job, workdir, building)
             await self._push(job, builds)
         except (BuildFailed, BuildpackError) as exc:
@@ -110,11 +120,12 @@ class Builder:
             log.info("build of %s failed (%s) after %.0fs", job.image, cause, time.monotonic() - started)
             await builds.emit(job, Phase.FAILED, message=message.rstrip("\n") + "\n", failure_cause=cause, image_name=job.image)
             raise BuildFailed(message, cause) from None
-        except Exception as exc:
+        except Exception:
+            # The details (which may name Kiln's internals) go to the log, not to the user.
             log.exception("build of %s hit an unexpected error", job.image)
-            message = f"The builder hit an unexpected error: {exc!r}. Please try again; if it persists, tell this Binder's operators."
-            await builds.emit(job, Phase.FAILED, message=message + "\n", failure_cause="builder_error", image_name=job.image)
-            raise BuildFailed(message, "builder_error") from None
+            message = "The builder hit an unexpected error. Please try again; if it persists, tell this Binder's operators."
+            await builds.emit(job, Phase.FAILED, message=message + "\n", failure_cause="internal_error", image_name=job.image)
+            raise BuildFailed(message, "internal_error") from None
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         log.info("built %s in %.0fs for %d request(s)", job.image, time.monotonic() - started, len(job.subscribers))
@@ -133,13 +144,12 @@ class Builder:
         request = job.first
         labels = {"repo2docker.repo": request.repo_url, "repo2docker.ref": request.ref,
                   "repo2docker.version": f"kiln-{version('kiln-builder')}"}
-        the_plan = plan(repo, self._s.base_image, self._s.offered_pythons, labels)
+        the_plan = plan(repo, self._s.base_image, self._s.offered_pythons, labels, max_file_bytes=self._s.max_config_file_bytes)
         for line in the_plan.summary:
             await building(f"Kiln: {line}\n")
         timeout = self._s.build_timeout_s
         if the_plan.kind == "dockerfile":
-            assert the_plan.dockerfile_path is not None
-            await self._executor.build(repo, the_plan.dockerfile_path.read_text(), job.image, building,
+            await self._executor.build(repo, the_plan.dockerfile_text, job.image, building,
                                        buildargs={"NB_USER": NB_USER, "NB_UID": str(NB_UID)}, timeout_s=timeout,
                                        labels=the_plan.labels)
             return

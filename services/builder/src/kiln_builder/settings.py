@@ -28,6 +28,22 @@ class Settings(BusSettings):
                                      "process limit all builds share (deploy/local/docker.sh makes it); empty: none.")
     build_cpus: float = Field(2.0, ge=0, description="Docker: CPU cores a build may use; 0: no limit.")
     max_repo_bytes: int = Field(2**30, ge=0, description="Largest repository (checked out) that is built, in bytes.")
+    max_repo_entries: int = Field(100_000, ge=0, description="Most files, folders and links a checked-out repository may "
+                                  "have; 0: no limit.")
+    max_fetch_bytes: int = Field(4 * 2**30, ge=0, description="Largest download of a repository with its history (as git "
+                                 "stores it), in bytes; git is stopped past it. 0: no limit.")
+    max_config_file_bytes: int = Field(2**20, ge=1, description="Largest configuration file (requirements.txt, "
+                                       "environment.yml, runtime.txt, Dockerfile, ...) the builder reads, in bytes.")
+    max_log_line_chars: int = Field(4096, ge=80, description="Build log lines longer than this are cut, with a marker.")
+    build_log_memory_bytes: int = Field(4 * 2**20, ge=4096, description="Bytes of a build's log kept for requests that "
+                                        "attach to it later; the oldest lines go first.")
+    git_allowed_protocols: list[str] = Field(["https", "http", "git"], description="Schemes of repository URLs the builder "
+                                             "fetches (the resolver has its own list).")
+    allowed_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="Git hosts the builder may fetch from although they resolve to private, loopback or link-local "
+                    "addresses (the resolver's setting of the same name; set both).",
+    )
     work_dir: str = Field("/tmp/kiln-builds", description="Where repositories are checked out while they build.")
     log_tail_lines: int = Field(15, ge=0, description="Lines of the build log repeated in a failure message.")
     # Where builds run. "kubernetes": one pod per build (kiln_builder.kube_executor), for the Helm chart.

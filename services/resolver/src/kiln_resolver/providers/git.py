@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
-from kiln_resolver.netguard import check_public
+from kiln_resolver.netguard import check_public, check_shape
 from kiln_resolver.providers.base import ResolveError, Resolution
 from kiln_resolver.providers.gitcli import ls_remote
 
@@ -26,12 +26,9 @@ class GitProvider:
         ref = unquote(ref)
         if m := re.match(r"^([\w.-]+)@([\w.-]+):(.+)$", url):  # scp-like user@host:path
             url = f"ssh://{m.group(1)}@{m.group(2)}/{m.group(3)}"
-        parts = urlsplit(url)
-        if parts.scheme not in self._protocols:
-            raise ResolveError(f"Git URLs with scheme {parts.scheme!r} are not allowed here "
-                               f"(allowed: {', '.join(self._protocols)}).", "banned", 400)
-        if not parts.hostname:
-            raise ResolveError(f"{url!r} names no host.", "bad_spec", 400)
+        # Scheme, remote helpers (ext::), credentials in the URL, host: the rule the builder applies too.
+        parts = check_shape(url, self._protocols)
+        assert parts.hostname is not None
         await check_public(parts.hostname, self._allowed_hosts)
         if _SHA.match(ref):
             sha = ref  # already exact; the build's fetch will say if it does not exist

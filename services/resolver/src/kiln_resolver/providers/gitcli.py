@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+from kilnbus.urlguard import git_safety_args
+
 from kiln_resolver.providers.base import ResolveError
 
 _ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
@@ -13,7 +15,8 @@ _ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "G
 async def ls_remote(url: str, ref: str, timeout: float) -> str | None:
     """The commit ``ref`` names in the repository at ``url``, or None when it names none."""
     proc = await asyncio.create_subprocess_exec(
-        "git", "ls-remote", "--", url, ref, f"{ref}^{{}}", env=_ENV,
+        # No redirects (they could lead to a host the netguard never checked), no odd transports.
+        "git", *git_safety_args(["https", "http", "git", "ssh"]), "ls-remote", "--", url, ref, f"{ref}^{{}}", env=_ENV,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
