@@ -12,13 +12,14 @@ import pytest
 
 from kilnbus import BusProducer, BusSettings, Topics, ensure_topics
 
-from .support.stack import use_local_kafka_admin
+from .support.stack import use_local_kafka_admin, use_local_registry_admin
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "deploy" / "local"
 
 
 use_local_kafka_admin()
+use_local_registry_admin()
 
 
 def run_script(script: str, *args: str, env: dict[str, str] | None = None) -> None:

@@ -59,7 +59,10 @@ start() {
   step "starting JupyterHub on 127.0.0.1:$PORT"
   mkdir -p "$DATA"
   # `cd` on its own, so that $! is the hub itself and not a subshell around it.
-  (cd "$DATA"; export KILN_STATE KILN_HUB_DATA="$DATA" KILN_USER_NETWORK KILN_USER_GATEWAY PATH="$HUB/venv/bin:$PATH"
+  # The hub's engine pulls images it lacks from Kiln's registry as the pull-only user.
+  local docker_config=${DOCKER_CONFIG:-}
+  [[ -f $KILN_STATE/docker/puller/config.json ]] && docker_config=$KILN_STATE/docker/puller
+  (cd "$DATA"; export KILN_STATE KILN_HUB_DATA="$DATA" KILN_USER_NETWORK KILN_USER_GATEWAY DOCKER_CONFIG="$docker_config" PATH="$HUB/venv/bin:$PATH"
    setsid nohup "$HUB/venv/bin/jupyterhub" -f "$KILN_ROOT/deploy/jupyterhub/jupyterhub_config.py" >"$LOG" 2>&1 </dev/null &
    echo $! >"$PIDFILE")
   if ! wait_for "hub" 60 curl -fs -o /dev/null "http://$KILN_USER_GATEWAY:$API_PORT/hub/api/"; then

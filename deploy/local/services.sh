@@ -41,6 +41,13 @@ write_env() {
     if [[ -z ${KILN_KAFKA_SASL_USERNAME:-} && -s $KILN_STATE/secrets/kafka-$s ]]; then
       export KILN_KAFKA_SASL_USERNAME=$s KILN_KAFKA_SASL_PASSWORD="$(cat "$KILN_STATE/secrets/kafka-$s")"
     fi
+    # On the local registry the builder may push and the resolver only pull (deploy/local/registry.sh).
+    if [[ -z ${KILN_REGISTRY_USERNAME:-} && -s $KILN_STATE/secrets/registry-builder ]]; then
+      case $s in
+        builder) export KILN_REGISTRY_USERNAME=builder KILN_REGISTRY_PASSWORD="$(cat "$KILN_STATE/secrets/registry-builder")" ;;
+        resolver) export KILN_REGISTRY_USERNAME=puller KILN_REGISTRY_PASSWORD="$(cat "$KILN_STATE/secrets/registry-puller")" ;;
+      esac
+    fi
     case $s in
       resolver) export KILN_METRICS_PORT=$KILN_RESOLVER_METRICS_PORT ;;
       builder) export KILN_METRICS_PORT=$KILN_BUILDER_METRICS_PORT
@@ -100,8 +107,14 @@ start_container() {
 }
 
 start_one() {
-  local s=$1
+  local s=$1 env_file
+  env_file=$(write_env "$s")
+  # A service started with other settings (new credentials, a changed default) is started again.
+  if running "$s" && ! cmp -s "$env_file" "$RUN/$s.env.started"; then
+    warn "$s runs with other settings: restarting it"; stop_one "$s"
+  fi
   if running "$s"; then ok "$s already running"; return; fi
+  cp "$env_file" "$RUN/$s.env.started"
   if [[ $s == gateway ]] && port_open "$KILN_GATEWAY_HOST" "$KILN_GATEWAY_PORT"; then
     die "port $KILN_GATEWAY_PORT is already in use, so the gateway cannot listen there" \
       "stop that program (ss -ltnp 'sport = :$KILN_GATEWAY_PORT' shows it) or set KILN_GATEWAY_PORT"
@@ -121,21 +134,22 @@ start() {
   done
 }
 
+stop_one() {  # stop_one SERVICE, whichever way it was started: it finishes the event in hand, commits and leaves its group
+  local s=$1 pidfile="$RUN/$1.pid" pid
+  if [[ -n $(docker ps -aq -f "name=^kiln-$s\$" 2>/dev/null) ]]; then
+    docker stop -t 40 "kiln-$s" >/dev/null 2>&1 || true
+    docker rm -f "kiln-$s" >/dev/null 2>&1 || true
+    ok "$s stopped"
+  fi
+  pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
+  pid=$(cat "$pidfile")
+  kill -TERM "$pid"
+  wait_for "$s exit" 40 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidfile"; ok "$s stopped"
+}
+
 stop() {
-  for s in "${names[@]}"; do
-    # Whichever way it was started: services finish the event in hand, commit and leave their group.
-    if [[ -n $(docker ps -aq -f "name=^kiln-$s\$" 2>/dev/null) ]]; then
-      docker stop -t 40 "kiln-$s" >/dev/null 2>&1 || true
-      docker rm -f "kiln-$s" >/dev/null 2>&1 || true
-      ok "$s stopped"
-    fi
-    local pidfile="$RUN/$s.pid"
-    pid_alive "$pidfile" || { rm -f "$pidfile"; continue; }
-    local pid; pid=$(cat "$pidfile")
-    kill -TERM "$pid"
-    wait_for "$s exit" 40 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$pidfile"; ok "$s stopped"
-  done
+  for s in "${names[@]}"; do stop_one "$s"; done
 }
 
 status() {

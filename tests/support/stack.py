@@ -20,6 +20,17 @@ def user_gateway() -> str:
 HUB_API = os.environ.get("KILN_HUB_API_URL") or f"http://{user_gateway()}:{os.environ.get('KILN_HUB_API_PORT', '8081')}/hub/api"
 
 
+def use_local_registry_admin() -> None:
+    """Tests push to and read the local registry as its admin (deploy/local/registry.sh), unless told
+    of another registry: the docker CLI through DOCKER_CONFIG, Kiln's settings through KILN_REGISTRY_*."""
+    password = ROOT / ".state" / "secrets" / "registry-admin"
+    if os.environ.get("KILN_REGISTRY_URL") or not password.exists():
+        return
+    os.environ.setdefault("DOCKER_CONFIG", str(ROOT / ".state" / "docker" / "admin"))
+    os.environ.setdefault("KILN_REGISTRY_USERNAME", "admin")
+    os.environ.setdefault("KILN_REGISTRY_PASSWORD", password.read_text().strip())
+
+
 def use_local_kafka_admin() -> None:
     """Tests talk to the local broker as its admin (a superuser), unless told of another cluster.
 
