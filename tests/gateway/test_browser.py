@@ -78,7 +78,8 @@ async def test_form_launch_shows_log_and_lands_on_the_server(
         await proceed.wait()  # the browser is looking at the log now
         return [e(Phase.BUILT, image_name="img", message="Built image, launching...\n"),
                 e(Phase.LAUNCHING, message="Launching server...\n"),
-                e(Phase.READY, url=server_url, sealed_token=Sealer([seal_key]).seal("tok-123"), message="ready\n")]
+                e(Phase.READY, url=server_url, sealed_token=Sealer([seal_key]).seal("tok-123", request_id=req.request_id, url=server_url),
+                  message="ready\n")]
 
     scripted_services = await scripted(launch)
     page = await browser.new_page()

@@ -111,17 +111,21 @@ async def test_cors_allow_origin(gateway: Gateway) -> None:
 
 
 @pytest.mark.parametrize("query", ["labpath=../../etc/passwd", "filepath=a/../../b", "urlpath=https://evil.example/x",
-                                   "urlpath=javascript:alert(1)", "labpath=%2e%2e%2fsecret", "urlpath=a%0d%0aSet-Cookie:x"])
+                                   "urlpath=javascript:alert(1)", "labpath=%2e%2e%2fsecret", "urlpath=a%0d%0aSet-Cookie:x",
+                                   "urlpath=%5C%5Cevil.example", "urlpath=%20//evil.example", "urlpath=/%5Cevil.example",
+                                   "urlpath=%255C%255Cevil.example"])
 async def test_v2_page_refuses_paths_that_leave_the_server(gateway: Gateway, query: str) -> None:
     r = await gateway.client.get(f"/v2/gh/org/repo/main?{query}")
     assert r.status_code == 400
     assert "Traceback" not in r.text
 
 
-async def test_leading_slashes_stay_inside_the_server(gateway: Gateway) -> None:
-    """``//host/x`` loses its leading slashes (BinderHub's rule), leaving a path relative to the server."""
+async def test_leading_double_slash_is_refused_and_one_slash_kept(gateway: Gateway) -> None:
+    """``//host/x`` is another host to a browser, so it is refused; ``/lab`` is the server's /lab."""
     r = await gateway.client.get("/v2/gh/org/repo/main?urlpath=//evil.example/x")
-    assert r.status_code == 200 and '"urlpath": "evil.example/x"' in r.text
+    assert r.status_code == 400 and "Traceback" not in r.text
+    r = await gateway.client.get("/v2/gh/org/repo/main?urlpath=/lab")
+    assert r.status_code == 200 and '"urlpath": "lab"' in r.text
 
 
 async def test_v2_page_carries_the_stream_and_path(gateway: Gateway) -> None:

@@ -32,7 +32,8 @@ def full_launch(seal_key: str) -> Any:
             e(Phase.BUILT, message="Built image, launching...\n", image_name="127.0.0.1:5000/kiln/r:abc"),
             e(Phase.LAUNCHING, message="Launching server...\n"),
             e(Phase.READY, message="server running at http://127.0.0.1:8000/user/u/\n", url="http://127.0.0.1:8000/user/u/",
-              sealed_token=sealer.seal("the-server-token"), image_name="127.0.0.1:5000/kiln/r:abc",
+              sealed_token=sealer.seal("the-server-token", request_id=req.request_id, url="http://127.0.0.1:8000/user/u/"),
+              image_name="127.0.0.1:5000/kiln/r:abc",
               repo_url="http://127.0.0.1/r.git", ref_url="http://127.0.0.1/r/tree/aaa", provider=req.provider,
               resolved_spec="org/repo/" + "a" * 40),
         ]
@@ -122,6 +123,41 @@ async def test_reconnect_with_last_event_id_resumes_the_same_launch(
     # Reconnecting after the end: 204, which tells an EventSource to stop reconnecting.
     status, after, _ = await gateway.events("/build/gh/org/repo/main", headers={"Last-Event-ID": rest[-1]["id"]})
     assert (status, after) == (204, [])
+
+
+async def test_ready_replayed_into_another_stream_hands_over_no_token(
+    gateway: Gateway, scripted: Any, producer: BusProducer, topics: Topics, seal_key: str
+) -> None:
+    """Someone who can write phase events copies request A's ready event (sealed token and all) into
+    request B's stream: B's client gets a failed event, not A's token; A's own client gets it."""
+    launched: list[str] = []
+
+    async def script(req: LaunchRequested) -> list[PhaseEvent]:
+        launched.append(req.request_id)
+        if len(launched) == 1:
+            return full_launch(seal_key)(req)[-1:]  # A: its genuine ready event
+        first = launched[0]
+        genuine = Sealer([seal_key]).seal("token-of-a", request_id=first, url="http://127.0.0.1:8000/user/u/")
+        return [PhaseEvent(request_id=req.request_id, phase=Phase.READY, service="launcher",
+                           url="http://127.0.0.1:8000/user/u/", sealed_token=genuine)]
+
+    await scripted(script)
+    _, a_events, _ = await gateway.events("/build/gh/org/repo/main")
+    assert a_events[-1]["data"]["phase"] == "ready" and a_events[-1]["data"]["token"] == "the-server-token"
+    _, b_events, _ = await gateway.events("/build/gh/org/repo/main")
+    assert b_events[-1]["data"]["phase"] == "failed" and "not sealed for this launch" in b_events[-1]["data"]["message"]
+    assert "token-of-a" not in str(b_events)
+
+
+async def test_resume_with_a_tampered_offset_is_refused(gateway: Gateway, scripted: Any, seal_key: str) -> None:
+    await scripted(full_launch(seal_key))
+    _, events, _ = await gateway.events("/build/gh/org/repo/main", limit=2)
+    rid, partition, offset, issued, signature = events[-1]["id"].split(".")
+    for forged in (f"{rid}.{partition}.0.{issued}.{signature}", f"{rid}.{(int(partition) + 1) % 3}.{offset}.{issued}.{signature}"):
+        status, refused, _ = await gateway.events("/build/gh/org/repo/main", headers={"Last-Event-ID": forged})
+        assert status == 400 and "not an event id this Kiln issued" in refused[0]["data"]["message"]
+    status, rest, _ = await gateway.events("/build/gh/org/repo/main", headers={"Last-Event-ID": events[-1]["id"]})
+    assert status in (200, 204)  # the genuine id still resumes (204 once the launch has ended)
 
 
 async def test_forged_or_foreign_event_id_is_refused(gateway: Gateway) -> None:

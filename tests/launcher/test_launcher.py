@@ -54,12 +54,12 @@ class LaunchHarness:
             await asyncio.wait_for(task, 60)
         self.tasks.clear()
 
-    async def launch(self, image: str | None = None, request_id: str | None = None) -> str:
+    async def launch(self, image: str | None = None, request_id: str | None = None, client_ip: str = "127.0.0.1") -> str:
         rid = request_id or uuid.uuid4().hex
         await self.producer.publish(self.topics.hub_launch_requested, rid, HubLaunchRequested(
             request_id=rid, image_name=image or base_image(), repo_url="http://127.0.0.1:1/org/probe.git", ref="a" * 40,
             provider="git", spec="x/HEAD", ref_url="http://127.0.0.1:1/org/probe", resolved_spec="x/" + "a" * 40,
-            launch_host="http://127.0.0.1:8585/", client_ip="127.0.0.1"))
+            launch_host="http://127.0.0.1:8585/", client_ip=client_ip))
         return rid
 
     def final(self, rid: str) -> PhaseEvent | None:
@@ -86,7 +86,10 @@ def hub(method: str, path: str, **kw: Any) -> httpx.Response:
 async def launcher(bus_settings: BusSettings, topics: Topics, producer: BusProducer) -> AsyncIterator[LaunchHarness]:
     key = new_key()
     settings = Settings(**bus_settings.model_dump(), hub_api_url=HUB_API, hub_api_token=hub_token(), token_seal_keys=[key], retry_delay_s=0.2,
-                        cull_check_interval_s=1.0)
+                        cull_check_interval_s=1.0,
+                        # Every launch on the shared local stack comes from 127.0.0.1; the per-client quota is
+                        # tested on its own, with an address of its own (test_per_client_quota_...).
+                        servers_per_client=0)
     h = LaunchHarness(settings, topics, producer, Sealer([key]))
     reader = await start_consumer(bus_settings, topics, [topics.phase_events], h.collect, producer, group="launcher-test-reader")
     await h.start()
@@ -109,7 +112,7 @@ async def test_launch_reports_a_url_that_needs_its_token(launcher: LaunchHarness
     assert launching[0] == "Launching server...\n" and any("Server ready" in m for m in launching)
     assert ready.url is not None and ready.url.startswith("http://127.0.0.1:8000/user/org-probe-")
     assert ready.sealed_token is not None and b"." not in ready.sealed_token[:4]  # ciphertext, not the token
-    token = launcher.sealer.unseal(ready.sealed_token)
+    token = launcher.sealer.unseal(ready.sealed_token, request_id=rid)
     assert token.encode() not in ready.sealed_token
     assert httpx.get(ready.url + "api/status", headers={"Authorization": f"token {token}"}).status_code == 200
     assert httpx.get(ready.url + "api/status").status_code in (302, 403)
@@ -146,6 +149,19 @@ async def test_total_quota(launcher: LaunchHarness) -> None:
     failed = await launcher.outcome(await launcher.launch())
     assert (failed.failure_cause, failed.status_code) == ("total_quota", 429)
     assert "Too many users on this Binder (" in failed.message
+
+
+async def test_per_client_quota_counts_servers_by_the_address_in_their_user_options(launcher: LaunchHarness) -> None:
+    """The count comes from the real hub's listing: each server's user options carry its client's address."""
+    await launcher.stop()
+    await launcher.start(servers_per_client=1, quota_check_interval_s=0)
+    address = f"198.51.100.{uuid.uuid4().int % 250 + 1}"
+    first = await launcher.outcome(await launcher.launch(client_ip=address))
+    assert first.phase is Phase.READY, first.message
+    refused = await launcher.outcome(await launcher.launch(client_ip=address))
+    assert (refused.phase, refused.failure_cause, refused.status_code) == (Phase.FAILED, "client_quota", 429)
+    other = await launcher.outcome(await launcher.launch(client_ip="2001:db8:" + uuid.uuid4().hex[:4] + "::1"))
+    assert other.phase is Phase.READY, "another client is not affected"
 
 
 async def test_unreachable_hub_fails_after_retries(launcher: LaunchHarness) -> None:

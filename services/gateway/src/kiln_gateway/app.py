@@ -26,6 +26,7 @@ from kilnbus.sealing import Sealer
 
 from kiln_gateway.auth import HubAuth
 from kiln_gateway.buildtokens import BuildTokens
+from kiln_gateway.clientaddr import ClientAddresses
 from kiln_gateway.eventids import EventIds
 from kiln_gateway.health import Health
 from kiln_gateway.pages import Pages, raw_tail
@@ -33,7 +34,7 @@ from kiln_gateway.ratelimit import RateLimiter
 from kiln_gateway.router import EventRouter
 from kiln_gateway.settings import Settings
 from kiln_gateway.specs import PROVIDERS
-from kiln_gateway.stream import LaunchStreams, banned, client_ip
+from kiln_gateway.stream import LaunchStreams, banned
 
 STATIC = Path(__file__).parent / "static"
 
@@ -57,14 +58,15 @@ register_url_convertor("anypath", AnyPath())
 class BanMiddleware:
     """Refuses clients from ``ban_networks`` everywhere but /health and /versions (as BinderHub)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, addresses: ClientAddresses) -> None:
         self.app = app
         self.settings = settings
+        self.addresses = addresses
         self.open_paths = {settings.base_url + "health", settings.base_url + "versions"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self.open_paths:
-            label = banned(self.settings, client_ip(Request(scope)))
+            label = banned(self.settings, self.addresses.of(Request(scope)))
             if label:
                 response = Response(f"Requests from {label} are not allowed.\n", status_code=403, media_type="text/plain")
                 await response(scope, receive, send)
@@ -77,11 +79,12 @@ def create_app(settings: Settings) -> Starlette:
     router = EventRouter(settings, topics.phase_events)
     producer = BusProducer(settings, delivery_timeout_s=settings.publish_timeout_s)
     build_tokens = BuildTokens(settings.build_token_secret, settings.build_token_expires_s, settings.build_token_check_origin)
+    addresses = ClientAddresses(settings.trusted_proxies)
     streams = LaunchStreams(
         settings=settings, router=router, producer=producer, topics=topics,
         sealer=Sealer(settings.token_seal_keys) if settings.token_seal_keys else None,
-        event_ids=EventIds(settings.resume_secret), build_tokens=build_tokens,
-        rate_limiter=RateLimiter(settings.rate_limit, settings.rate_limit_period_s),
+        event_ids=EventIds(settings.resume_secret, settings.event_id_lifetime_s), build_tokens=build_tokens,
+        rate_limiter=RateLimiter(settings.rate_limit, settings.rate_limit_period_s), addresses=addresses,
     )
     auth = HubAuth(settings)
     streams.auth = auth
@@ -169,7 +172,7 @@ def create_app(settings: Settings) -> Starlette:
             return JSONResponse({"status": 404, "message": "Not found"}, status_code=404)
         return pages.error(request, 404, f"There is no page at {request.url.path}.")
 
-    middleware = [Middleware(BanMiddleware, settings=settings)]
+    middleware = [Middleware(BanMiddleware, settings=settings, addresses=addresses)]
     if settings.auth_enabled:
         middleware.append(Middleware(SessionMiddleware, secret_key=settings.session_secret, session_cookie="kiln-session",
                                      same_site="lax", https_only=settings.hub_public_url.startswith("https")))

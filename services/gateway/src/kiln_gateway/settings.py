@@ -30,6 +30,13 @@ class Settings(BusSettings):
     ban_networks: dict[str, str] = Field(
         default_factory=dict, description='Client networks refused, as JSON {"CIDR": "label"} (BinderHub\'s ban_networks).'
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDRs, JSON list, e.g. [\"10.0.0.0/8\"]) of the proxies in front of the gateway (Ingress "
+                    "controller, load balancer). X-Forwarded-For is believed only from these, read from the right: the "
+                    "first address that is not a trusted proxy is the client the rate limit, quotas and ban_networks see. "
+                    "Default none: the direct peer is the client and X-Forwarded-For is ignored.",
+    )
     rate_limit: int = Field(10, ge=0, description="Launches per client IP per period without a build token; 0 turns it off.")
     rate_limit_period_s: int = Field(3600, ge=1, description="Length of the rate-limit window in seconds.")
     build_token_secret: str = Field(
@@ -44,6 +51,10 @@ class Settings(BusSettings):
     resume_secret: str = Field(
         default_factory=lambda: secrets.token_hex(32),
         description="Secret that signs event ids, so only the client that started a stream can resume it. Share it across gateways.",
+    )
+    event_id_lifetime_s: int = Field(
+        86400, ge=60,
+        description="How long an event id stays good for resuming a stream with Last-Event-ID; older ids are refused.",
     )
     about_message: str = Field("", description="HTML shown on the about page.")
     banner_message: str = Field("", description="HTML shown in a bar on every page.")
@@ -71,4 +82,11 @@ class Settings(BusSettings):
     def _cidrs(cls, v: dict[str, str]) -> dict[str, str]:
         for cidr in v:
             ipaddress.ip_network(cidr, strict=False)  # a bad CIDR stops start-up with a clear error
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            ipaddress.ip_network(cidr.strip(), strict=False)  # a bad CIDR stops start-up with a clear error
         return v

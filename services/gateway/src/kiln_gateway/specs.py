@@ -104,19 +104,62 @@ def parse(provider: str, spec: str, max_length: int = 1024) -> LaunchSpec:
     return LaunchSpec(provider, spec, ref)
 
 
+# How many rounds of percent-decoding a path to open may need before it stops changing. A browser
+# decodes once; anything wrapped deeper than this is no honest link, so it is refused outright.
+_MAX_DECODES = 4
+# A scheme, as a URL parser reads one at the start of a reference ("javascript:", "http:", "c:").
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+def _layers(value: str) -> list[str]:
+    """``value`` and each percent-decoding of it, until decoding changes nothing more."""
+    layers = [value]
+    for _ in range(_MAX_DECODES):
+        decoded = unquote(layers[-1])
+        if decoded == layers[-1]:
+            return layers
+        layers.append(decoded)
+    raise SpecError("The path to open is percent-encoded too many times.")
+
+
+def check_open_path(value: str) -> None:
+    """Refuse a ``urlpath``/``labpath``/``filepath`` that a browser could resolve off the server.
+
+    Every decoding of the value is checked, since the value may be decoded again on its way to
+    the browser (and a browser itself reads ``%2e%2e`` as ``..``). What a WHATWG URL parser does
+    with a relative reference decides the rules: it turns backslashes into slashes, drops leading
+    spaces and control characters and removes tabs and newlines anywhere, reads ``//`` at the
+    start as a new host and a leading ``word:`` as a scheme.
+    """
+    for layer in _layers(value):
+        if _CONTROL.search(layer):
+            raise SpecError("The path to open contains control characters.")
+        if "\\" in layer:
+            raise SpecError("The path to open may not contain backslashes.")
+        if layer[:1].isspace():
+            raise SpecError("The path to open may not start with whitespace.")
+        if layer.startswith("//"):
+            raise SpecError("The path to open may not start with '//': a browser reads that as another host.")
+        if _SCHEME.match(layer):
+            raise SpecError("The path to open must be a path inside the server, not a URL.")
+        if ".." in layer.split("/"):
+            raise SpecError("The path to open may not contain '..'.")
+
+
 def launch_path(urlpath: str | None, labpath: str | None, filepath: str | None) -> str:
-    """The path inside the server to open (BinderHub's rules), refusing anything that climbs out of it."""
+    """The path inside the server to open (BinderHub's rules), refusing anything that leaves it.
+
+    The parameters are the query values as received (decoded once). The result is relative to the
+    server's URL; the loading page still checks that resolving it stays on the server's origin.
+    """
     if labpath:
+        check_open_path(labpath)
         path = "doc/tree/" + labpath.strip("/")
     elif filepath:
+        check_open_path(filepath)
         path = "tree/" + filepath.strip("/")
     else:
-        path = (urlpath or "").lstrip("/")
-    decoded = unquote(unquote(path))
-    if _CONTROL.search(decoded):
-        raise SpecError("The path to open contains control characters.")
-    if any(part == ".." for part in re.split(r"[/\\]", decoded)):
-        raise SpecError("The path to open may not contain '..'.")
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", decoded) or decoded.startswith("//"):
-        raise SpecError("The path to open must be a path inside the server, not a URL.")
+        check_open_path(urlpath or "")
+        path = (urlpath or "").removeprefix("/")  # "/lab" and "lab" both mean the server's /lab
+    check_open_path(path)  # what the browser resolves, prefix included
     return path

@@ -27,12 +27,13 @@ from kilnbus.sealing import Sealer
 from kiln_gateway import metrics
 from kiln_gateway.auth import HubAuth
 from kiln_gateway.buildtokens import BuildTokenError, BuildTokens
-from kiln_gateway.eventids import EventIds
+from kiln_gateway.clientaddr import ClientAddresses
+from kiln_gateway.eventids import EventIdError, EventIds
 from kiln_gateway.projection import project
 from kiln_gateway.ratelimit import RateLimiter
 from kiln_gateway.router import EventRouter, Subscription
 from kiln_gateway.settings import Settings
-from kiln_gateway.specs import SpecError, parse
+from kiln_gateway.specs import SpecError, launch_path, parse
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ def failure(message: str, status: int, headers: dict[str, str] | None = None) ->
     """An error as BinderHub sends it on the event stream: one ``failed`` event, and the status."""
     body = sse_event({"phase": "failed", "status_code": status, "message": message.rstrip("\n") + "\n"})
     return Response(body, status_code=status, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
-
-
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else ""
 
 
 def origin_of(request: Request) -> str:
@@ -89,12 +86,13 @@ class LaunchStreams:
     event_ids: EventIds
     build_tokens: BuildTokens
     rate_limiter: RateLimiter
+    addresses: ClientAddresses
     auth: HubAuth | None = None
 
     async def handle(self, request: Request) -> Response:
         provider = request.path_params["provider"]
         raw_spec = request.path_params["spec"]
-        ip = client_ip(request)
+        ip = self.addresses.of(request)
         if "text/event-stream" not in request.headers.get("accept", ""):
             return failure("This endpoint streams events: send 'Accept: text/event-stream'.", 400)
         if label := banned(self.settings, ip):
@@ -108,6 +106,14 @@ class LaunchStreams:
             launch = parse(provider, raw_spec, self.settings.max_spec_length)
         except SpecError as exc:
             metrics.REFUSED.labels(reason="spec").inc()
+            return failure(str(exc), exc.status)
+        try:
+            # BinderHub's clients add the path to open themselves, but a client that sends one here
+            # is held to the loading page's rules: nothing that leaves the server is accepted.
+            q = request.query_params
+            launch_path(q.get("urlpath"), q.get("labpath"), q.get("filepath"))
+        except SpecError as exc:
+            metrics.REFUSED.labels(reason="path").inc()
             return failure(str(exc), exc.status)
         build_only = request.query_params.get("build_only", "").lower() == "true"
         if build_only and not self.settings.enable_api_only_mode:
@@ -160,9 +166,11 @@ class LaunchStreams:
         return self._stream(sub, context, provider, started=time.monotonic(), headers=headers)
 
     async def _resume(self, last_event_id: str, context: dict[str, str]) -> Response:
-        event_id = self.event_ids.parse(last_event_id)
-        if event_id is None:
-            return failure("Last-Event-ID is not an event id this Kiln issued.", 400)
+        try:
+            event_id = self.event_ids.check(last_event_id)
+        except EventIdError as exc:
+            metrics.REFUSED.labels(reason="event_id").inc()
+            return failure(str(exc), 400)
         sub = self.router.subscribe(event_id.request_id, self.settings.stream_buffer)
         try:
             seen = await self.router.replay(sub, event_id.partition, event_id.offset)
@@ -198,7 +206,7 @@ class LaunchStreams:
                 if dropped := sub.take_dropped():
                     yield sse_event({"phase": "building", "message": f"[... {dropped} log lines skipped: this connection "
                                      "is slower than the build ...]\n"})
-                body = project(item.event, self.sealer, context)
+                body = project(item.event, self.sealer, context, sub.request_id)
                 if body is None:
                     continue
                 yield sse_event(body, self.event_ids.format(sub.request_id, item.partition, item.offset))

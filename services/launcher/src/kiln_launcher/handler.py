@@ -51,7 +51,10 @@ class Launcher:
         self._hub = hub
         self._sealer = sealer
         self._in_flight: set[str] = set()
-        self._running = RunningCount(hub.running_servers, settings.quota_check_interval_s)
+        self._running = RunningCount(hub.active_servers, settings.quota_check_interval_s)
+        # Servers this launcher is starting per hub user: two launches by one user at once must see
+        # each other before the hub lists either.
+        self._starting: dict[str, set[str]] = {}
 
     async def emit(self, req: HubLaunchRequested, phase: Phase, **fields: Any) -> None:
         await self._producer.publish(self._topics.phase_events, req.request_id, PhaseEvent(
@@ -89,11 +92,7 @@ class Launcher:
         started = time.monotonic()
         user = req.hub_user or user_name(req.repo_url, req.request_id)
         server = "binder-" + hashlib.sha256(req.request_id.encode()).hexdigest()[:10]
-        if self._s.total_quota is not None:
-            running = await self._running.count()
-            if running >= self._s.total_quota:
-                raise LaunchFailed(f"Too many users on this Binder ({running} servers running)! Try again soon.", "total_quota", 429)
-            self._running.started()
+        await self._check_shared_quotas(req)
         await self.emit(req, Phase.LAUNCHING, message="Launching server...\n", image_name=req.image_name)
         if req.hub_user is None:
             await self._hub.create_user(user)  # exists already if this request was delivered before
@@ -101,6 +100,44 @@ class Launcher:
         if model is None:
             raise LaunchFailed(f"The hub has no user {user!r} to launch for.", "hub_error")
         state = (model.get("servers") or {}).get(server)
+        if req.hub_user is not None and state is None:
+            self._check_user_quota(req.hub_user, server, model)
+        starting = self._starting.setdefault(user, set())
+        starting.add(server)
+        try:
+            return await self._start(req, user, server, state, started)
+        finally:
+            starting.discard(server)
+            if not starting:
+                self._starting.pop(user, None)
+
+    async def _check_shared_quotas(self, req: HubLaunchRequested) -> None:
+        """The total quota, and in the anonymous mode the per-client one, from the hub's cached listing."""
+        per_client = self._s.servers_per_client if req.hub_user is None and req.client_ip else 0
+        if self._s.total_quota is not None:
+            running = await self._running.count()
+            if running >= self._s.total_quota:
+                raise LaunchFailed(f"Too many users on this Binder ({running} servers running)! Try again soon.", "total_quota", 429)
+        if per_client:
+            mine = await self._running.count_for(req.client_ip or "")
+            if mine >= per_client:
+                raise LaunchFailed(f"Too many servers launched from your address: {mine} are running, and this Binder "
+                                   f"allows {per_client} per address. Close one you no longer use, or try again "
+                                   "once it has been stopped for being idle.", "client_quota", 429)
+        self._running.started(req.client_ip if req.hub_user is None else None)
+
+    def _check_user_quota(self, hub_user: str, server: str, model: dict[str, Any]) -> None:
+        """A logged-in user's servers: the hub's (fresh) model of the user, plus those being started here."""
+        if not self._s.servers_per_user:
+            return
+        theirs = (set((model.get("servers") or {})) | self._starting.get(hub_user, set())) - {server}
+        if len(theirs) >= self._s.servers_per_user:
+            raise LaunchFailed(f"You already have {len(theirs)} servers running, and this Binder allows "
+                               f"{self._s.servers_per_user} per user. Stop one in the hub's control panel "
+                               "(File > Hub Control Panel), then launch again.", "user_quota", 429)
+
+    async def _start(self, req: HubLaunchRequested, user: str, server: str, state: dict[str, Any] | None,
+                     started: float) -> int:
         options = {"image": req.image_name, "repo_url": req.repo_url, "binder_ref_url": req.ref_url,
                    "binder_launch_host": req.launch_host, "binder_request": f"v2/{req.provider}/{req.spec}",
                    "binder_persistent_request": f"v2/{req.provider}/{req.resolved_spec}",
@@ -114,7 +151,10 @@ class Launcher:
             attempt = await self._start_with_retries(req, user, server, options, started)
         token = await self._hub.token(user, server, self._s.token_lifetime_s)
         url = f"{self._s.hub_public_url.rstrip('/')}/user/{user}/{server}/"
-        await self.emit(req, Phase.READY, message=f"server running at {url}\n", url=url, sealed_token=self._sealer.seal(token),
+        # The token is sealed for this request, with the URL it opens: the gateway hands it only to
+        # this request's stream, and sends the browser only to this URL.
+        sealed = self._sealer.seal(token, request_id=req.request_id, url=url)
+        await self.emit(req, Phase.READY, message=f"server running at {url}\n", url=url, sealed_token=sealed,
                         image_name=req.image_name, repo_url=req.repo_url, ref_url=req.ref_url, resolved_spec=req.resolved_spec,
                         launch_host=req.launch_host, server_name=f"{user}/{server}", ref=req.ref)
         return attempt

@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 import httpx
 
+from kiln_launcher.quota import Listing
+
 log = logging.getLogger(__name__)
 
 
@@ -80,9 +82,29 @@ class Hub:
             "note": f"binder launch {server}", "expires_in": lifetime_s, "scopes": [f"access:servers!server={user}/{server}"]})
         return str(r.json()["token"])
 
-    async def running_servers(self) -> int:
-        r = await self.request("GET", "/users", params={"state": "active"})
-        return sum(len(u.get("servers") or {}) for u in r.json())
+    async def active_users(self) -> list[dict[str, Any]]:
+        """Every user with an active server, with their servers' models (user options included).
+
+        The hub pages this list (200 users a page by default): every page is read, or a busy hub's
+        quotas would count only the first page.
+        """
+        users: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            r = await self.request("GET", "/users", params={"state": "active", "offset": offset, "limit": 200},
+                                   headers={"Accept": "application/jupyterhub-pagination+json"})
+            body = r.json()
+            if isinstance(body, list):  # a hub without pagination answers with the whole list
+                return users + body
+            users += body.get("items") or []
+            following = (body.get("_pagination") or {}).get("next")
+            if not following or not body.get("items"):
+                return users
+            offset = int(following.get("offset", offset + len(body["items"])))
+
+    async def active_servers(self) -> Listing:
+        """The total quota's and the per-client quota's count of active servers, in one listing."""
+        return Listing.from_users(await self.active_users())
 
     async def progress(self, user: str, server: str) -> AsyncIterator[dict[str, Any]]:
         """The server's spawn-progress events, as the hub streams them."""

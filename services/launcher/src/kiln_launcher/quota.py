@@ -1,40 +1,103 @@
-"""The total quota's count of running servers, without asking the hub at every launch request.
+"""Counting running servers for the quotas, without asking the hub at every launch request.
 
 Listing every active user costs the hub more the busier it is, and at a few launch requests a
 second the listings alone kept it from answering the servers it was starting (found by the load
-test: spawns timed out). The count is asked at most every ``max_age_s`` by one request that
+test: spawns timed out). The listing is asked at most every ``max_age_s`` by one request that
 concurrent callers share, and launches this launcher started since then are added to it.
+
+The listing gives the total quota its count, and the per-client quota (anonymous launches) its
+count per client address: each server's user options carry the address it was launched from
+(``binder_client_ip``, which the launcher passes as BinderHub does), so the hub, not a table of
+the launcher's own, says which servers an address holds; it stays right across restarts and
+replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def client_key(address: str) -> str:
+    """The key the per-client quota counts under: the address, or its /64 for IPv6.
+
+    One IPv6 client usually holds a whole /64 and can pick any address in it, so counting single
+    IPv6 addresses would not limit anyone.
+    """
+    try:
+        addr = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address.strip()
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Active servers as the hub listed them: how many in all, and how many per client key."""
+
+    total: int
+    per_client: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_users(cls, users: Iterable[dict[str, Any]]) -> Listing:
+        """From the hub's ``GET /users?state=active`` answer (its servers and their user options)."""
+        total = 0
+        per_client: Counter[str] = Counter()
+        for user in users:
+            for server in (user.get("servers") or {}).values():
+                total += 1
+                address = ((server or {}).get("user_options") or {}).get("binder_client_ip")
+                if isinstance(address, str) and address:
+                    per_client[client_key(address)] += 1
+        return cls(total, dict(per_client))
 
 
 class RunningCount:
     """Servers running (or starting) now, as the hub last said plus the launches started since."""
 
-    def __init__(self, ask: Callable[[], Awaitable[int]], max_age_s: float) -> None:
+    def __init__(self, ask: Callable[[], Awaitable[Listing | int]], max_age_s: float) -> None:
         self._ask = ask
         self._max_age_s = max_age_s
-        self._value = 0
+        self._value = Listing(0)
         self._started_since = 0
+        self._started_per_client: Counter[str] = Counter()
         self._asked_at: float | None = None
         self._asking: asyncio.Future[None] | None = None
 
-    async def count(self) -> int:
+    async def _fresh(self) -> None:
         if self._asked_at is None or time.monotonic() - self._asked_at >= self._max_age_s:
             if self._asking is None or self._asking.done():
                 self._asking = asyncio.ensure_future(self._refresh())
             await asyncio.shield(self._asking)  # a caller that gives up does not cancel the others' answer
-        return self._value + self._started_since
+
+    async def count(self) -> int:
+        """Servers running in all."""
+        await self._fresh()
+        return self._value.total + self._started_since
+
+    async def count_for(self, client: str) -> int:
+        """Servers running that were launched from ``client`` (an address; IPv6 counts per /64)."""
+        await self._fresh()
+        key = client_key(client)
+        return self._value.per_client.get(key, 0) + self._started_per_client[key]
 
     async def _refresh(self) -> None:
         value = await self._ask()
-        self._value, self._started_since, self._asked_at = value, 0, time.monotonic()
+        listing = Listing(value) if isinstance(value, int) else value
+        self._value, self._started_since, self._asked_at = listing, 0, time.monotonic()
+        self._started_per_client = Counter()
 
-    def started(self) -> None:
-        """A launch passed the quota check: count it until the hub's next answer includes it."""
+    def started(self, client: str | None = None) -> None:
+        """A launch passed the quota checks: count it until the hub's next answer includes it."""
         self._started_since += 1
+        if client:
+            self._started_per_client[client_key(client)] += 1

@@ -14,9 +14,22 @@ class Settings(BusSettings):
     hub_public_url: str = Field("http://127.0.0.1:8000", description="JupyterHub as users reach it: server URLs start here.")
     hub_api_token: str = Field("", description="The launcher's hub service token (scopes: admin:users, admin:servers, tokens).")
     token_seal_keys: list[str] = Field(default_factory=list, description="Fernet keys; the first seals server tokens on the bus.")
-    total_quota: int | None = Field(None, ge=0, description="Running servers allowed in all; None: no limit; 0: closed.")
-    quota_check_interval_s: float = Field(5.0, ge=0, description="How often the total quota's count of running "
-                                          "servers is asked of the hub; launches started in between are added to it.")
+    total_quota: int | None = Field(
+        100, ge=0,
+        description="Running servers allowed in all (BinderHub's pod_quota); past it launches fail with 429. "
+                    "Size it to the machines' memory (servers may use up to the hub's memory limit each). "
+                    "None: no limit; 0: closed.")
+    servers_per_user: int = Field(
+        5, ge=0,
+        description="Running servers one logged-in hub user may have at once (authenticated mode), like the named-server "
+                    "limit BinderHub's authentication guide sets; 0: no limit.")
+    servers_per_client: int = Field(
+        20, ge=0,
+        description="Running servers launched from one client address (IPv6: one /64) at once, in the anonymous mode; "
+                    "enough for a small class behind one NAT, not for one client to take the whole Binder. "
+                    "The gateway must see real client addresses (its trusted_proxies). 0: no limit.")
+    quota_check_interval_s: float = Field(5.0, ge=0, description="How often the total and per-client quotas' count of "
+                                          "running servers is asked of the hub; launches started in between are added to it.")
     launch_timeout_s: float = Field(600, gt=0, description="A server not ready within this time has failed to launch.")
     retries: int = Field(4, ge=1, description="Attempts at starting a server before the launch fails.")
     retry_delay_s: float = Field(4.0, ge=0, description="First wait between attempts; it doubles each time.")

@@ -27,10 +27,30 @@
     if (atEnd) log.scrollTop = log.scrollHeight;
   }
 
+  // Where to send the browser once the server is ready: the server URL from the ready event with
+  // the path asked for resolved against it. The result must stay on that server's origin, and
+  // under its path too (other users' servers share the hub's origin, and the URL carries the
+  // token). The gateway refuses paths that leave the server; this is the second lock, in the
+  // parser that counts: the browser's own, which reads "\\host", " //host" and "/\\host" as other
+  // hosts and "%2e%2e" as "..". Returns null when the URL would go anywhere else.
   function serverUrl(data) {
-    const url = new URL(cfg.urlpath || "", data.url.endsWith("/") ? data.url : data.url + "/");
+    let server;
+    try {
+      server = new URL(String(data.url || ""));
+    } catch (e) {
+      return null;  // not an absolute URL
+    }
+    if (server.protocol !== "https:" && server.protocol !== "http:") return null;
+    if (!server.pathname.endsWith("/")) server.pathname += "/";
+    let url;
+    try {
+      url = new URL(String(cfg.urlpath || ""), server);
+    } catch (e) {
+      return null;
+    }
+    if (url.origin !== server.origin || !url.pathname.startsWith(server.pathname)) return null;
     if (data.token) url.searchParams.set("token", data.token);
-    return url.toString();
+    return url;
   }
 
   function fail(message) {
@@ -55,8 +75,13 @@
       source.close();
       setIcon("success");
       $("status-title").textContent = "Your Binder is ready";
-      append("Server ready at " + data.url + "\n");
-      window.location.assign(serverUrl(data));
+      const target = serverUrl(data);
+      if (target === null) {
+        fail("Kiln did not open the server: the address to open is outside your server.");
+        return;
+      }
+      append("Server ready at " + target.origin + target.pathname + "\n");
+      window.location.assign(target.href);
       return;
     }
     if (phase !== "pushing") append(data.message);

@@ -1,0 +1,178 @@
+"""The loading page sends the browser only to the ready server (its origin, under its path), in Chromium.
+
+The gateway refuses paths that leave the server (``test_security_units``); this checks the second
+lock, in the browser's own URL parser. The gateway runs in process without its lifespan (so
+without Kafka), and Playwright answers the page's event stream itself with a scripted ``ready``
+event. To reach the browser-side check with a hostile path, the test rewrites the loading page's
+config on its way to the browser, as if the gateway's check had missed it. Two loopback HTTP
+servers on different ports are two origins: the user's server, and the attacker's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import uvicorn
+
+from kiln_gateway.app import create_app
+from kiln_gateway.settings import Settings
+
+from .conftest import free_port
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make test installs it)")]
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class Site:
+    """A loopback HTTP server that records the paths asked of it."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path != "/favicon.ico":
+                    seen.append(self.path)
+                body = b"<html><title>a server</title><body>server</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def sites() -> Iterator[tuple[Site, Site]]:
+    server, evil = Site(), Site()
+    yield server, evil
+    server.httpd.shutdown()
+    evil.httpd.shutdown()
+
+
+@pytest.fixture
+async def gateway_url() -> AsyncIterator[str]:
+    settings = Settings(gateway_port=free_port(), rate_limit=0)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.gateway_port,
+                                           log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{settings.gateway_port}"
+    server.should_exit = True
+    await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def browser() -> Any:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        yield b
+        await b.close()
+
+
+async def open_loading_page(browser: Any, gateway_url: str, ready: dict[str, Any], urlpath: str | None = None,
+                            query: str = "") -> Any:
+    """The /v2 loading page, its event stream answered with ``ready``; ``urlpath`` replaces the page's own."""
+    page = await browser.new_page()
+
+    async def stream(route: Any) -> None:
+        body = "id: 1\ndata: " + json.dumps({"phase": "launching", "message": "Launching server...\n"}) + "\n\n"
+        body += "id: 2\ndata: " + json.dumps(ready) + "\n\n"
+        await route.fulfill(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}, body=body)
+
+    async def loading(route: Any) -> None:
+        response = await route.fetch()
+        html = await response.text()
+        if urlpath is not None:
+            config = re.search(r'<script id="kiln-config" type="application/json">(.*?)</script>', html, re.S)
+            assert config is not None
+            values = json.loads(config.group(1))
+            values["urlpath"] = urlpath
+            html = html.replace(config.group(1), json.dumps(values))
+        await route.fulfill(response=response, body=html)
+
+    await page.route("**/build/**", stream)
+    await page.route("**/v2/**", loading)
+    await page.goto(f"{gateway_url}/v2/gh/org/repo/main{query}")
+    return page
+
+
+HOSTILE = ["\\\\127.0.0.1:{evil}/x", "\\127.0.0.1:{evil}/x", "/\\127.0.0.1:{evil}/x", " //127.0.0.1:{evil}/x",
+           "//127.0.0.1:{evil}/x", "\t//127.0.0.1:{evil}/x", "http://127.0.0.1:{evil}/x", "javascript:location='http://127.0.0.1:{evil}/x'",
+           "/%5C127.0.0.1:{evil}/x",
+           # Same origin, another user's server (the URL carries the token): the path must stay under the server's.
+           "../../v/binder-2/", "%2e%2e/%2e%2e/v/binder-2/", "/user/v/binder-2/", "/hub/admin"]
+
+
+@pytest.mark.parametrize("urlpath", HOSTILE)
+async def test_browser_does_not_leave_the_servers_origin(browser: Any, gateway_url: str, sites: tuple[Site, Site],
+                                                         urlpath: str) -> None:
+    server, evil = sites
+    server_url = f"http://127.0.0.1:{server.port}/user/u/binder-1/"
+    hostile = urlpath.format(evil=evil.port)
+    page = await open_loading_page(browser, gateway_url, {"phase": "ready", "message": "ready\n", "url": server_url,
+                                                          "token": "secret-token"}, urlpath=hostile)
+    await page.wait_for_selector("#failure:not([hidden])", timeout=20_000)
+    assert "outside your server" in await page.inner_text("#failure")
+    await asyncio.sleep(0.5)  # time for a navigation that must not happen
+    assert page.url.startswith(f"{gateway_url}/v2/"), page.url
+    assert evil.seen == [] and server.seen == [], "the browser was sent outside the user's server"
+    assert "secret-token" not in await page.content()
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)//", "data:text/html,hi", "/user/u/binder-1/", "not a url"])
+async def test_ready_url_that_is_not_an_http_server_is_not_followed(browser: Any, gateway_url: str, url: str) -> None:
+    page = await open_loading_page(browser, gateway_url, {"phase": "ready", "message": "ready\n", "url": url, "token": "t"})
+    await page.wait_for_selector("#failure:not([hidden])", timeout=20_000)
+    assert page.url.startswith(f"{gateway_url}/v2/")
+
+
+@pytest.mark.parametrize("query, lands_on", [
+    ("?urlpath=lab/tree/a%20b.ipynb", "/user/u/binder-1/lab/tree/a%20b.ipynb?token=secret-token"),
+    ("?labpath=notebooks/index.ipynb", "/user/u/binder-1/doc/tree/notebooks/index.ipynb?token=secret-token"),
+    ("?urlpath=/lab", "/user/u/binder-1/lab?token=secret-token"),
+    ("", "/user/u/binder-1/?token=secret-token"),
+])
+async def test_browser_lands_on_the_server_with_a_normal_path(browser: Any, gateway_url: str, sites: tuple[Site, Site],
+                                                              query: str, lands_on: str) -> None:
+    """The positive control: the same page, with the gateway's own config, goes to the server."""
+    server, evil = sites
+    server_url = f"http://127.0.0.1:{server.port}/user/u/binder-1/"
+    page = await open_loading_page(browser, gateway_url, {"phase": "ready", "message": "ready\n", "url": server_url,
+                                                          "token": "secret-token"}, query=query)
+    await page.wait_for_url(server_url + "**", timeout=20_000)
+    assert server.seen == [lands_on] and evil.seen == []
+
+
+async def test_hostile_link_gets_the_error_page_in_the_browser(browser: Any, gateway_url: str) -> None:
+    page = await browser.new_page()
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/build/" in r.url else None)
+    response = await page.goto(f"{gateway_url}/v2/gh/org/repo/main?urlpath=%5C%5Cevil.example")
+    assert response is not None and response.status == 400
+    assert "backslashes" in await page.inner_text("body")
+    await asyncio.sleep(0.3)
+    assert streams == [], "no launch was started"
