@@ -39,7 +39,7 @@ CRASHING_CONSUMER = textwrap.dedent(
                 out.write(f"handling {d.value.request_id}\\n")
                 if d.value.request_id == "poison":
                     os._exit(137)  # killed mid-handler: nothing after this runs
-            consumer = BusConsumer(settings, "kiln-builder", [topics.build_requested], handle, producer=producer,
+            consumer = BusConsumer(settings, settings.group_id("kiln-builder"), [topics.build_requested], handle, producer=producer,
                                    dead_letter=topics.dead_letter, failure_events=topics.phase_events, max_crashes=3,
                                    session_timeout_ms=6000, heartbeat_interval_ms=1000)
             await consumer.start()
@@ -92,7 +92,7 @@ async def test_a_request_that_kills_its_consumer_three_times_is_set_aside(
     await wait_until(lambda: bool(events) and bool(letters), 30, "the failed event and the dead letter")
     await reader.close()
     assert [(e.request_id, e.phase, e.failure_cause) for e in events] == [("poison", Phase.FAILED, "repeated_crash")]
-    assert letters[0].consumer_group == "kiln-builder" and "crashed its consumer 3 time(s)" in letters[0].error
+    assert letters[0].consumer_group == bus_settings.group_id("kiln-builder") and "crashed its consumer 3 time(s)" in letters[0].error
 
 
 async def test_a_handler_bug_is_a_failed_event_within_seconds(
@@ -111,7 +111,7 @@ async def test_a_handler_bug_is_a_failed_event_within_seconds(
         events.append(d.value)
 
     reader = await start_consumer(bus_settings, topics, [topics.phase_events], collect, producer, group="events-reader")
-    service = await start_consumer(bus_settings, topics, [topics.build_requested], handle, producer, group="kiln-builder",
+    service = await start_consumer(bus_settings, topics, [topics.build_requested], handle, producer, group=bus_settings.group_id("kiln-builder"),
                                    failure_events=topics.phase_events)
     await asyncio.sleep(3)  # both have joined their groups
     sent = time.monotonic()

@@ -31,6 +31,7 @@ async def serve_consumer(
     async with BusProducer(settings) as producer:
         # Requests set aside (a bug, a crash loop) become failed events their users see at once.
         options = {"failure_events": topics.phase_events, "max_crashes": settings.handler_max_crashes, **consumer_options}
+        group = settings.group_id(group)
         consumer = BusConsumer(settings, group, watch(topics), make_handler(producer, topics),
                                producer=producer, dead_letter=topics.dead_letter, **options)
         await consumer.start()

@@ -32,6 +32,16 @@ class BusSettings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="Address of the /metrics server of services without a web app.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Port of that /metrics server; unset: none.")
 
+    def group_id(self, name: str) -> str:
+        """The consumer group a service called ``name`` joins.
+
+        Under the default prefix it is ``name`` itself (the groups' committed offsets stay where they
+        are); under another prefix (a second Kiln on one cluster, a test) the prefix goes first, so
+        that no group mixes two Kilns' topics: a group's leader assigns every member's topics, and
+        cannot when it may not see them.
+        """
+        return name if self.topic_prefix == "kiln." else f"{self.topic_prefix}{name}"
+
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by every aiokafka client Kiln makes."""
         kwargs: dict[str, Any] = {

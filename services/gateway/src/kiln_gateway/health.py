@@ -71,8 +71,8 @@ class Health:
             self._offsets = AIOKafkaConsumer(**self._settings.client_kwargs(), group_id=None)
             await self._offsets.start()
         known = {g[0] for g in await self._admin.list_consumer_groups()}
-        names = [n for n in self._settings.service_groups if n in known]
-        committed = await asyncio.gather(*(self._admin.list_consumer_group_offsets(n) for n in names))
+        names = [n for n in self._settings.service_groups if self._settings.group_id(n) in known]
+        committed = await asyncio.gather(*(self._admin.list_consumer_group_offsets(self._settings.group_id(n)) for n in names))
         ends = await self._offsets.end_offsets(list({tp for c in committed for tp in c}))
         groups: dict[str, Any] = {n: {"lag": None, "known": False} for n in self._settings.service_groups}
         for name, offsets in zip(names, committed):

@@ -1,0 +1,102 @@
+"""Strangers' code cannot reach Kiln: a real build step and a real launched server of a hostile
+repository try every part of Kiln on every address of the host, and the Docker socket.
+
+The repository is launched through the running stack's gateway (`make up`): its postBuild runs
+tests/security/probe.py during the build, its `start` runs it again inside the launched server and
+leaves the result in the home folder, which the test reads through Jupyter's contents API with the
+server's token. The positive control runs the same probe in a container on the host's network,
+where it must find Kiln's parts open, so a probe that could not see anything would fail the test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ..e2e.test_binder import launch, spec_for
+from ..support.githost import make_repo
+from ..support.stack import HUB_API, user_gateway
+
+pytestmark = [pytest.mark.kafka, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = (Path(__file__).parent / "probe.py").read_text()
+# Kafka (broker, controller), registry and its token server, the proxy and its API, the hub API,
+# the gateway, analytics, the git server and the services' /metrics.
+PORTS = [9092, 9093, 5000, 5001, 8000, 8001, 8081, 8585, 8590, 8765, 9101, 9102, 9103]
+BUILD_GATEWAY = "172.29.1.1"
+
+
+def host_addresses() -> list[str]:
+    """Every IPv4 address the host has, loopback and the user and build networks' gateways included."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    found = re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
+    return sorted(set(found) | {"127.0.0.1", user_gateway(), BUILD_GATEWAY})
+
+
+def targets() -> str:
+    return ",".join(f"{address}:{port}" for address in host_addresses() for port in PORTS)
+
+
+def probe_result(text: str) -> dict[str, Any]:
+    line = next(ln for ln in text.splitlines() if ln.startswith("PROBE "))
+    return dict(json.loads(line[len("PROBE "):]))
+
+
+@pytest.fixture(scope="module")
+def repos() -> Iterator[Path]:
+    root = ROOT / ".state" / "git-repos" / f"sec{uuid.uuid4().hex[:6]}"
+    root.mkdir(parents=True)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_probe_sees_kilns_parts_from_the_host_network() -> None:
+    """Positive control: on the host's network the same probe finds Kafka, the registry and the hub API."""
+    image = (ROOT / ".state" / "base-image").read_text().strip()
+    out = subprocess.run(["docker", "run", "--rm", "--network", "host", "-i", image, "python3", "-", "control", targets()],
+                         input=PROBE, capture_output=True, text=True, timeout=180)
+    result = probe_result(out.stdout)
+    assert {"127.0.0.1:9092", "127.0.0.1:5000", f"{user_gateway()}:8081", "127.0.0.1:8001"} <= set(result["open"]), result
+    assert result["pip"], result
+
+
+async def test_a_build_and_a_server_reach_the_internet_and_nothing_of_kiln(repos: Path) -> None:
+    make_repo(repos, "prober", {
+        "probe.py": PROBE,
+        "requirements.txt": f"# {uuid.uuid4().hex}\n",  # a build of its own, not a cached image
+        "postBuild": f"#!/bin/bash\nset -e\npython3 probe.py build {targets()}\n",
+        "start": f"#!/bin/bash\npython3 probe.py server {targets()} > \"$HOME/probe-server.txt\" 2>&1\nexec \"$@\"\n",
+    })
+    events = await launch(spec_for(repos, "prober"))
+    assert events[-1]["phase"] == "ready", events[-3:]
+    log = "".join(e.get("message", "") for e in events if e["phase"] == "building")
+    build = probe_result(log)
+    ready = events[-1]
+    with httpx.Client(headers={"Authorization": f"token {ready['token']}"}, timeout=30) as client:
+        r = client.get(ready["url"] + "api/contents/probe-server.txt", params={"content": "1", "type": "file"})
+        assert r.status_code == 200, r.text
+        server = probe_result(r.json()["content"])
+    token = (ROOT / ".state" / "hub" / "launcher-token").read_text().strip()
+    user, name = ready["url"].rstrip("/").split("/")[-2:]
+    httpx.request("DELETE", f"{HUB_API}/users/{user}/servers/{name}", json={"remove": True},
+                  headers={"Authorization": f"token {token}"}, timeout=30)
+
+    # A build step reaches nothing on the host, not even the hub; it reaches the package index.
+    assert build["open"] == [], build
+    assert build["pip"], build
+    assert not build["docker_socket"]
+    assert build["no_new_privs"] == "1"
+    # A server reaches exactly one thing on the host: the hub's API, which jupyterhub-singleuser needs.
+    assert server["open"] == [f"{user_gateway()}:8081"], server
+    assert server["pip"], server
+    assert not server["docker_socket"]
+    assert server["uid"] == 1000 and server["cap_eff"] == "0000000000000000" and server["no_new_privs"] == "1", server
