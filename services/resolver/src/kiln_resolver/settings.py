@@ -25,7 +25,8 @@ class Settings(BusSettings):
     allow_secret_gist: bool = Field(False, description="Allow launching secret (unlisted) gists.")
     gitlab_url: str = Field("https://gitlab.com", description="GitLab's base URL; its API is under /api/v4.")
     gitlab_access_token: str = Field("", description="GitLab token (sent as PRIVATE-TOKEN).")
-    git_allowed_protocols: list[str] = Field(["https", "http", "git", "ssh"], description="Schemes the git provider accepts.")
+    git_allowed_protocols: list[str] = Field(["https", "http", "git"], description="Schemes the git provider accepts "
+                                             "(the builder fetches over these; ssh needs keys Kiln does not hold).")
     allowed_private_hosts: list[str] = Field(
         default_factory=list,
         description="Git hosts that may resolve to private, loopback or link-local addresses (e.g. 127.0.0.1). "
