@@ -54,7 +54,7 @@ start() {
       "stop that program (ss -ltnp 'sport = :$p' shows it) or set KILN_HUB_PORT / KILN_HUB_API_PORT / KILN_PROXY_API_PORT"
   done
   docker info >/dev/null 2>&1 || die "the Docker engine does not answer; DockerSpawner needs it" "run deploy/local/docker.sh start (make up does)"
-  ip addr show 2>/dev/null | grep -q "inet $KILN_USER_GATEWAY/" || die "no interface has $KILN_USER_GATEWAY, where the hub's API listens for servers" "run deploy/local/network.sh start (make up does)"
+  [[ $(ip -4 -o addr show 2>/dev/null) == *"inet $KILN_USER_GATEWAY/"* ]] || die "no interface has $KILN_USER_GATEWAY, where the hub's API listens for servers" "run deploy/local/network.sh start (make up does)"
   install
   step "starting JupyterHub on 127.0.0.1:$PORT"
   mkdir -p "$DATA"

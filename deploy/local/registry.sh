@@ -3,7 +3,7 @@
 #   registry.sh start|stop|status
 # Settings: KILN_REGISTRY_PORT (5000), KILN_REGISTRY_INSTANCE (main),
 # KILN_REGISTRY_AUTH: "token" (default) — every client authenticates with the token server
-#   (registry_token.py on KILN_REGISTRY_TOKEN_PORT, 5001): users builder and admin may push and pull,
+#   (registry_token.py on KILN_REGISTRY_TOKEN_PORT, the registry's port + 1): users builder and admin may push and pull,
 #   puller may only pull; passwords are made once into .state/secrets/registry-<user>, and docker
 #   client configurations for admin and puller into .state/docker/<user>/config.json;
 #   "none" — no authentication (only for a registry nothing untrusted can reach);
@@ -12,7 +12,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 PORT=${KILN_REGISTRY_PORT:-5000}
-TOKEN_PORT=${KILN_REGISTRY_TOKEN_PORT:-5001}
+TOKEN_PORT=${KILN_REGISTRY_TOKEN_PORT:-$((PORT + 1))}
 INSTANCE=${KILN_REGISTRY_INSTANCE:-main}
 HOME_DIR="$KILN_STATE/registry/$INSTANCE"
 PIDFILE="$HOME_DIR/registry.pid"
@@ -104,10 +104,13 @@ YAML
   if pid_alive "$PIDFILE" && [[ $(cat "$HOME_DIR/config.yml" 2>/dev/null) != "$config" ]]; then
     warn "the registry ($INSTANCE) runs with an older configuration: restarting it"; stop
   fi
-  [[ $MODE == token ]] && start_token_server
-  if pid_alive "$PIDFILE" && port_open 127.0.0.1 "$PORT"; then ok "registry ($INSTANCE) already running on 127.0.0.1:$PORT"; return; fi
+  if pid_alive "$PIDFILE" && port_open 127.0.0.1 "$PORT"; then
+    [[ $MODE == token ]] && start_token_server
+    ok "registry ($INSTANCE) already running on 127.0.0.1:$PORT"; return
+  fi
   port_open 127.0.0.1 "$PORT" && die "port $PORT is already in use, so the registry cannot listen there" \
     "stop that program (ss -ltnp 'sport = :$PORT' shows it) or set KILN_REGISTRY_PORT"
+  [[ $MODE == token ]] && start_token_server
   (umask 077; echo "$config" >"$HOME_DIR/config.yml")
   step "starting the registry ($INSTANCE) on 127.0.0.1:$PORT"
   setsid nohup docker-registry serve "$HOME_DIR/config.yml" >>"$LOG" 2>&1 </dev/null &

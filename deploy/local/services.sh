@@ -36,13 +36,16 @@ write_env() {
   local s=$1 file="$RUN/$1.env"
   (
     unset KILN_METRICS_PORT
-    export KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE"
-    # On the local broker each service is a Kafka user of its own, allowed only its own topics.
-    if [[ -z ${KILN_KAFKA_SASL_USERNAME:-} && -s $KILN_STATE/secrets/kafka-$s ]]; then
+    # On the local broker each service is a Kafka user of its own, allowed only its own topics: always
+    # its own, whatever account the calling shell holds (the tests' admin, for one).
+    if [[ -z ${KILN_KAFKA_BOOTSTRAP:-} && -s $KILN_STATE/secrets/kafka-$s ]]; then
       export KILN_KAFKA_SASL_USERNAME=$s KILN_KAFKA_SASL_PASSWORD="$(cat "$KILN_STATE/secrets/kafka-$s")"
     fi
-    # On the local registry the builder may push and the resolver only pull (deploy/local/registry.sh).
-    if [[ -z ${KILN_REGISTRY_USERNAME:-} && -s $KILN_STATE/secrets/registry-builder ]]; then
+    export KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE"
+    # On the local registry the builder may push and the resolver only pull (deploy/local/registry.sh);
+    # the other services need no account.
+    if [[ -z ${KILN_REGISTRY_URL:-} && ${KILN_REGISTRY_AUTH:-token} == token && -s $KILN_STATE/secrets/registry-builder ]]; then
+      unset KILN_REGISTRY_USERNAME KILN_REGISTRY_PASSWORD
       case $s in
         builder) export KILN_REGISTRY_USERNAME=builder KILN_REGISTRY_PASSWORD="$(cat "$KILN_STATE/secrets/registry-builder")" ;;
         resolver) export KILN_REGISTRY_USERNAME=puller KILN_REGISTRY_PASSWORD="$(cat "$KILN_STATE/secrets/registry-puller")" ;;

@@ -99,7 +99,8 @@ async def test_builder_killed_mid_build_is_rebuilt_after_restart(builder: BuildH
     await builder.stop_builders()
     url, ref = builder.serve_repo("killed", {"postBuild": SLOW_POSTBUILD.format(n=6), "README.md": "x\n"})
     env = {**os.environ, "KILN_TOPIC_PREFIX": builder.settings.topic_prefix, "KILN_BASE_IMAGE": builder.settings.base_image,
-           "KILN_WORK_DIR": builder.settings.work_dir, "KILN_TOPIC_PARTITIONS": "3"}
+           "KILN_WORK_DIR": builder.settings.work_dir, "KILN_TOPIC_PARTITIONS": "3",
+           "KILN_ALLOWED_PRIVATE_HOSTS": '["127.0.0.1"]'}  # the test git host is on loopback
     log = open(Path(builder.settings.work_dir) / "killed-builder.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "kiln_builder"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -36,8 +37,11 @@ def test_gateway_image_builds_and_serves(bus_settings: object) -> None:
     built = script("images.sh", "gateway", timeout=900)
     assert built.returncode == 0, built.stdout + built.stderr
     port, name = free_port(), f"kilntest-gw-{uuid.uuid4().hex[:6]}"
+    # The broker wants credentials: the tests' own (the admin's; a test prefix is under no service's ACLs).
+    # ("-e NAME" passes the value from this environment, keeping the password off the command line.)
+    kafka = [arg for key in os.environ if key.startswith("KILN_KAFKA_") for arg in ("-e", key)]
     subprocess.run(["docker", "run", "-d", "--rm", "--network", "host", "--name", name, "-e", f"KILN_GATEWAY_PORT={port}",
-                    "-e", f"KILN_TOPIC_PREFIX=test-img-{uuid.uuid4().hex[:6]}.", "127.0.0.1:5000/kiln/gateway:latest"],
+                    "-e", f"KILN_TOPIC_PREFIX=test-img-{uuid.uuid4().hex[:6]}.", *kafka, "127.0.0.1:5000/kiln/gateway:latest"],
                    check=True, capture_output=True, timeout=60)
     try:
         deadline = time.monotonic() + 60
