@@ -113,7 +113,9 @@ c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
 # The start request answers at once; the launcher follows the progress stream instead.
 c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
 c.JupyterHub.allow_named_servers = True
-c.JupyterHub.named_server_limit_per_user = 0
+# Logged-in users could start servers straight through the hub API, past the launcher's quota: the
+# hub holds them to the same number (KILN_SERVERS_PER_USER; 0: no limit).
+c.JupyterHub.named_server_limit_per_user = int(os.environ.get("KILN_SERVERS_PER_USER", "5"))
 c.JupyterHub.cleanup_servers = True
 
 auth = os.environ.get("KILN_HUB_AUTH", "none")

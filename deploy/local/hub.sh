@@ -44,6 +44,12 @@ install() {
 
 start() {
   if [[ -n ${KILN_HUB_URL:-} ]]; then ok "hub: using $KILN_HUB_URL"; return; fi
+  # A hub started from an older configuration file is restarted (servers stay up: the proxy keeps
+  # their routes and the hub finds them again).
+  local config_sha; config_sha=$(sha256sum "$KILN_ROOT/deploy/jupyterhub/jupyterhub_config.py" | cut -d' ' -f1)
+  if pid_alive "$PIDFILE" && [[ $(cat "$DATA/.config-sha" 2>/dev/null) != "$config_sha" ]]; then
+    warn "the hub runs an older configuration: restarting it"; stop
+  fi
   if pid_alive "$PIDFILE" && curl -fs -o /dev/null "http://$KILN_USER_GATEWAY:$API_PORT/hub/api/"; then
     ok "jupyterhub already running on 127.0.0.1:$PORT (API $KILN_USER_GATEWAY:$API_PORT)"; return
   fi
@@ -58,6 +64,7 @@ start() {
   install
   step "starting JupyterHub on 127.0.0.1:$PORT"
   mkdir -p "$DATA"
+  chmod 700 "$DATA"  # the hub's database holds every token's hash and the users' state
   # `cd` on its own, so that $! is the hub itself and not a subshell around it.
   # The hub's engine pulls images it lacks from Kiln's registry as the pull-only user.
   local docker_config=${DOCKER_CONFIG:-}
@@ -65,6 +72,7 @@ start() {
   (cd "$DATA"; export KILN_STATE KILN_HUB_DATA="$DATA" KILN_USER_NETWORK KILN_USER_GATEWAY DOCKER_CONFIG="$docker_config" PATH="$HUB/venv/bin:$PATH"
    setsid nohup "$HUB/venv/bin/jupyterhub" -f "$KILN_ROOT/deploy/jupyterhub/jupyterhub_config.py" >"$LOG" 2>&1 </dev/null &
    echo $! >"$PIDFILE")
+  echo "$config_sha" >"$DATA/.config-sha"
   if ! wait_for "hub" 60 curl -fs -o /dev/null "http://$KILN_USER_GATEWAY:$API_PORT/hub/api/"; then
     tail -n 20 "$LOG" >&2; die "JupyterHub did not start (log: $LOG)" "read the log above"
   fi

@@ -33,6 +33,7 @@ password() {  # password USER: made once, kept in .state/secrets/kafka-USER
 # client_config FILE MECHANISM: an admin client's properties (SCRAM for the broker, PLAIN for the controller).
 client_config() {
   local module=scram.ScramLoginModule; [[ $2 == PLAIN ]] && module=plain.PlainLoginModule
+  rm -f "$1"
   (umask 077; cat >"$1" <<PROPS
 security.protocol=SASL_PLAINTEXT
 sasl.mechanism=$2
@@ -67,6 +68,8 @@ JAVA=(java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
 
 start() {
   if [[ -n ${KILN_KAFKA_BOOTSTRAP:-} ]]; then ok "kafka: using the existing cluster at $KILN_KAFKA_BOOTSTRAP"; return; fi
+  # Files of an older install may be readable by all; they hold the admin's password and the log.
+  [[ -d $HOME_DIR ]] && chmod -R go-rwx "$HOME_DIR"
   local config_sha; config_sha=$( (cat "$POM_DIR/server.properties.in"; echo "$PORT $CONTROLLER_PORT") | sha256sum | cut -d' ' -f1)
   if pid_alive "$PIDFILE" && [[ $(cat "$HOME_DIR/.config-sha" 2>/dev/null) != "$config_sha" ]]; then
     warn "Kafka ($INSTANCE) runs with an older configuration: restarting it"; stop
@@ -82,6 +85,8 @@ start() {
   done
   fetch_jars
   mkdir -p "$HOME_DIR/data"
+  rm -f "$HOME_DIR/server.properties"  # umask applies to new files only: an older one may be readable by all
+  chmod 700 "$HOME_DIR" "$HOME_DIR/data"
   (umask 077; sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@DATA_DIR@|$HOME_DIR/data|g" \
     -e "s|@ADMIN_PASSWORD@|$(password admin)|g" "$POM_DIR/server.properties.in" >"$HOME_DIR/server.properties")
   client_config "$HOME_DIR/admin.properties" SCRAM-SHA-512

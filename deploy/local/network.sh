@@ -29,7 +29,7 @@ first_address() { local base=${1%/*}; echo "${base%.*}.$(( ${base##*.} + 1 ))"; 
 # rules: the iptables commands, one per line, in the order they are applied. Our own chains are
 # flushed and refilled, so applying them twice gives the same rules.
 rules() {
-  local entry name subnet bridge tag port net
+  local entry name subnet bridge tag port net other other_subnet
   for entry in "${NETWORKS[@]}"; do
     read -r name subnet bridge tag port <<<"$entry"
     echo "-N KILN-$tag-IN"
@@ -40,6 +40,11 @@ rules() {
     [[ $port != - ]] && echo "-A KILN-$tag-IN -p tcp -d $(first_address "$subnet") --dport $port -j ACCEPT"
     echo "-A KILN-$tag-IN -j DROP"
     echo "-A KILN-$tag-FWD -i $bridge -o $bridge -j DROP"
+    # Nor to the other network: a build must not reach users' servers (their apps may want no token).
+    for other in "${NETWORKS[@]}"; do
+      read -r _ other_subnet _ _ _ <<<"$other"
+      [[ $other_subnet != "$subnet" ]] && echo "-A KILN-$tag-FWD -i $bridge -d $other_subnet -j DROP"
+    done
     for net in $BLOCKED; do echo "-A KILN-$tag-FWD -i $bridge -d $net -j DROP"; done
     echo "-A KILN-$tag-FWD -i $bridge -j ACCEPT"
     echo "-A KILN-$tag-FWD -o $bridge -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"

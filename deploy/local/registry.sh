@@ -20,8 +20,9 @@ TOKEN_PIDFILE="$HOME_DIR/token.pid"
 LOG="$KILN_LOGS/registry-$INSTANCE.log"
 MODE=${KILN_REGISTRY_AUTH:-token}
 [[ -n ${KILN_REGISTRY_HTPASSWD_USER:-} ]] && MODE=htpasswd
-# user:actions: who may do what (registry_token.py grants nothing else)
-TOKEN_USERS=("admin:pull,push" "builder:pull,push" "puller:pull")
+# user:actions[:push prefixes]: who may do what (registry_token.py grants nothing else). The builder
+# pushes only the images builds make (the builder's image_prefix and env_image_prefix), not Kiln's own.
+TOKEN_USERS=("admin:pull,push" "builder:pull,push:kiln/binder-,kiln/env" "puller:pull")
 
 password() {  # password USER: made once, kept in .state/secrets/registry-USER
   local file="$KILN_STATE/secrets/registry-$1"
@@ -38,16 +39,22 @@ token_setup() {
       -days 3650 -subj "/CN=kiln-registry-token" >/dev/null 2>&1) || die "openssl could not make the token signing key" "see openssl's output: run it by hand"
   fi
   local entry user actions users="" sep=""
+  local prefixes push
   for entry in "${TOKEN_USERS[@]}"; do
-    user=${entry%%:*}; actions=${entry#*:}
-    users+="$sep\"$user\": {\"sha256\": \"$(printf %s "$(password "$user")" | sha256sum | cut -d' ' -f1)\", \"actions\": [\"${actions//,/\", \"}\"]}"
+    IFS=: read -r user actions prefixes <<<"$entry"
+    push=""
+    [[ -n $prefixes ]] && push=", \"push_prefixes\": [\"${prefixes//,/\", \"}\"]"
+    users+="$sep\"$user\": {\"sha256\": \"$(printf %s "$(password "$user")" | sha256sum | cut -d' ' -f1)\", \"actions\": [\"${actions//,/\", \"}\"]$push}"
     sep=", "
   done
-  (umask 077; cat >"$HOME_DIR/token.json" <<JSON
-{"host": "127.0.0.1", "port": $TOKEN_PORT, "issuer": "kiln-registry-token", "service": "kiln-registry",
- "key": "$HOME_DIR/token.key", "users": {$users}}
-JSON
-  )
+  local config
+  config=$(printf '{"host": "127.0.0.1", "port": %s, "issuer": "kiln-registry-token", "service": "kiln-registry",\n "key": "%s", "users": {%s}}' \
+    "$TOKEN_PORT" "$HOME_DIR/token.key" "$users")
+  if [[ $(cat "$HOME_DIR/token.json" 2>/dev/null) != "$config" ]]; then
+    (umask 077; echo "$config" >"$HOME_DIR/token.json")
+    # A token server still running reads its users only at start.
+    if pid_alive "$TOKEN_PIDFILE"; then kill -TERM "$(cat "$TOKEN_PIDFILE")"; wait_for "token server exit" 10 bash -c "! kill -0 $(cat "$TOKEN_PIDFILE")" || true; fi
+  fi
   for user in admin puller; do
     mkdir -p "$KILN_STATE/docker/$user"
     (umask 077; printf '{"auths": {"127.0.0.1:%s": {"auth": "%s"}}}\n' "$PORT" \

@@ -5,7 +5,9 @@ server, as Docker Hub's does: a client that gets a 401 asks this server, with it
 password, for a token granting actions on a repository, and the registry checks the token's
 signature. This server grants each user only its own actions:
 
-- ``builder`` and ``admin`` (the scripts: base and service images) may pull and push;
+- ``builder`` may pull anything and push the images builds make (``push_prefixes``: repositories
+  under kiln/binder- and kiln/env), not Kiln's own base and service images;
+- ``admin`` (the scripts: base and service images) may pull and push anything;
 - ``puller`` (the resolver's existence checks, the hub's engine) may only pull;
 - nobody else gets anything.
 
@@ -13,7 +15,7 @@ It is run by deploy/local/registry.sh from the project's virtualenv:
     registry_token.py CONFIG.json    (listens where CONFIG says; 127.0.0.1 only)
 
 CONFIG.json: {"host", "port", "issuer", "service", "key" (PEM path), "users": {name: {"sha256": hex of
-the password, "actions": [...]}}}. Passwords are random and long (registry.sh makes them), so a
+the password, "actions": [...], "push_prefixes": [...] (optional: where push is allowed)}}}. Passwords are random and long (registry.sh makes them), so a
 plain SHA-256 is a sufficient record of them.
 """
 
@@ -76,6 +78,15 @@ def authenticate(request: Request, users: dict[str, Any]) -> str | None:
     return name if hmac.compare_digest(given, user["sha256"]) else None
 
 
+def granted(user: dict[str, Any], repo: str, wanted: set[str]) -> set[str]:
+    """What ``user`` may do of ``wanted`` on ``repo``: its actions, push only under its prefixes."""
+    actions = wanted & set(user["actions"])
+    prefixes = user.get("push_prefixes")
+    if prefixes is not None and not any(repo.startswith(p) for p in prefixes):
+        actions.discard("push")
+    return actions
+
+
 def create_app(config: dict[str, Any]) -> Starlette:
     """The token endpoint, for the configuration registry.sh writes."""
     private_key = serialization.load_pem_private_key(Path(config["key"]).read_bytes(), password=None)
@@ -90,8 +101,7 @@ def create_app(config: dict[str, Any]) -> Starlette:
             # No anonymous access: a client without credentials (or with wrong ones) gets nothing.
             return JSONResponse({"errors": [{"code": "UNAUTHORIZED", "message": "credentials required"}]}, status_code=401,
                                 headers={"WWW-Authenticate": 'Basic realm="kiln-registry"'})
-        allowed = set(users[name]["actions"])
-        access = [{"type": kind, "name": repo, "actions": sorted(wanted & allowed)}
+        access = [{"type": kind, "name": repo, "actions": sorted(granted(users[name], repo, wanted))}
                   for kind, repo, wanted in parse_scopes(request.query_params.getlist("scope"))]
         now = int(time.time())
         claims = {"iss": config["issuer"], "sub": name, "aud": request.query_params.get("service", config["service"]),

@@ -42,8 +42,21 @@ def host_addresses() -> list[str]:
     return sorted(set(found) | {"127.0.0.1", user_gateway(), BUILD_GATEWAY})
 
 
-def targets() -> str:
-    return ",".join(f"{address}:{port}" for address in host_addresses() for port in PORTS)
+def targets(extra: list[str] | None = None) -> str:
+    return ",".join([f"{address}:{port}" for address in host_addresses() for port in PORTS] + (extra or []))
+
+
+@pytest.fixture(scope="module")
+def user_server() -> Iterator[str]:
+    """Something listening on the users' network, as a server's app would: address:port."""
+    image = (ROOT / ".state" / "base-image").read_text().strip()
+    name = f"kiln-sec-listener-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--network", "kiln-users", "--user", "1000", image,
+                    "python3", "-m", "http.server", "8888"], check=True, capture_output=True, timeout=60)
+    address = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    yield f"{address}:8888"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
 
 
 def probe_result(text: str) -> dict[str, Any]:
@@ -59,22 +72,23 @@ def repos() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_the_probe_sees_kilns_parts_from_the_host_network() -> None:
-    """Positive control: on the host's network the same probe finds Kafka, the registry and the hub API."""
+def test_the_probe_sees_kilns_parts_from_the_host_network(user_server: str) -> None:
+    """Positive control: on the host's network the same probe finds Kafka, the registry, the hub API
+    and a user's server."""
     image = (ROOT / ".state" / "base-image").read_text().strip()
-    out = subprocess.run(["docker", "run", "--rm", "--network", "host", "-i", image, "python3", "-", "control", targets()],
-                         input=PROBE, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(["docker", "run", "--rm", "--network", "host", "-i", image, "python3", "-", "control",
+                          targets([user_server])], input=PROBE, capture_output=True, text=True, timeout=180)
     result = probe_result(out.stdout)
-    assert {"127.0.0.1:9092", "127.0.0.1:5000", f"{user_gateway()}:8081", "127.0.0.1:8001"} <= set(result["open"]), result
+    assert {"127.0.0.1:9092", "127.0.0.1:5000", f"{user_gateway()}:8081", "127.0.0.1:8001", user_server} <= set(result["open"]), result
     assert result["pip"], result
 
 
-async def test_a_build_and_a_server_reach_the_internet_and_nothing_of_kiln(repos: Path) -> None:
+async def test_a_build_and_a_server_reach_the_internet_and_nothing_of_kiln(repos: Path, user_server: str) -> None:
     make_repo(repos, "prober", {
         "probe.py": PROBE,
         "requirements.txt": f"# {uuid.uuid4().hex}\n",  # a build of its own, not a cached image
-        "postBuild": f"#!/bin/bash\nset -e\npython3 probe.py build {targets()}\n",
-        "start": f"#!/bin/bash\npython3 probe.py server {targets()} > \"$HOME/probe-server.txt\" 2>&1\nexec \"$@\"\n",
+        "postBuild": f"#!/bin/bash\nset -e\npython3 probe.py build {targets([user_server])}\n",
+        "start": f"#!/bin/bash\npython3 probe.py server {targets([user_server])} > \"$HOME/probe-server.txt\" 2>&1\nexec \"$@\"\n",
     })
     events = await launch(spec_for(repos, "prober"))
     assert events[-1]["phase"] == "ready", events[-3:]
@@ -90,7 +104,8 @@ async def test_a_build_and_a_server_reach_the_internet_and_nothing_of_kiln(repos
     httpx.request("DELETE", f"{HUB_API}/users/{user}/servers/{name}", json={"remove": True},
                   headers={"Authorization": f"token {token}"}, timeout=30)
 
-    # A build step reaches nothing on the host, not even the hub; it reaches the package index.
+    # A build step reaches nothing on the host, not even the hub, nor users' servers; it reaches the
+    # package index. A server does not reach other servers either.
     assert build["open"] == [], build
     assert build["pip"], build
     assert not build["docker_socket"]

@@ -52,7 +52,7 @@ def image() -> Iterator[str]:
         info = tarfile.TarInfo("hello.txt")
         info.size = 3
         tar.addfile(info, io.BytesIO(b"hi\n"))
-    name = f"{REGISTRY}/kiln/security-probe-{uuid.uuid4().hex[:8]}:v1"
+    name = f"{REGISTRY}/kiln/binder-security-probe-{uuid.uuid4().hex[:8]}:v1"  # where the builder may push
     subprocess.run(["docker", "import", "-", name], input=layer.getvalue(), check=True, capture_output=True, timeout=60)
     yield name
     subprocess.run(["docker", "rmi", "-f", name], capture_output=True, timeout=60)
@@ -76,8 +76,8 @@ def test_nobody_gets_in_without_credentials() -> None:
 
 
 def test_only_the_builder_and_admin_are_granted_push() -> None:
-    def granted(user: str) -> list[str]:
-        r = httpx.get(TOKEN_URL, params={"service": "kiln-registry", "scope": "repository:kiln/x:pull,push"},
+    def granted(user: str, repo: str = "kiln/binder-x") -> list[str]:
+        r = httpx.get(TOKEN_URL, params={"service": "kiln-registry", "scope": f"repository:{repo}:pull,push"},
                       auth=(user, password(user)))
         payload = r.json()["token"].split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -86,6 +86,10 @@ def test_only_the_builder_and_admin_are_granted_push() -> None:
     assert granted("puller") == ["pull"]
     assert granted("builder") == ["pull", "push"]
     assert granted("admin") == ["pull", "push"]
+    # The builder pushes what builds make, not Kiln's own images (which every service runs from).
+    assert granted("builder", "kiln/env") == ["pull", "push"]
+    assert granted("builder", "kiln/gateway") == ["pull"] and granted("builder", "kiln/base") == ["pull"]
+    assert granted("admin", "kiln/gateway") == ["pull", "push"]
 
 
 def test_a_push_without_the_builders_account_is_refused(image: str, tmp_path: Path) -> None:

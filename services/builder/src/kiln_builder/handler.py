@@ -23,6 +23,7 @@ from kiln_builder.buildpacks import ENTRYPOINT_SCRIPT, NB_UID, NB_USER, REPO_SUB
 from kiln_builder import metrics
 from kiln_builder.builds import Builds, Job
 from kiln_builder.diagnose import diagnose
+from kiln_builder.dockerfile_guard import DockerfileRefused, check_dockerfile, registry_host
 from kiln_builder.executor import BuildExecutor, BuildFailed
 from kiln_builder.fetch import FetchPolicy, fetch
 from kiln_builder.settings import Settings
@@ -140,6 +141,21 @@ class Builder:
             else:
                 await self._emit(req, Phase.READY, {"message": "Done! Image built\n", "image_name": req.image_name})
 
+    async def _check_dockerfile(self, text: str) -> None:
+        """Refuse what the Docker engine would fetch on Kiln's own network (dockerfile_guard), and base
+        images with ONBUILD triggers, which would run such instructions in this build."""
+        kiln_registries = [h for h in (registry_host(self._s.base_image), registry_host(self._s.env_image_prefix)) if h]
+        try:
+            images = await check_dockerfile(text, kiln_registries)
+        except DockerfileRefused as exc:
+            raise BuildpackError(str(exc), "dockerfile_refused") from None
+        triggers = getattr(self._executor, "onbuild_triggers", None)
+        for image in images if triggers is not None else []:
+            found = await triggers(image, registry_host(image) in kiln_registries)
+            if found:
+                raise BuildpackError(f"The image {image} has ONBUILD triggers, which Kiln does not run (they would run "
+                                     "in this build unchecked). Start from an image without them.", "dockerfile_refused")
+
     async def _build_image(self, job: Job, repo: Path, building: Any) -> None:
         request = job.first
         labels = {"repo2docker.repo": request.repo_url, "repo2docker.ref": request.ref,
@@ -149,6 +165,7 @@ class Builder:
             await building(f"Kiln: {line}\n")
         timeout = self._s.build_timeout_s
         if the_plan.kind == "dockerfile":
+            await self._check_dockerfile(the_plan.dockerfile_text or "")
             await self._executor.build(repo, the_plan.dockerfile_text, job.image, building,
                                        buildargs={"NB_USER": NB_USER, "NB_UID": str(NB_UID)}, timeout_s=timeout,
                                        labels=the_plan.labels)

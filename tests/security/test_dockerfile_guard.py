@@ -1,0 +1,56 @@
+"""A repository's Dockerfile cannot make the Docker engine fetch on Kiln's own network.
+
+RUN steps run on the build network; ADD from a URL, FROM/COPY --from an image on a private registry
+and ONBUILD triggers are carried out by the engine on the host's network instead, so the builder
+refuses them before the build (kiln_builder.dockerfile_guard). No infrastructure: the checks parse
+the Dockerfile and look addresses up without sending anything.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kiln_builder.dockerfile_guard import DockerfileRefused, check_dockerfile, instructions
+
+KILN = ["127.0.0.1:5000"]
+BASE = "FROM 127.0.0.1:5000/kiln/base:latest\n"
+
+
+@pytest.mark.parametrize("line", [
+    "ADD http://127.0.0.1:8590/metrics /tmp/m",
+    "ADD http://169.254.169.254/latest/meta-data/ /tmp/c",
+    "add HTTPS://example.org/x /x",
+    'ADD ["http://127.0.0.1:9092/", "/tmp/k"]',
+    "ADD --chown=1000:1000 http://10.0.0.1/x /x",
+    "ADD $SECRET_URL /x",
+    "ADD ${URL} /x",
+    "ADD \\\n  http://127.0.0.1:5001/token /t",
+    "ADD git@github.com:o/r.git /r",
+    "ONBUILD ADD http://169.254.169.254/ /c",
+    "ONBUILD RUN true",
+    "FROM 127.0.0.1:8590/kiln/x",
+    "FROM localhost:5000/x",
+    "FROM 169.254.169.254/latest",
+    "FROM 10.1.2.3:5000/x AS build",
+    "FROM [::1]:5000/x",
+    "COPY --from=192.168.1.1:5000/x /etc/passwd /p",
+    "FROM $BASE_IMAGE",
+])
+async def test_what_the_engine_would_fetch_on_kilns_network_is_refused(line: str) -> None:
+    with pytest.raises(DockerfileRefused, match=r"Dockerfile line \d+"):
+        await check_dockerfile(BASE + line + "\n", KILN)
+
+
+async def test_ordinary_dockerfiles_pass() -> None:
+    """Positive controls: what Binder Dockerfiles do (local files, public and Kiln images, stages)."""
+    text = ("# a comment\nFROM 127.0.0.1:5000/kiln/base:latest AS env\nFROM python:3.11-slim\n"
+            "FROM 1.1.1.1:5000/public/image:1\nADD requirements.txt /tmp/\nADD --chown=1000:1000 . /home/jovyan/\n"
+            "COPY --from=env /etc/hostname /h\nRUN curl -fsSLO https://example.org/data.csv \\\n  && echo done\n")
+    images = await check_dockerfile(text, KILN)
+    assert images == ["127.0.0.1:5000/kiln/base:latest", "python:3.11-slim", "1.1.1.1:5000/public/image:1"]
+
+
+def test_continuation_lines_are_one_instruction() -> None:
+    found = instructions("FROM x\nRUN a \\\n  # between\n  b\nADD \\\n http://y /z\n")
+    assert [(i.line, i.keyword) for i in found] == [(1, "FROM"), (2, "RUN"), (5, "ADD")]
+    assert "http://y" in found[2].args
