@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from kilnbus import LaunchRequested, Phase, PhaseEvent
 from kilnbus.sealing import Sealer
 
+from ..support.site import Site
 from .conftest import Gateway
 
 pytestmark = [pytest.mark.kafka, pytest.mark.browser,
@@ -31,25 +30,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 @pytest.fixture
 def fake_server() -> Iterator[tuple[str, list[str]]]:
     """Stands in for a started Jupyter server: records the paths the browser asks for."""
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            seen.append(self.path)
-            body = b"<html><title>JupyterLab stand-in</title><body>server</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/user/u/", seen
-    httpd.shutdown()
+    site = Site("JupyterLab stand-in")
+    yield f"http://127.0.0.1:{site.port}/user/u/", site.seen
+    site.close()
 
 
 @pytest.fixture
@@ -98,7 +81,7 @@ async def test_form_launch_shows_log_and_lands_on_the_server(
     assert await page.get_attribute("body", "data-phase") == "building"
     proceed.set()
     await page.wait_for_url(server_url + "**", timeout=20_000)
-    pages = [path for path in seen if path != "/favicon.ico"]  # the browser may also ask for an icon
+    pages = list(seen)  # (the stand-in leaves out the browser's favicon requests)
     assert pages == ["/user/u/doc/tree/notebooks/intro.ipynb?token=tok-123"]
     assert await page.title() == "JupyterLab stand-in"
 

@@ -14,9 +14,7 @@ import asyncio
 import json
 import re
 import shutil
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -25,6 +23,7 @@ import uvicorn
 from kiln_gateway.app import create_app
 from kiln_gateway.settings import Settings
 
+from ..support.site import Site
 from .conftest import free_port
 
 pytestmark = [pytest.mark.browser,
@@ -32,32 +31,6 @@ pytestmark = [pytest.mark.browser,
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-class Site:
-    """A loopback HTTP server that records the paths asked of it."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        seen = self.seen
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                if self.path != "/favicon.ico":
-                    seen.append(self.path)
-                body = b"<html><title>a server</title><body>server</body></html>"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
