@@ -112,9 +112,13 @@ start_container() {
 start_one() {
   local s=$1 env_file
   env_file=$(write_env "$s")
-  # A service started with other settings (new credentials, a changed default) is started again.
+  # A service started with other settings (new credentials, a changed default), or from an image that
+  # has since been rebuilt, is started again.
   if running "$s" && ! cmp -s "$env_file" "$RUN/$s.env.started"; then
     warn "$s runs with other settings: restarting it"; stop_one "$s"
+  elif [[ $MODE == images ]] && running "$s" && [[ $(docker inspect -f '{{.Image}}' "kiln-$s" 2>/dev/null) \
+      != $(docker image inspect -f '{{.Id}}' "$REGISTRY/kiln/$s:latest" 2>/dev/null) ]]; then
+    warn "$s runs an older image: restarting it"; stop_one "$s"
   fi
   if running "$s"; then ok "$s already running"; return; fi
   cp "$env_file" "$RUN/$s.env.started"

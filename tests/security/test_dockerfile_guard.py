@@ -35,17 +35,33 @@ BASE = "FROM 127.0.0.1:5000/kiln/base:latest\n"
     "FROM [::1]:5000/x",
     "COPY --from=192.168.1.1:5000/x /etc/passwd /p",
     "FROM $BASE_IMAGE",
+    "ADD\thttp://127.0.0.1:8590/ /tmp/f",  # a tab ends the keyword too
+    "ADD \\\n\n  http://127.0.0.1:8585/health /tmp/f2",  # an empty line inside a continuation
+    "ADD \\\n# a comment\n  http://127.0.0.1:8585/health /tmp/f2",
+    "ADD http:/\\\n/127.0.0.1:8590/ /tmp/f",  # Docker joins without a space
+    'ADD "http://127.0.0.1:8590/" /tmp/f',
 ])
 async def test_what_the_engine_would_fetch_on_kilns_network_is_refused(line: str) -> None:
     with pytest.raises(DockerfileRefused, match=r"Dockerfile line \d+"):
         await check_dockerfile(BASE + line + "\n", KILN)
 
 
+async def test_the_escape_directive_is_read_as_docker_reads_it() -> None:
+    text = "# escape=`\nFROM 127.0.0.1:5000/kiln/base:latest\nADD `\nhttp://127.0.0.1:8590/ /tmp/f\n"
+    with pytest.raises(DockerfileRefused, match="line 3: ADD from a URL"):
+        await check_dockerfile(text, KILN)
+    with pytest.raises(DockerfileRefused, match="escape character"):
+        await check_dockerfile("# escape=x\nFROM y\n", KILN)
+    # Positive control: with the backtick as escape, a backslash ends no line (Windows-style paths).
+    found = instructions("# escape=`\nFROM x\nRUN echo a\\\nADD b /c\n")
+    assert [i.keyword for i in found] == ["FROM", "RUN", "ADD"]
+
+
 async def test_ordinary_dockerfiles_pass() -> None:
     """Positive controls: what Binder Dockerfiles do (local files, public and Kiln images, stages)."""
     text = ("# a comment\nFROM 127.0.0.1:5000/kiln/base:latest AS env\nFROM python:3.11-slim\n"
             "FROM 1.1.1.1:5000/public/image:1\nADD requirements.txt /tmp/\nADD --chown=1000:1000 . /home/jovyan/\n"
-            "COPY --from=env /etc/hostname /h\nRUN curl -fsSLO https://example.org/data.csv \\\n  && echo done\n")
+            "COPY --from=env /etc/hostname /h\nADD --chown=${NB_UID} . ${HOME}\nRUN curl -fsSLO https://example.org/data.csv \\\n  && echo done\n")
     images = await check_dockerfile(text, KILN)
     assert images == ["127.0.0.1:5000/kiln/base:latest", "python:3.11-slim", "1.1.1.1:5000/public/image:1"]
 

@@ -115,3 +115,19 @@ async def test_a_build_and_a_server_reach_the_internet_and_nothing_of_kiln(repos
     assert server["pip"], server
     assert not server["docker_socket"]
     assert server["uid"] == 1000 and server["cap_eff"] == "0000000000000000" and server["no_new_privs"] == "1", server
+
+
+@pytest.mark.parametrize("dockerfile", [
+    "FROM kiln/base:latest\nADD http://127.0.0.1:8590/metrics /tmp/m\nRUN head /tmp/m\n",
+    "# escape=`\nFROM kiln/base:latest\nADD `\nhttp://127.0.0.1:8590/ /tmp/f\nRUN head /tmp/f\n",
+    "FROM kiln/base:latest\nADD \\\n\n  http://127.0.0.1:8585/health /tmp/h\nRUN head /tmp/h\n",
+])
+async def test_a_dockerfile_cannot_make_the_engine_fetch_from_kilns_network(repos: Path, dockerfile: str) -> None:
+    """The engine fetches ADD's URLs on the host's network: the builder refuses them before building."""
+    name = f"adder{uuid.uuid4().hex[:6]}"
+    make_repo(repos, name, {"Dockerfile": dockerfile})
+    events = await launch(spec_for(repos, name))
+    assert events[-1]["phase"] == "failed", events[-3:]
+    assert "ADD from a URL" in events[-1]["message"], events[-1]
+    log = "".join(e.get("message", "") for e in events)
+    assert "Step 1/" not in log and "Kiln analytics" not in log and "groups" not in log, log[-2000:]

@@ -31,29 +31,53 @@ class Instruction:
     args: str
 
 
+_DIRECTIVE = re.compile(r"^#\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(.*?)\s*$")
+
+
 def instructions(text: str) -> list[Instruction]:
-    """The Dockerfile's instructions with continuation lines joined and comments dropped."""
+    """The Dockerfile's instructions, read the way Docker's parser reads them.
+
+    Parser directives (``# escape=``) are honoured at the top; a line ending in the escape character
+    continues on the next; inside a continuation, comment lines and empty lines are skipped and the
+    next line is joined as it stands (no space added). Reading it any other way would let a
+    Dockerfile show this check one instruction and the engine another.
+    """
+    lines = text.splitlines()
+    escape, first = "\\", 0
+    for line in lines:  # directives: only before anything else, as Docker reads them
+        m = _DIRECTIVE.match(line.strip())
+        if m is None:
+            break
+        if m.group(1).lower() == "escape":
+            if m.group(2) not in ("\\", "`"):
+                raise DockerfileRefused(f"Dockerfile line {first + 1}: the escape character must be \\ or `.")
+            escape = m.group(2)
+        first += 1
+    continued = re.compile(re.escape(escape) + r"[ \t]*$")
     found: list[Instruction] = []
-    pending, start = "", 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        stripped = raw.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
+    pending: str | None = None
+    start = 0
+    for number in range(first, len(lines)):
+        raw = lines[number]
+        blank_or_comment = not raw.strip() or raw.lstrip().startswith("#")
+        if blank_or_comment:
+            continue  # outside an instruction and inside a continuation alike
+        if pending is None:
+            start, raw = number + 1, raw.lstrip()
+            pending = ""
+        if continued.search(raw):
+            pending += continued.sub("", raw)
             continue
-        if pending and stripped.startswith("#"):
-            continue  # comments may sit between continued lines
-        if not pending:
-            start = number
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        whole = (pending + stripped).strip()
-        pending = ""
-        keyword, _, args = whole.partition(" ")
-        found.append(Instruction(start, keyword.upper(), args.strip()))
-    if pending.strip():
-        keyword, _, args = pending.strip().partition(" ")
-        found.append(Instruction(start, keyword.upper(), args.strip()))
+        whole, pending = (pending + raw).strip(), None
+        found.append(_instruction(start, whole))
+    if pending and pending.strip():
+        found.append(_instruction(start, pending.strip()))
     return found
+
+
+def _instruction(line: int, whole: str) -> Instruction:
+    keyword, *rest = whole.split(None, 1)  # any whitespace ends the keyword, tabs too
+    return Instruction(line, keyword.upper(), rest[0].strip() if rest else "")
 
 
 def _words(args: str) -> list[str]:
@@ -92,12 +116,13 @@ async def check_dockerfile(text: str, trusted_registries: list[str]) -> list[str
             raise DockerfileRefused(f"{where}: ONBUILD is not supported: its instruction would run in some later "
                                     "build that starts from this image. Write the steps into the Dockerfile that needs them.")
         if ins.keyword == "ADD":
+            # "://" anywhere in an ADD is refused, whatever the quoting, and so is a source named by a
+            # variable: the engine fetches URLs for ADD itself. (A variable destination is fine.)
             words = [w for w in _words(ins.args) if not w.startswith("--")]
-            for source in words[:-1]:
-                if _URL.search(source) or "$" in source:
-                    raise DockerfileRefused(f"{where}: ADD from a URL or a variable is not allowed: the Docker engine would "
-                                            "fetch it from Kiln's own network. Download it in a RUN step instead "
-                                            "(RUN curl -fsSLO <url>), which runs on the build network.")
+            if "://" in ins.args or any(_URL.search(w) or "$" in w for w in words[:-1]):
+                raise DockerfileRefused(f"{where}: ADD from a URL or a variable is not allowed: the Docker engine would "
+                                        "fetch it from Kiln's own network. Download it in a RUN step instead "
+                                        "(RUN curl -fsSLO <url>), which runs on the build network.")
         referenced: list[str] = []
         if ins.keyword == "FROM":
             words = [w for w in _words(ins.args) if not w.startswith("--")]
