@@ -21,8 +21,8 @@ docker info >/dev/null 2>&1 || die "the Docker engine does not answer" "run depl
 inputs_hash=$(cat "$SRC/Dockerfile" "$SRC/requirements.txt" "$CA" | sha256sum | cut -c1-12)
 IMAGE="$REGISTRY/kiln/base:$SUITE-$inputs_hash"
 
-if curl -fs -o /dev/null -H "Accept: application/vnd.docker.distribution.manifest.v2+json" \
-     "http://$REGISTRY/v2/kiln/base/manifests/$SUITE-$inputs_hash"; then
+# Asked through the docker client, which logs in to a registry that wants credentials (DOCKER_CONFIG).
+if docker manifest inspect --insecure "$IMAGE" >/dev/null 2>&1; then
   docker image inspect "$IMAGE" >/dev/null 2>&1 || docker pull -q "$IMAGE" >/dev/null
   echo "$IMAGE" >"$KILN_STATE/base-image"
   ok "base image $IMAGE present"

@@ -136,7 +136,8 @@ stop() {
 
 status() {
   if [[ -n ${KILN_REGISTRY_URL:-} ]]; then echo "registry   external  $KILN_REGISTRY_URL"; return; fi
-  if pid_alive "$PIDFILE" && port_open 127.0.0.1 "$PORT"; then echo "registry   running   127.0.0.1:$PORT"; else echo "registry   stopped   127.0.0.1:$PORT"; fi
+  local tokens=""; [[ $MODE == token ]] && tokens=" (tokens 127.0.0.1:$TOKEN_PORT)"
+  if pid_alive "$PIDFILE" && port_open 127.0.0.1 "$PORT"; then echo "registry   running   127.0.0.1:$PORT$tokens"; else echo "registry   stopped   127.0.0.1:$PORT$tokens"; fi
 }
 
 case "${1:-}" in start) start ;; stop) stop ;; status) status ;; *) echo "usage: $0 start|stop|status" >&2; exit 2 ;; esac

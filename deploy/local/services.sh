@@ -165,6 +165,9 @@ status() {
     case $s in
       gateway) where="http://$KILN_GATEWAY_HOST:$KILN_GATEWAY_PORT/" ;;
       analytics) where="http://127.0.0.1:$KILN_ANALYTICS_PORT/ (dashboard)" ;;
+      resolver) where="http://127.0.0.1:$KILN_RESOLVER_METRICS_PORT/metrics" ;;
+      builder) where="http://127.0.0.1:$KILN_BUILDER_METRICS_PORT/metrics" ;;
+      launcher) where="http://127.0.0.1:$KILN_LAUNCHER_METRICS_PORT/metrics" ;;
     esac
     if running "$s"; then printf '%-10s running   %s\n' "$s" "$where"; else printf '%-10s stopped   %s\n' "$s" "$where"; fi
   done
