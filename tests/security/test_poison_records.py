@@ -21,7 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaConnectionError, RequestTime
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from kilnbus import BuildRequested, BusConsumer, BusSettings, DeadLetter, Phase, PhaseEvent, Topics, default_codec
-from kilnbus.consumer import AttemptLedger, TransientError, _PartitionProgress, is_transient
+from kilnbus.consumer import AttemptLedger, TransientError, _PartitionProgress, begin_attempt, is_transient
 
 TOPICS = Topics("unit.")
 TP = TopicPartition(TOPICS.build_requested.name, 0)
@@ -270,3 +270,45 @@ async def test_an_orderly_stop_is_not_counted_as_a_crash() -> None:
 
     await process(make_consumer(quick, producer, store), record(5, "req-slow"))
     assert handled == ["req-slow"] and producer.published == []
+
+
+async def test_records_waiting_beside_a_crash_are_not_counted_when_the_handler_says_when_work_begins() -> None:
+    """The builder's case: many requests wait in its queue inside their handlers; only the one whose
+    build runs (its handler, or a task it started, called begin_attempt) is counted when it dies."""
+    store: dict[TopicPartition, OffsetAndMetadata] = {}
+    entered: dict[str, asyncio.Event] = {"req-building": asyncio.Event(), "req-queued": asyncio.Event()}
+
+    async def handler(d: Any) -> None:
+        if d.value.request_id == "req-building":
+            # As the builder does: a task started by the handler takes the build slot and says so.
+            async def build() -> None:
+                await begin_attempt()
+                await begin_attempt()  # a second call changes nothing
+            await asyncio.create_task(build())
+        entered[d.value.request_id].set()
+        await asyncio.Event().wait()  # both wait in hand until the process dies
+
+    for crash in range(3):
+        for event in entered.values():
+            event.clear()
+        consumer = make_consumer(handler, FakeProducer(), store, attempts_begin_in_handler=True)
+        tasks = [asyncio.create_task(process(consumer, record(5, "req-building"))),
+                 asyncio.create_task(process(consumer, record(6, "req-queued")))]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in entered.values())), 5)
+        assert AttemptLedger.decode(store[TP].metadata) == {5: crash + 1}, "only the record whose work began"
+        for task in tasks:
+            task.cancel()  # (the process died: nothing of it runs again)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    producer = FakeProducer()
+    calls: list[str] = []
+
+    async def fine(d: Any) -> None:
+        calls.append(d.value.request_id)
+
+    survivor = make_consumer(fine, producer, store, attempts_begin_in_handler=True)
+    await process(survivor, record(5, "req-building"))
+    await process(survivor, record(6, "req-queued"))
+    assert calls == ["req-queued"], "the record that crashed it three times is set aside, the one that waited runs"
+    [event] = producer.events()
+    assert event.request_id == "req-building" and event.failure_cause == "repeated_crash"

@@ -6,7 +6,7 @@ encoding, the topic declarations, and producer/consumer helpers with Kiln's deli
 """
 
 from kilnbus.codec import AvroCodec, DecodeError, UnknownSchemaError, default_codec
-from kilnbus.consumer import BusConsumer, Delivery
+from kilnbus.consumer import BusConsumer, Delivery, begin_attempt
 from kilnbus.lifecycle import run_service
 from kilnbus.producer import BusProducer
 from kilnbus.runner import serve_consumer
@@ -27,6 +27,7 @@ __all__ = [
     "AvroCodec",
     "BuildRequested",
     "BusConsumer",
+    "begin_attempt",
     "BusProducer",
     "BusSettings",
     "DeadLetter",

@@ -24,7 +24,10 @@ Failures, in the order a record meets them:
   dropped at the next commit. The markers live in the consumer group, so they survive the process
   and follow the partition to another member: a redelivered record whose markers show
   ``max_crashes`` attempts begun and never finished is set aside (dead letter and ``failed``
-  event, cause ``repeated_crash``) instead of taking down the next replica too. Records that were in
+  event, cause ``repeated_crash``) instead of taking down the next replica too. A consumer whose
+  records mostly wait (the builder's queue) marks an attempt only where its handler calls
+  ``begin_attempt()`` (``attempts_begin_in_handler``), so that records merely waiting beside a crash
+  are not counted against. Records that were in
   hand beside it during each of those crashes are counted as well (the consumer cannot tell which
   record killed it); an orderly stop (SIGTERM, a rebalance) does not count.
 """
@@ -32,6 +35,7 @@ Failures, in the order a record meets them:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import socket
@@ -67,6 +71,22 @@ class Delivery(NamedTuple, Generic[R]):
 
 
 Handler = Callable[[Delivery[Any]], Awaitable[None]]
+
+# The record in hand's "attempt begins now", for consumers that let the handler say when (tasks the
+# handler starts inherit it, so a build started for the record can call it when it takes its slot).
+_ATTEMPT: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar("kilnbus_attempt",
+                                                                                              default=None)
+
+
+async def begin_attempt() -> None:
+    """From here on, a crash of this process counts against the record being handled.
+
+    For consumers made with ``attempts_begin_in_handler=True``; elsewhere (and when called twice)
+    it does nothing.
+    """
+    begin = _ATTEMPT.get()
+    if begin is not None:
+        await begin()
 
 
 class TransientError(Exception):
@@ -146,6 +166,10 @@ class AttemptLedger:
         before = counts.get(offset, 0)
         counts[offset] = before + 1
         return before
+
+    def count(self, tp: TopicPartition, offset: int) -> int:
+        """Attempts at ``offset`` begun and never finished, as known now."""
+        return self._counts.get(tp, {}).get(offset, 0)
 
     def finish(self, tp: TopicPartition, offset: int) -> None:
         self._counts.get(tp, {}).pop(offset, None)
@@ -237,9 +261,12 @@ class BusConsumer:
         failure_events: Topic | None = None,
         service: str = "",
         max_crashes: int = 3,
+        attempts_begin_in_handler: bool = False,
         **overrides: Any,
     ) -> None:
         self.group_id = group_id
+        self._attempts_in_handler = attempts_begin_in_handler
+        self._begun: set[tuple[TopicPartition, int]] = set()  # attempts counted and not yet finished
         self._failure_events = failure_events
         self._service = service or group_id.removeprefix("kiln-")
         self._max_crashes = max_crashes
@@ -364,7 +391,19 @@ class BusConsumer:
             await self._handle(record, value)
             return
         tp = TopicPartition(record.topic, record.partition)
-        crashes = await self._begin(tp, record.offset)
+        begun = [False]
+        token = None
+        if self._attempts_in_handler:
+            crashes = self._ledger.count(tp, record.offset)
+
+            async def begin() -> None:
+                if not begun[0]:
+                    begun[0] = True
+                    await self._begin(tp, record.offset)
+
+            token = _ATTEMPT.set(begin)
+        else:
+            crashes, begun[0] = await self._begin(tp, record.offset), True
         try:
             if crashes >= self._max_crashes:
                 log.error("%s: %s[%d]@%d was in hand during %d crash(es) of its consumer; set aside without handling",
@@ -375,9 +414,15 @@ class BusConsumer:
             else:
                 await self._handle(record, value)
         except asyncio.CancelledError:
-            self._ledger.interrupt(tp, record.offset)  # stopped on purpose: not a crash
+            if (tp, record.offset) in self._begun:
+                self._ledger.interrupt(tp, record.offset)  # stopped on purpose: not a crash
+                self._begun.discard((tp, record.offset))
             raise
+        finally:
+            if token is not None:
+                _ATTEMPT.reset(token)
         self._ledger.finish(tp, record.offset)
+        self._begun.discard((tp, record.offset))
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes], value: Record) -> None:
         """Run the handler on ``value``: transient failures retried, the rest set aside with a failed event."""
@@ -507,6 +552,7 @@ class BusConsumer:
     async def _begin(self, tp: TopicPartition, offset: int) -> int:
         """Count an attempt at ``offset`` and commit that before its handler runs; return the attempts before."""
         before = self._ledger.begin(tp, offset)
+        self._begun.add((tp, offset))
         async with self._commit_lock:
             progress = self._progress.setdefault(tp, _PartitionProgress())
             at = progress.committable()
@@ -524,7 +570,9 @@ class BusConsumer:
         for tp in revoked:
             # Still running here past the grace: the next owner redelivers them, and this is no crash.
             for offset in self._progress[tp].in_flight if tp in self._progress else ():
-                self._ledger.interrupt(tp, offset)
+                if (tp, offset) in self._begun:  # a record that only waited was never counted
+                    self._ledger.interrupt(tp, offset)
+                    self._begun.discard((tp, offset))
         if self._commit_task is not None:
             await asyncio.wait([self._commit_task])
         await self._commit(only=revoked)

@@ -43,7 +43,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     # Requests wait for their build inside the handler (their offsets are committed when it ends),
     # so many are in hand at once: the queue and the attachments live in kiln_builder.builds.
     await serve_consumer(settings, "kiln-builder", lambda t: [t.build_requested], make_handler, stop,
-                         max_in_flight=256, shutdown_grace_s=10)
+                         max_in_flight=256, shutdown_grace_s=10, attempts_begin_in_handler=True)
 
 
 def main() -> None:

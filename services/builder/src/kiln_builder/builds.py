@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kilnbus import BuildRequested, Phase
+from kilnbus import BuildRequested, Phase, begin_attempt
 
 from kiln_builder.executor import BuildFailed
 
@@ -133,6 +133,9 @@ class Builds:
     async def _execute(self, job: Job) -> None:
         try:
             async with self._slots:
+                # Only now is this record's build running: a crash from here on counts against it; the
+                # requests that merely waited in the queue beside it do not (kilnbus.begin_attempt).
+                await begin_attempt()
                 self._queue.remove(job)
                 await self._tell_positions()
                 await self._run(job, self)
