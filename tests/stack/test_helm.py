@@ -338,7 +338,7 @@ def test_kilns_pods_accept_only_their_ports(helm: str, chart: Path, secure: list
 
 def test_private_ranges_are_a_setting_and_metadata_stays_excluded(helm: str, chart: Path) -> None:
     docs = render(helm, chart, sets=REQUIRED + ("networkPolicy.privateRanges={10.0.0.0/8}",))
-    cluster, build = Cluster(docs), Pod("binder", BUILD.labels, BUILD.ip)  # builds in the release's namespace
+    cluster, build = Cluster(docs), Pod("binder-builds", BUILD.labels, BUILD.ip)  # builds in a namespace of their own
     assert not cluster.egress(build, Pod("", {}, "10.1.2.3"), 443)
     assert cluster.egress(build, Pod("", {}, "192.168.1.1"), 443), "no longer listed: reachable"
     assert not cluster.egress(build, METADATA, 80) and not cluster.egress(USER, METADATA, 80)
@@ -361,11 +361,15 @@ def test_builder_rbac_is_a_role_on_pods_in_the_build_namespace(helm: str, chart:
     binding = parsed(by_kind(secure, "RoleBinding")["kiln-builder"])
     assert binding.metadata.namespace == "binder-builds" and binding.role_ref.kind == "Role"
     assert [(s.name, s.namespace) for s in binding.subjects] == [("kiln-builder", "binder")]
-    # no Namespace unless asked; asked, it comes labelled for what build pods need
-    assert not by_kind(secure, "Namespace")
-    made = render(helm, chart, sets=REQUIRED + ("builder.kubernetes.namespace=binder-builds", "builder.kubernetes.createNamespace=true"))
+    # By default builds get a namespace of their own, made by the chart and labelled for what build
+    # pods need; an operator who makes it (or builds in the release's namespace) gets none.
+    made = render(helm, chart, sets=REQUIRED)
     ns = parsed(by_kind(made, "Namespace")["binder-builds"])
     assert ns.metadata.labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert parsed(by_kind(made, "Role")["kiln-builder"]).metadata.namespace == "binder-builds"
+    assert not by_kind(render(helm, chart, sets=REQUIRED + ("builder.kubernetes.createNamespace=false",)), "Namespace")
+    same = render(helm, chart, sets=REQUIRED + ("builder.kubernetes.namespace=binder",))
+    assert not by_kind(same, "Namespace") and parsed(by_kind(same, "Role")["kiln-builder"]).metadata.namespace == "binder"
 
 
 def test_build_pods_get_a_service_account_with_no_token_and_no_rights(secure: list[dict[str, Any]]) -> None:

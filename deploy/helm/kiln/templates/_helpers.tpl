@@ -31,8 +31,10 @@ app.kubernetes.io/component: {{ .service }}
 {{- default (printf "%s-secrets" (include "kiln.fullname" .)) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{- /* Builds run in a namespace of their own by default, <release namespace>-builds: the builder's
+Role then covers only build pods, and only that namespace needs Pod Security "privileged". */ -}}
 {{- define "kiln.buildNamespace" -}}
-{{- default .Release.Namespace .Values.builder.kubernetes.namespace -}}
+{{- default (printf "%s-builds" .Release.Namespace) .Values.builder.kubernetes.namespace -}}
 {{- end -}}
 
 {{- define "kiln.strimziCluster" -}}
