@@ -110,6 +110,8 @@ async def test_a_build_and_a_server_reach_the_internet_and_nothing_of_kiln(repos
     assert build["pip"], build
     assert not build["docker_socket"]
     assert build["no_new_privs"] == "1"
+    # postBuild runs as the notebook user, with no capabilities (root steps: docs/security.md).
+    assert build["uid"] == 1000 and build["cap_eff"] == "0000000000000000", build
     # A server reaches exactly one thing on the host: the hub's API, which jupyterhub-singleuser needs.
     assert server["open"] == [f"{user_gateway()}:8081"], server
     assert server["pip"], server
