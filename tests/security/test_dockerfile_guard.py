@@ -2,15 +2,24 @@
 
 RUN steps run on the build network; ADD from a URL, FROM/COPY --from an image on a private registry
 and ONBUILD triggers are carried out by the engine on the host's network instead, so the builder
-refuses them before the build (kiln_builder.dockerfile_guard). No infrastructure: the checks parse
-the Dockerfile and look addresses up without sending anything.
+refuses them before the build (kiln_builder.dockerfile_guard). The checks of the text need no
+infrastructure (they parse the Dockerfile and look addresses up without sending anything); the
+engine is asked for a base image's ONBUILD triggers.
 """
 
 from __future__ import annotations
 
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from kiln_builder.dockerfile_guard import DockerfileRefused, check_dockerfile, instructions
+from kiln_builder.executor import DockerExecutor
+
+ROOT = Path(__file__).resolve().parents[2]
 
 KILN = ["127.0.0.1:5000"]
 BASE = "FROM 127.0.0.1:5000/kiln/base:latest\n"
@@ -70,3 +79,23 @@ def test_continuation_lines_are_one_instruction() -> None:
     found = instructions("FROM x\nRUN a \\\n  # between\n  b\nADD \\\n http://y /z\n")
     assert [(i.line, i.keyword) for i in found] == [(1, "FROM"), (2, "RUN"), (5, "ADD")]
     assert "http://y" in found[2].args
+
+
+@pytest.fixture
+def image_with_triggers() -> Iterator[str]:
+    """A local image carrying an ONBUILD trigger, as someone's public base image might."""
+    base = (ROOT / ".state" / "base-image").read_text().strip()
+    name = f"kiln-security-onbuild-{uuid.uuid4().hex[:8]}:1"
+    subprocess.run(["docker", "build", "-q", "-t", name, "-"], input=f"FROM {base}\nONBUILD RUN true\n",
+                   text=True, check=True, capture_output=True, timeout=120)
+    yield name
+    subprocess.run(["docker", "rmi", "-f", name], capture_output=True, timeout=60)
+
+
+@pytest.mark.docker
+async def test_the_engine_reports_a_base_images_onbuild_triggers(image_with_triggers: str) -> None:
+    executor = DockerExecutor()
+    assert await executor.onbuild_triggers(image_with_triggers, kiln_registry=False) == ["RUN true"]
+    # Control: the base image Kiln builds from has none.
+    base = (ROOT / ".state" / "base-image").read_text().strip()
+    assert await executor.onbuild_triggers(base, kiln_registry=True) == []

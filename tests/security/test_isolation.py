@@ -133,3 +133,21 @@ async def test_a_dockerfile_cannot_make_the_engine_fetch_from_kilns_network(repo
     assert "ADD from a URL" in events[-1]["message"], events[-1]
     log = "".join(e.get("message", "") for e in events)
     assert "Step 1/" not in log and "Kiln analytics" not in log and "groups" not in log, log[-2000:]
+
+
+async def test_a_base_image_with_onbuild_triggers_is_refused(repos: Path) -> None:
+    """ONBUILD triggers of a base image would run in this build unchecked (an ADD from a URL, say)."""
+    base = (ROOT / ".state" / "base-image").read_text().strip()
+    trap = f"kiln-security-onbuild-{uuid.uuid4().hex[:8]}:1"
+    subprocess.run(["docker", "build", "-q", "-t", trap, "-"], input=f"FROM {base}\nONBUILD RUN true\n",
+                   text=True, check=True, capture_output=True, timeout=120)
+    try:
+        name = f"onbuild{uuid.uuid4().hex[:6]}"
+        make_repo(repos, name, {"Dockerfile": f"FROM {trap}\nRUN echo built\n"})
+        events = await launch(spec_for(repos, name))
+        assert events[-1]["phase"] == "failed" and "has ONBUILD triggers" in events[-1]["message"], events[-3:]
+        # Control: the same Dockerfile from the plain base image builds.
+        make_repo(repos, name + "ok", {"Dockerfile": "FROM kiln/base:latest\nRUN echo built\n"})
+        assert (await launch(spec_for(repos, name + "ok")))[-1]["phase"] == "ready"
+    finally:
+        subprocess.run(["docker", "rmi", "-f", trap], capture_output=True, timeout=60)

@@ -47,25 +47,8 @@ class BuildExecutor(Protocol):
     async def has_image(self, image: str) -> bool: ...
 
     async def onbuild_triggers(self, image: str, kiln_registry: bool) -> list[str]:
-        """The ONBUILD triggers of ``image``, pulled first if the engine lacks it (the build would pull it
-        anyway). Kiln's registry credentials go only to Kiln's registry (``kiln_registry``)."""
-        def inspect() -> list[str]:
-            client = self._client()
-            try:
-                try:
-                    found = client.inspect_image(image)
-                except ImageNotFound:
-                    name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
-                    try:
-                        client.pull(name, tag=tag, auth_config=self._auth if kiln_registry else None)
-                        found = client.inspect_image(image)
-                    except (APIError, ImageNotFound):
-                        return []  # not to be had: the build's own FROM fails and says so
-                return list((found.get("Config") or {}).get("OnBuild") or [])
-            finally:
-                client.close()
-
-        return await asyncio.to_thread(inspect)
+        """The ONBUILD triggers of ``image``, which a build starting from it would run."""
+        ...
 
     async def pull(self, image: str) -> bool: ...
 
@@ -261,6 +244,27 @@ class DockerExecutor:
                 return True
             except ImageNotFound:
                 return False
+            finally:
+                client.close()
+
+        return await asyncio.to_thread(inspect)
+
+    async def onbuild_triggers(self, image: str, kiln_registry: bool) -> list[str]:
+        """The ONBUILD triggers of ``image``, pulled first if the engine lacks it (the build would pull it
+        anyway). Kiln's registry credentials go only to Kiln's registry (``kiln_registry``)."""
+        def inspect() -> list[str]:
+            client = self._client()
+            try:
+                try:
+                    found = client.inspect_image(image)
+                except ImageNotFound:
+                    name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
+                    try:
+                        client.pull(name, tag=tag, auth_config=self._auth if kiln_registry else None)
+                        found = client.inspect_image(image)
+                    except (APIError, ImageNotFound):
+                        return []  # not to be had: the build's own FROM fails and says so
+                return list((found.get("Config") or {}).get("OnBuild") or [])
             finally:
                 client.close()
 

@@ -149,10 +149,8 @@ class Builder:
             images = await check_dockerfile(text, kiln_registries)
         except DockerfileRefused as exc:
             raise BuildpackError(str(exc), "dockerfile_refused") from None
-        triggers = getattr(self._executor, "onbuild_triggers", None)
-        for image in images if triggers is not None else []:
-            found = await triggers(image, registry_host(image) in kiln_registries)
-            if found:
+        for image in images:
+            if await self._executor.onbuild_triggers(image, registry_host(image) in kiln_registries):
                 raise BuildpackError(f"The image {image} has ONBUILD triggers, which Kiln does not run (they would run "
                                      "in this build unchecked). Start from an image without them.", "dockerfile_refused")
 

@@ -350,6 +350,12 @@ class KubernetesExecutor:
             return False
         return r.status_code == 200
 
+    async def onbuild_triggers(self, image: str, kiln_registry: bool) -> list[str]:
+        """None looked for: BuildKit runs in the build pod, whose NetworkPolicy bounds what any
+        instruction, a trigger's included, can fetch (the engine-side fetches this guards against
+        on the Docker path do not exist here)."""
+        return []
+
     async def pull(self, image: str) -> bool:
         """A pod builds from the registry directly, so 'pulled' means 'there'."""
         return await self.has_image(image)
