@@ -24,12 +24,11 @@ Failures, in the order a record meets them:
   dropped at the next commit. The markers live in the consumer group, so they survive the process
   and follow the partition to another member: a redelivered record whose markers show
   ``max_crashes`` attempts begun and never finished is set aside (dead letter and ``failed``
-  event, cause ``repeated_crash``) instead of taking down the next replica too. A consumer whose
-  records mostly wait (the builder's queue) marks an attempt only where its handler calls
-  ``begin_attempt()`` (``attempts_begin_in_handler``), so that records merely waiting beside a crash
-  are not counted against. Records that were in
+  event, cause ``repeated_crash``) instead of taking down the next replica too. Records that were in
   hand beside it during each of those crashes are counted as well (the consumer cannot tell which
-  record killed it); an orderly stop (SIGTERM, a rebalance) does not count.
+  record killed it), unless the consumer marks an attempt only where its handler calls
+  ``begin_attempt()`` (``attempts_begin_in_handler``: the builder, whose records mostly wait in its
+  queue). An orderly stop (SIGTERM, a rebalance) does not count.
 """
 
 from __future__ import annotations
@@ -391,19 +390,17 @@ class BusConsumer:
             await self._handle(record, value)
             return
         tp = TopicPartition(record.topic, record.partition)
-        begun = [False]
         token = None
         if self._attempts_in_handler:
             crashes = self._ledger.count(tp, record.offset)
 
             async def begin() -> None:
-                if not begun[0]:
-                    begun[0] = True
+                if (tp, record.offset) not in self._begun:  # once per handling
                     await self._begin(tp, record.offset)
 
             token = _ATTEMPT.set(begin)
         else:
-            crashes, begun[0] = await self._begin(tp, record.offset), True
+            crashes = await self._begin(tp, record.offset)
         try:
             if crashes >= self._max_crashes:
                 log.error("%s: %s[%d]@%d was in hand during %d crash(es) of its consumer; set aside without handling",
