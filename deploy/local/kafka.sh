@@ -19,16 +19,11 @@ HOME_DIR="$KILN_STATE/kafka/$INSTANCE"
 PIDFILE="$HOME_DIR/kafka.pid"
 LOG="$KILN_LOGS/kafka-$INSTANCE.log"
 POM_DIR="$KILN_ROOT/deploy/kafka"
-SECRETS="$KILN_STATE/secrets"
 USERS=(admin gateway resolver builder launcher analytics)
 ACLS="$KILN_ROOT/deploy/local/kafka-acls.txt"
 PREFIX=${KILN_TOPIC_PREFIX:-kiln.}
 
-password() {  # password USER: made once, kept in .state/secrets/kafka-USER
-  local file="$SECRETS/kafka-$1"
-  [[ -s $file ]] || (mkdir -p "$SECRETS"; umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
-  cat "$file"
-}
+password() { secret "kafka-$1"; }  # password USER: made once, kept in .state/secrets/kafka-USER
 
 # client_config FILE MECHANISM: an admin client's properties (SCRAM for the broker, PLAIN for the controller).
 client_config() {

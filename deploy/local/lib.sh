@@ -26,6 +26,13 @@ wait_for() {
   done
 }
 
+# secret NAME: a random secret made once and kept in .state/secrets/NAME (readable by root only).
+secret() {
+  local file="$KILN_STATE/secrets/$1"
+  [[ -s $file ]] || (mkdir -p "$KILN_STATE/secrets"; umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
+  cat "$file"
+}
+
 # port_open HOST PORT: true when something accepts TCP connections there.
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 

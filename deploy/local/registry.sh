@@ -24,11 +24,7 @@ MODE=${KILN_REGISTRY_AUTH:-token}
 # pushes only the images builds make (the builder's image_prefix and env_image_prefix), not Kiln's own.
 TOKEN_USERS=("admin:pull,push" "builder:pull,push:kiln/binder-,kiln/env" "puller:pull")
 
-password() {  # password USER: made once, kept in .state/secrets/registry-USER
-  local file="$KILN_STATE/secrets/registry-$1"
-  [[ -s $file ]] || (mkdir -p "$KILN_STATE/secrets"; umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
-  cat "$file"
-}
+password() { secret "registry-$1"; }  # password USER: made once, kept in .state/secrets/registry-USER
 
 # token_setup: the signing key and certificate, the token server's configuration, and docker client
 # configurations (so scripts push as admin and the hub's engine pulls as puller, without `docker login`).

@@ -17,12 +17,6 @@ mkdir -p "$RUN"
 [[ $MODE == images || $MODE == venv ]] || die "KILN_SERVICES_FROM=$MODE" "use images or venv"
 names=("${@:2}"); ((${#names[@]})) || names=("${ALL[@]}")
 
-secret() {  # secret NAME: a random secret made once and kept in .state/secrets/NAME
-  local file="$KILN_STATE/secrets/$1"
-  [[ -s $file ]] || (mkdir -p "$KILN_STATE/secrets"; umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
-  cat "$file"
-}
-
 seal_keys() {
   local keyfile="$KILN_STATE/token-seal-key"
   [[ -s $keyfile ]] || (umask 077; "$VENV/bin/kiln-keygen" >"$keyfile")
