@@ -7,6 +7,8 @@ a consumer of launch-requested events that plays the phase events a test scripts
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -73,22 +75,42 @@ def gateway_settings(bus_settings: BusSettings, seal_key: str) -> Settings:
                     token_seal_keys=[seal_key], heartbeat_interval_s=30)
 
 
-@pytest.fixture
-async def gateway(gateway_settings: Settings) -> AsyncIterator[Gateway]:
-    await ensure_topics(gateway_settings)
-    app = create_app(gateway_settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=gateway_settings.gateway_port,
-                                           log_level="warning", lifespan="on"))
+@contextlib.asynccontextmanager
+async def serving(app: Any, port: int, lifespan: str = "on") -> AsyncIterator[str]:
+    """``app`` served by uvicorn on 127.0.0.1:``port`` until the block ends; yields its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.02)
-    url = f"http://127.0.0.1:{gateway_settings.gateway_port}"
-    async with httpx.AsyncClient(base_url=url) as client:
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def gateway(gateway_settings: Settings) -> AsyncIterator[Gateway]:
+    await ensure_topics(gateway_settings)
+    app = create_app(gateway_settings)
+    async with serving(app, gateway_settings.gateway_port) as url, httpx.AsyncClient(base_url=url) as client:
         yield Gateway(url, gateway_settings, app, client)
-    server.should_exit = True
-    await asyncio.wait_for(task, 15)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+async def browser() -> Any:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        yield b
+        await b.close()
 
 
 Script = Callable[[LaunchRequested], Awaitable[list[PhaseEvent]] | list[PhaseEvent]]

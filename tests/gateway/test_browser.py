@@ -23,26 +23,12 @@ from .conftest import Gateway
 pytestmark = [pytest.mark.kafka, pytest.mark.browser,
               pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make test installs it)")]
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
 @pytest.fixture
 def fake_server() -> Iterator[tuple[str, list[str]]]:
     """Stands in for a started Jupyter server: records the paths the browser asks for."""
     site = Site("JupyterLab stand-in")
     yield f"http://127.0.0.1:{site.port}/user/u/", site.seen
     site.close()
-
-
-@pytest.fixture
-async def browser() -> Any:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
-        yield b
-        await b.close()
 
 
 async def test_form_launch_shows_log_and_lands_on_the_server(

@@ -18,20 +18,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from kiln_gateway.app import create_app
 from kiln_gateway.settings import Settings
 
 from ..support.site import Site
-from .conftest import free_port
+from .conftest import free_port, serving
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make test installs it)")]
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 
 @pytest.fixture
 def sites() -> Iterator[tuple[Site, Site]]:
@@ -44,26 +39,8 @@ def sites() -> Iterator[tuple[Site, Site]]:
 @pytest.fixture
 async def gateway_url() -> AsyncIterator[str]:
     settings = Settings(gateway_port=free_port(), rate_limit=0)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.gateway_port,
-                                           log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{settings.gateway_port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 15)
-
-
-@pytest.fixture
-async def browser() -> Any:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
-        yield b
-        await b.close()
+    async with serving(create_app(settings), settings.gateway_port, lifespan="off") as url:  # no Kafka: no lifespan
+        yield url
 
 
 async def open_loading_page(browser: Any, gateway_url: str, ready: dict[str, Any], urlpath: str | None = None,
