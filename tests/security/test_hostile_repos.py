@@ -198,7 +198,7 @@ async def test_builder_rechecks_private_hosts_and_schemes(githost: GitHost, tmp_
     with pytest.raises(BuildFailed) as refused:
         await checkout(url, ref, tmp_path, allowed_private_hosts=[])
     assert refused.value.cause == "private_host"
-    for odd in ("file:///etc", f"ext::sh -c id%3e/tmp/kiln-pwned", "ssh://127.0.0.1/x"):
+    for odd in ("file:///etc", "ext::sh -c id%3e/tmp/kiln-pwned", "ssh://127.0.0.1/x"):
         with pytest.raises(BuildFailed) as refused:
             await checkout(odd, ref, tmp_path)
         assert refused.value.cause == "banned", odd

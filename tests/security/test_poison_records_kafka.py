@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from kilnbus import BuildRequested, BusConsumer, BusProducer, BusSettings, DeadLetter, Delivery, Phase, PhaseEvent, Topics
+from kilnbus import BuildRequested, BusProducer, BusSettings, DeadLetter, Delivery, Phase, PhaseEvent, Topics
 
 from ..bus.helpers import start_consumer, wait_until
 
