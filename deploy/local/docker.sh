@@ -5,13 +5,48 @@
 # no-new-privileges (build steps too, which the build API cannot configure one by one).
 #   docker.sh start|stop|status
 # Settings: KILN_BUILD_CGROUP (kiln-builds), KILN_BUILD_PIDS_LIMIT (4096: processes and threads all
-# running builds may have together; a fork bomb in one build stops there, not at the machine's limit).
+# running builds may have together), KILN_BUILD_STEP_PIDS_LIMIT (1024: one build step's own share, so
+# a fork bomb stops there and leaves the rest to the builds beside it), KILN_BUILD_CAPS (what a build
+# step running as root keeps: what apt and dpkg need, nothing else).
+#
+# The build API sets neither capabilities nor a process limit per step, so the engine runs every
+# container through build-runtime (made below), a runc wrapper that narrows the spec of containers
+# in the builds' cgroup (build_runtime.py) and hands everything else to runc unchanged.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 PIDFILE="$KILN_STATE/dockerd.pid"
-FLAGS=(--bridge=none --iptables=false --ip6tables=false --no-new-privileges --host unix:///var/run/docker.sock)
 CGROUP=${KILN_BUILD_CGROUP:-kiln-builds}
 PIDS_LIMIT=${KILN_BUILD_PIDS_LIMIT:-4096}
+STEP_PIDS_LIMIT=${KILN_BUILD_STEP_PIDS_LIMIT:-1024}
+BUILD_CAPS=${KILN_BUILD_CAPS:-CHOWN,DAC_OVERRIDE,FOWNER,FSETID,SETUID,SETGID,KILL}
+RUNTIME="$KILN_STATE/docker/build-runtime"
+FLAGS=(--bridge=none --iptables=false --ip6tables=false --no-new-privileges
+       --add-runtime "kiln-build=$RUNTIME" --default-runtime kiln-build --host unix:///var/run/docker.sock)
+
+# build_runtime: writes the runc wrapper. The engine reads it at every container start, so new
+# settings take effect without a restart. Only `create` of a container whose spec names the builds'
+# cgroup pays for Python; a failure there refuses the container rather than starting it unnarrowed.
+build_runtime() {
+  local runc python
+  runc=$(command -v runc) || die "runc is not installed" "apt-get install runc (docker.io depends on it)"
+  python=$(PATH=/usr/bin:/bin command -v python3) || die "python3 is not installed" "apt-get install python3"
+  mkdir -p "$(dirname "$RUNTIME")"
+  cat >"$RUNTIME.tmp" <<WRAPPER
+#!/bin/sh
+# Made by deploy/local/docker.sh: narrows build-step containers (build_runtime.py), then runs runc.
+bundle=.; create=; prev=
+for arg in "\$@"; do
+  case "\$arg" in create|run) create=1 ;; --bundle=*) bundle=\${arg#--bundle=} ;; esac
+  case "\$prev" in --bundle|-b) bundle=\$arg ;; esac
+  prev=\$arg
+done
+if [ -n "\$create" ] && grep -q '"cgroupsPath":"/$CGROUP/' "\$bundle/config.json" 2>/dev/null; then
+  $python -I "$KILN_ROOT/deploy/local/build_runtime.py" "\$bundle" "$CGROUP" "$BUILD_CAPS" "$STEP_PIDS_LIMIT" || exit 1
+fi
+exec $runc "\$@"
+WRAPPER
+  chmod 755 "$RUNTIME.tmp"; mv "$RUNTIME.tmp" "$RUNTIME"
+}
 
 # build_cgroup: the parent cgroup of every build step's container (the builder passes it to the build
 # API), with the process limit set. cgroup v1 (one hierarchy per controller) and v2 both work.
@@ -32,10 +67,11 @@ build_cgroup() {
     fi
     echo "$PIDS_LIMIT" >"/sys/fs/cgroup/pids/$CGROUP/pids.max"
   fi
-  ok "builds share at most $PIDS_LIMIT processes (cgroup $CGROUP)"
+  ok "builds share at most $PIDS_LIMIT processes, $STEP_PIDS_LIMIT per step (cgroup $CGROUP)"
 }
 
 start() {
+  build_runtime
   command -v docker >/dev/null || die "the docker client is not installed" "apt-get install docker.io (make up does this when run as root)"
   if pid_alive "$PIDFILE" && [[ $(cat "$KILN_STATE/dockerd.flags" 2>/dev/null) != "${FLAGS[*]}" ]]; then
     warn "the engine Kiln started runs with other settings: restarting it"; stop

@@ -11,6 +11,7 @@ where it must find Kiln's parts open, so a probe that could not see anything wou
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -151,3 +152,59 @@ async def test_a_base_image_with_onbuild_triggers_is_refused(repos: Path) -> Non
         assert (await launch(spec_for(repos, name + "ok")))[-1]["phase"] == "ready"
     finally:
         subprocess.run(["docker", "rmi", "-f", trap], capture_output=True, timeout=60)
+
+
+# A root build step reports what it may do: its uid and capabilities, whether it can open a raw
+# socket (sniffing, spoofing) or make a device node, and its own process limit.
+ROOT_STEP = r'''
+import json, os, socket, pathlib
+def tried(f):
+    try:
+        f(); return True
+    except OSError:
+        return False
+status = dict(l.split(":\t", 1) for l in pathlib.Path("/proc/self/status").read_text().splitlines() if ":\t" in l)
+pids = next((p.read_text().strip() for p in map(pathlib.Path, ["/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max"]) if p.exists()), "")
+print("ROOTSTEP " + json.dumps({"uid": os.getuid(), "cap_bnd": int(status["CapBnd"], 16), "pids_max": pids,
+    "raw_socket": tried(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()),
+    "mknod": tried(lambda: os.mknod("/tmp/kiln-null", 0o600 | 0o020000, os.makedev(1, 3)))}))
+'''
+CAP_CHOWN, CAP_SETUID, CAP_SETGID, CAP_NET_BIND_SERVICE, CAP_NET_RAW, CAP_SYS_CHROOT, CAP_MKNOD, CAP_SETFCAP = 0, 7, 6, 10, 13, 18, 27, 31
+
+
+def root_step(log: str) -> dict[str, Any]:
+    line = next(ln for ln in log.splitlines() if ln.startswith("ROOTSTEP "))
+    return dict(json.loads(line[len("ROOTSTEP "):]))
+
+
+async def test_root_build_steps_keep_only_what_apt_needs(repos: Path) -> None:
+    """A Dockerfile's root `RUN` runs with the capabilities apt and dpkg need and no others, under a
+    process limit of its own; apt still installs a package. The control builds the same step on the
+    engine without the builds' cgroup, where Docker's defaults apply and the probe finds them."""
+    step = ROOT_STEP.replace("\n", "\\n").replace('"', '\\"')
+    dockerfile = (f"FROM kiln/base:latest\nUSER root\nRUN printf \"{step}\" > /tmp/step.py && python3 /tmp/step.py\n"
+                  "RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends tree >/dev/null && tree --version\n"
+                  f"RUN echo {uuid.uuid4().hex}\nUSER 1000\n")
+    name = f"rootstep{uuid.uuid4().hex[:6]}"
+    make_repo(repos, name, {"Dockerfile": dockerfile})
+    events = await launch(spec_for(repos, name))
+    assert events[-1]["phase"] == "ready", events[-3:]
+    log = "".join(e.get("message", "") for e in events if e["phase"] == "building")
+    assert "tree v" in log, log[-2000:]
+    built = root_step(log)
+    assert built["uid"] == 0, built
+    for cap in (CAP_CHOWN, CAP_SETUID, CAP_SETGID):
+        assert built["cap_bnd"] & (1 << cap), built
+    for cap in (CAP_NET_RAW, CAP_MKNOD, CAP_SYS_CHROOT, CAP_SETFCAP, CAP_NET_BIND_SERVICE):
+        assert not built["cap_bnd"] & (1 << cap), (cap, built)
+    assert not built["raw_socket"] and not built["mknod"], built
+    assert built["pids_max"] == os.environ.get("KILN_BUILD_STEP_PIDS_LIMIT", "1024"), built
+
+    # Control: the same step built outside the builds' cgroup keeps Docker's defaults, and the probe sees them.
+    base = (ROOT / ".state" / "base-image").read_text().strip()
+    out = subprocess.run(["docker", "build", "--no-cache", "--network", "kiln-builds", "-"],
+                         input=dockerfile.split("RUN apt-get")[0].replace("kiln/base:latest", base),
+                         env={**os.environ, "DOCKER_BUILDKIT": "0"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    control = root_step(out.stdout)
+    assert control["uid"] == 0 and control["cap_bnd"] & (1 << CAP_NET_RAW) and control["raw_socket"] and control["mknod"], control
