@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: up down status dev images test test-e2e test-fast bench clean
+.PHONY: up down status dev images lint test test-e2e test-fast bench clean
 
 up:          ## install what is missing and run all of Kiln on 127.0.0.1
 	@deploy/local/up.sh
@@ -18,6 +18,11 @@ dev:         ## install the project into .venv
 
 images:      ## build each service's container image and push it to the local registry
 	@deploy/local/images.sh
+
+lint:        ## ruff and mypy (strict) over the library, the services, the tests and the benchmarks
+	@deploy/local/venv.sh
+	@.venv/bin/ruff check lib services tests bench deploy
+	@.venv/bin/mypy lib/kilnbus/src services/*/src
 
 test:        ## bring the whole stack up, then run every suite (the end-to-end one included)
 	@KILN_WITH_BROWSER=1 deploy/local/up.sh
