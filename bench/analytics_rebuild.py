@@ -24,7 +24,7 @@ import resource
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kilnbus import BusSettings, Phase, PhaseEvent, Topics, default_codec, ensure_topics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import delete_topics  # noqa: E402 (the same cleanup the tests use)
+from tests.conftest import delete_topics
 
 BOOTSTRAP = os.environ.get("KILN_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 KAFKA = BusSettings(kafka_bootstrap=BOOTSTRAP).client_kwargs()  # as the local broker's admin (tests.conftest)
@@ -71,7 +71,7 @@ async def produce_log(topic: str, target: int) -> tuple[int, int]:
     producer = AIOKafkaProducer(**KAFKA, linger_ms=20, max_batch_size=512 * 1024,
                                 compression_type=None, acks=1)
     await producer.start()
-    start = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 5, 1, tzinfo=UTC)
     events = requests = 0
     pending: list[asyncio.Future[object]] = []
     try:
@@ -157,7 +157,7 @@ async def main() -> None:
           f"peak RSS of the run {rss:.0f} MB for {requests:,} requests")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
     (out / f"analytics-{stamp}.json").write_text(json.dumps({
         "machine": platform.platform(), "cpus": os.cpu_count(), "events": events, "requests": requests,
         "raw_bytes_s": raw_s, "raw_avro_s": avro_s, "analytics_s": faust_s, "peak_rss_mb": rss}, indent=2))

@@ -27,13 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kilnbus import BuildRequested, BusProducer, BusSettings, Delivery, Phase, PhaseEvent, Topics, ensure_topics  # noqa: E402
-
-from kiln_builder.__main__ import serve  # noqa: E402
-from kiln_builder.settings import Settings  # noqa: E402
-from tests.bus.helpers import start_consumer  # noqa: E402
-from tests.support.githost import commit, git, make_repo, start_githost  # noqa: E402
-from tests.support.stack import use_local_kafka_admin  # noqa: E402
+from kiln_builder.__main__ import serve
+from kiln_builder.settings import Settings
+from kilnbus import BuildRequested, BusProducer, BusSettings, Delivery, Phase, PhaseEvent, Topics, ensure_topics
+from tests.bus.helpers import start_consumer
+from tests.support.githost import commit, git, make_repo, start_githost
+from tests.support.stack import use_local_kafka_admin
 
 use_local_kafka_admin()  # the local broker wants its admin
 

@@ -13,27 +13,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import platform
 import statistics
 import struct
+import sys
 import time
-import io
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fastavro import schemaless_reader, schemaless_writer
 
-from kilnbus import BusConsumer, BusProducer, BusSettings, Delivery, Phase, PhaseEvent, Topics, default_codec, ensure_topics
+from kilnbus import (
+    BusConsumer,
+    BusProducer,
+    BusSettings,
+    Delivery,
+    Phase,
+    PhaseEvent,
+    Topics,
+    default_codec,
+    ensure_topics,
+)
 
-import sys  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.stack import use_local_kafka_admin  # noqa: E402
+from tests.support.stack import use_local_kafka_admin
 
 BOOTSTRAP = os.environ.get("KILN_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 use_local_kafka_admin()
@@ -213,7 +223,7 @@ async def main() -> None:
         print(f"  [{'met' if met else 'MISSED'}] {text}")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
     (out / f"bus-{stamp}.json").write_text(json.dumps({
         "when": stamp, "machine": f"{platform.node()} {os.cpu_count()} cores", "args": vars(args),
         "rows": rows,

@@ -32,8 +32,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from kilnbus import BusProducer, BusSettings, Delivery, LaunchRequested, Phase, PhaseEvent, Topics, ensure_topics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.bus.helpers import start_consumer  # noqa: E402
-from tests.support.stack import use_local_kafka_admin  # noqa: E402
+from tests.bus.helpers import start_consumer
+from tests.support.stack import use_local_kafka_admin
 
 BOOTSTRAP = os.environ.get("KILN_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 use_local_kafka_admin()
@@ -73,7 +73,7 @@ async def kafka_two_hops(n: int) -> list[float]:
     producer = AIOKafkaProducer(**KAFKA, acks="all", enable_idempotence=True)
     ca = AIOKafkaConsumer(a, **KAFKA, group_id=a, auto_offset_reset="earliest")
     cb = AIOKafkaConsumer(b, **KAFKA, group_id=b, auto_offset_reset="earliest")
-    await producer.start(); await ca.start(); await cb.start()  # noqa: E702
+    await producer.start(); await ca.start(); await cb.start()
 
     async def echo() -> None:
         async for msg in ca:
@@ -88,7 +88,7 @@ async def kafka_two_hops(n: int) -> list[float]:
         await cb.getone()
         times.append((time.perf_counter() - t) * 1000)
     task.cancel()
-    await producer.stop(); await ca.stop(); await cb.stop()  # noqa: E702
+    await producer.stop(); await ca.stop(); await cb.stop()
     return times
 
 
@@ -99,7 +99,7 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))  # 1,000 streams need more than 1,024 files
 
     settings = BusSettings(kafka_bootstrap=BOOTSTRAP, topic_prefix=f"bench-gw-{uuid.uuid4().hex[:8]}.")

@@ -24,13 +24,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kilnbus import BusProducer, BusSettings, Delivery, HubLaunchRequested, Phase, PhaseEvent, Topics, ensure_topics  # noqa: E402
-from kilnbus.sealing import new_key  # noqa: E402
-
-from kiln_launcher.__main__ import serve  # noqa: E402
-from kiln_launcher.settings import Settings  # noqa: E402
-from tests.bus.helpers import start_consumer  # noqa: E402
-from tests.support.stack import HUB_API, use_local_kafka_admin  # noqa: E402
+from kiln_launcher.__main__ import serve
+from kiln_launcher.settings import Settings
+from kilnbus import BusProducer, BusSettings, Delivery, HubLaunchRequested, Phase, PhaseEvent, Topics, ensure_topics
+from kilnbus.sealing import new_key
+from tests.bus.helpers import start_consumer
+from tests.support.stack import HUB_API, use_local_kafka_admin
 
 use_local_kafka_admin()  # the local broker wants its admin
 

@@ -22,13 +22,12 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kilnbus import BusProducer, BusSettings, Delivery, LaunchRequested, Phase, PhaseEvent, Topics, ensure_topics  # noqa: E402
-
-from kiln_resolver.__main__ import serve  # noqa: E402
-from kiln_resolver.settings import Settings  # noqa: E402
-from tests.bus.helpers import start_consumer  # noqa: E402
-from tests.support.githost import make_repo, start_githost  # noqa: E402
-from tests.support.stack import use_local_kafka_admin  # noqa: E402
+from kiln_resolver.__main__ import serve
+from kiln_resolver.settings import Settings
+from kilnbus import BusProducer, BusSettings, Delivery, LaunchRequested, PhaseEvent, Topics, ensure_topics
+from tests.bus.helpers import start_consumer
+from tests.support.githost import make_repo, start_githost
+from tests.support.stack import use_local_kafka_admin
 
 use_local_kafka_admin()  # the local broker wants its admin
 
@@ -104,7 +103,7 @@ async def main() -> None:
         await resolver
         host.server.shutdown()
 
-    print(f"resolver benchmark: git provider, cached ref, registry check per request (image not built)\n")
+    print("resolver benchmark: git provider, cached ref, registry check per request (image not built)\n")
     print(f"  launch-requested -> first phase event   p50 {pct(latency, .5):6.2f} ms   p99 {pct(latency, .99):6.2f} ms")
     print(f"  floor: git ls-remote, same server       p50 {pct(floor, .5):6.2f} ms   p99 {pct(floor, .99):6.2f} ms")
     print(f"  resolutions per second, one resolver    {rate:,.0f}/s over {args.requests} requests")

@@ -34,8 +34,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.githost import make_repo  # noqa: E402
-from tests.support.stack import HUB_API, use_local_kafka_admin  # noqa: E402
+from tests.support.githost import make_repo
+from tests.support.stack import HUB_API, use_local_kafka_admin
 
 use_local_kafka_admin()  # the local broker wants its admin
 
@@ -52,11 +52,11 @@ def pct(values: list[float], q: float) -> float:
 async def launch(spec: str) -> tuple[float, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     started = time.perf_counter()
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=900)) as client:
-        async with client.stream("GET", f"{GATEWAY}/build/git/{spec}", headers={"Accept": "text/event-stream"}) as r:
-            async for line in r.aiter_lines():
-                if line.startswith("data:"):
-                    events.append(json.loads(line[5:]))
+    async with (httpx.AsyncClient(timeout=httpx.Timeout(10, read=900)) as client,
+                client.stream("GET", f"{GATEWAY}/build/git/{spec}", headers={"Accept": "text/event-stream"}) as r):
+        async for line in r.aiter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
     return time.perf_counter() - started, events
 
 

@@ -9,8 +9,10 @@ pulled here; the session fixture removes its containers itself. While the suite 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +21,9 @@ import pytest
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-from testcontainers.core.container import DockerContainer  # noqa: E402 (after the setting above)
+from testcontainers.core.container import DockerContainer
+
+from ..support.stack import HUB_API
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "deploy" / "local"
@@ -109,3 +113,19 @@ def kiln_services() -> Iterator[KilnServices]:
 @pytest.fixture(autouse=True)
 def _services_running(kiln_services: KilnServices) -> None:
     """Every end-to-end test runs against the containers above."""
+
+
+@pytest.fixture(scope="module")
+def repos() -> Iterator[Path]:
+    """A folder of repositories under the stack's git server, removed afterwards with their servers."""
+    root = ROOT / ".state" / "git-repos" / f"e2e{uuid.uuid4().hex[:6]}"
+    root.mkdir(parents=True)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+    token = (ROOT / ".state" / "hub" / "launcher-token").read_text().strip()
+    with httpx.Client(base_url=HUB_API, headers={"Authorization": f"token {token}"}, timeout=30) as hub:
+        for user in hub.get("/users").json():
+            if user["name"].startswith(root.name):
+                for server in user.get("servers") or {}:
+                    hub.request("DELETE", f"/users/{user['name']}/servers/{server}", json={"remove": True})
+                hub.delete(f"/users/{user['name']}")

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,29 +19,12 @@ import httpx
 import pytest
 
 from ..support.githost import make_repo
-from ..support.stack import HUB_API
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "http://127.0.0.1:8585"
 GIT = "http://127.0.0.1:8765"
 ANALYTICS = "http://127.0.0.1:8590"
-
-
-@pytest.fixture(scope="module")
-def repos() -> Iterator[Path]:
-    """A folder of repositories under the stack's git server, removed afterwards with their servers."""
-    root = ROOT / ".state" / "git-repos" / f"e2e{uuid.uuid4().hex[:6]}"
-    root.mkdir(parents=True)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-    token = (ROOT / ".state" / "hub" / "launcher-token").read_text().strip()
-    with httpx.Client(base_url=HUB_API, headers={"Authorization": f"token {token}"}, timeout=30) as hub:
-        for user in hub.get("/users").json():
-            if user["name"].startswith(root.name):
-                for server in user.get("servers") or {}:
-                    hub.request("DELETE", f"/users/{user['name']}/servers/{server}", json={"remove": True})
-                hub.delete(f"/users/{user['name']}")
 
 
 def spec_for(repos: Path, name: str) -> str:
@@ -52,12 +34,12 @@ def spec_for(repos: Path, name: str) -> str:
 async def launch(spec: str, timeout: float = 600) -> list[dict[str, Any]]:
     """Follow /build/git/<spec> to its end, as an API client would; return the events."""
     events: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        async with client.stream("GET", f"{GATEWAY}/build/git/{spec}", headers={"Accept": "text/event-stream"}) as r:
-            assert r.status_code == 200
-            async for line in r.aiter_lines():
-                if line.startswith("data:"):
-                    events.append(json.loads(line[5:]))
+    async with (httpx.AsyncClient(timeout=timeout) as client,
+                client.stream("GET", f"{GATEWAY}/build/git/{spec}", headers={"Accept": "text/event-stream"}) as r):
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
     return events
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from ..support.githost import make_repo
 from .conftest import KilnServices
-from .test_binder import GATEWAY, GIT, repos, server_answers, spec_for  # noqa: F401 (fixture)
+from .test_binder import GATEWAY, GIT, server_answers, spec_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 TICKING = "#!/bin/bash\nfor i in $(seq 1 {n}); do echo tick $i; sleep 1; done\n"
@@ -36,14 +36,14 @@ class Stream:
 
     async def _run(self, spec: str, headers: dict[str, str]) -> None:
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client:
-                async with client.stream("GET", f"{GATEWAY}/build/git/{spec}", headers=headers) as r:
-                    event_id = None
-                    async for line in r.aiter_lines():
-                        if line.startswith("id: "):
-                            event_id = line[4:]
-                        elif line.startswith("data:"):
-                            self.events.append((event_id, json.loads(line[5:])))
+            async with (httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+                        client.stream("GET", f"{GATEWAY}/build/git/{spec}", headers=headers) as r):
+                event_id = None
+                async for line in r.aiter_lines():
+                    if line.startswith("id: "):
+                        event_id = line[4:]
+                    elif line.startswith("data:"):
+                        self.events.append((event_id, json.loads(line[5:])))
         except httpx.HTTPError:
             pass  # the gateway went away: the test decides what that means
         finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ..support.githost import make_repo
-from .test_binder import repos, server_answers, spec_for  # noqa: F401 (fixture)
+from .test_binder import server_answers, spec_for
 from .test_faults import TICKING, Stream, one_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]

@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from ..support.githost import make_repo
+from ..support.stack import HUB_API
 from .conftest import KilnServices
-from .test_binder import GATEWAY, HUB_API, ROOT, launch, repos, spec_for  # noqa: F401 (fixture)
+from .test_binder import GATEWAY, ROOT, launch, spec_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow, pytest.mark.load]
 CLIENTS = 200

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_readme_starts_with_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
-    first_block = re.search(r"```sh\n(.*?)```", readme, re.S)
+    first_block = re.search(r"```sh\n(.*?)```", readme, re.DOTALL)
     assert first_block is not None
     commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
     assert commands == ["make up", "make test"]
@@ -38,7 +38,7 @@ async def test_make_up_names_a_sample_that_launches() -> None:
     up = subprocess.run(["make", "up"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert up.returncode == 0, up.stdout + up.stderr
     gateway = re.search(r"Open (http://\S+?/) and launch", up.stdout)
-    sample = re.search(r"^\s+(http://\S+/v2/\S+)$", up.stdout, re.M)
+    sample = re.search(r"^\s+(http://\S+/v2/\S+)$", up.stdout, re.MULTILINE)
     assert gateway and sample, up.stdout
     assert httpx.get(gateway.group(1), timeout=10).status_code == 200
     # The link opens the loading page; the page follows the same launch through the event stream.

@@ -49,7 +49,7 @@ def bomb_cgroup() -> Iterator[Path]:
 
 async def test_a_fork_bomb_fails_the_build_and_the_machine_stays_responsive(
         builder: BuildHarness, bomb_cgroup: Path) -> None:  # noqa: F811 (the imported fixture)
-    processes = lambda: int((bomb_cgroup / "pids.current").read_text())  # noqa: E731
+    processes = lambda: int((bomb_cgroup / "pids.current").read_text())
     await builder.stop_builders()
     await builder.start_builder(build_timeout_s=45, build_cpus=1, build_cgroup_parent=f"/kiln-builds/{bomb_cgroup.name}")
     try:

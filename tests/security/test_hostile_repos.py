@@ -212,7 +212,7 @@ async def test_builder_rechecks_private_hosts_and_schemes(githost: GitHost, tmp_
 class _Redirect(BaseHTTPRequestHandler):
     target = ""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.send_response(301)
         self.send_header("Location", self.target + self.path)
         self.end_headers()

@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import pytest
 
-from kilnbus.urlguard import UnsafeRepoURL, parse_repo_url, redact
 from kiln_resolver.providers import ResolveError
 from kiln_resolver.providers.git import GitProvider
+from kilnbus.urlguard import UnsafeRepoURL, parse_repo_url, redact
 
 from ..support.githost import GitHost
 from .conftest import make_hostile_repo

@@ -7,10 +7,9 @@ refuses the edit; the genuine id still resumes (positive control).
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest

@@ -129,8 +129,8 @@ def test_autoscaling_stops_consumers_at_the_partition_count(helm: str, chart: Pa
                                                  "phase-events", "dead-letter")}
     assert all(t["partitions"] == 24 for t in topics.values())
     assert topics["kiln.phase-events"]["config"] == {"retention.ms": -1}
-    bootstrap = [e for e in deployments["kiln-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
-                 if e["name"] == "KILN_KAFKA_BOOTSTRAP"][0]["value"]
+    bootstrap = next(e for e in deployments["kiln-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
+                     if e["name"] == "KILN_KAFKA_BOOTSTRAP")["value"]
     assert bootstrap == "kiln-kafka-kafka-bootstrap:9093"  # SCRAM over TLS, Strimzi's authenticated listener
     ingress = parsed(next(d for d in docs if d["kind"] == "Ingress"))
     assert ingress.spec.rules[0].host == "binder.example.org"

@@ -12,9 +12,9 @@ from prometheus_client import REGISTRY
 
 # Importing each service's metrics module registers its metrics in the default registry.
 import kiln_analytics.metrics  # noqa: F401
-import kiln_builder.metrics  # noqa: F401
-import kiln_gateway.metrics  # noqa: F401
-import kiln_launcher.metrics  # noqa: F401
+import kiln_builder.metrics
+import kiln_gateway.metrics
+import kiln_launcher.metrics
 import kiln_resolver.metrics  # noqa: F401
 import kilnbus.metrics  # noqa: F401
 

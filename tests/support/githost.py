@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
-from gitserver import GitHttpHandler, serve  # noqa: E402
+from gitserver import GitHttpHandler, serve
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "Kiln Test", "GIT_AUTHOR_EMAIL": "test@kiln.invalid", "GIT_COMMITTER_NAME": "Kiln Test",
            "GIT_COMMITTER_EMAIL": "test@kiln.invalid", "PATH": "/usr/bin:/bin"}
@@ -64,7 +64,7 @@ class ApiStats:
 class _Handler(GitHttpHandler):
     stats: ApiStats
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path.startswith("/github-api/"):
             return self._github(path[len("/github-api"):])

@@ -16,7 +16,7 @@ class Site:
         seen, body = self.seen, f"<html><title>{title}</title><body>server</body></html>".encode()
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 if self.path != "/favicon.ico":
                     seen.append(self.path)
                 self.send_response(200)
