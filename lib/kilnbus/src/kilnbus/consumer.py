@@ -8,16 +8,14 @@ Handlers may run concurrently (``max_in_flight``) for services whose work is lon
 the committed offset of a partition is then the first offset not yet handled, so a crash
 redelivers exactly the unfinished work. Handlers must therefore be idempotent.
 
-Failures, in the order a record meets them:
+Decoding, handling, retries, publishing what the handler returned and setting records aside are
+``kilnbus.dispatch``'s (shared with the in-memory bus; the rules are in ``kilnbus.errors``): a
+``KilnError`` is an outcome for the user (retried first when ``retriable``), a transient network or
+broker failure is retried with back-off up to ``max_attempts``, anything else is a bug, set aside at
+once with a ``failed`` event (cause ``internal_error``) when ``failure_events`` is set.
 
-- A handler error that is *transient* (``is_transient``: the broker or the network briefly away,
-  or an exception with ``retriable = True``) is retried with exponential back-off, up to
-  ``max_attempts`` in all. Any other exception is a bug or a bad record: retrying cannot help, so
-  it is set aside at once.
-- A record set aside because its handler failed is a request some user is waiting for: with
-  ``failure_events`` set, the consumer publishes a ``failed`` phase event for it (cause
-  ``internal_error``, a generic message; the exception goes to the log and the dead letter), so
-  the user hears within seconds instead of waiting for the stream to time out.
+What is this module's own is where a record stands in the group:
+
 - A record that *crashes* the process (OOM-killed, SIGKILL, a segfault) raises nothing anyone can
   catch. So before its handler starts, the consumer commits an attempt marker for it in the
   metadata of the partition's committed offset (``AttemptLedger``); a finished record's marker is
@@ -37,39 +35,26 @@ import asyncio
 import contextvars
 import logging
 import re
-import socket
 import time
-import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from kilnbus import metrics
 from kilnbus.codec import AvroCodec, DecodeError, default_codec
-from kilnbus.producer import BusProducer
-from kilnbus.records import DeadLetter, Phase, PhaseEvent, Record
+from kilnbus.dispatch import (CRASH_MESSAGE, INTERNAL_ERROR_MESSAGE, Delivery, Dispatcher, Handler, Publisher,
+                              failure_event)
+from kilnbus.errors import TransientError, is_transient
 from kilnbus.settings import BusSettings
 from kilnbus.topics import Topic
 
 log = logging.getLogger(__name__)
-R = TypeVar("R", bound=Record)
 
-
-class Delivery(NamedTuple, Generic[R]):
-    """A decoded record and where it sits in the log."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    value: R
-    timestamp_ms: int
-
-
-Handler = Callable[[Delivery[Any]], Awaitable[None]]
+# Re-exported: they lived here before kilnbus.dispatch and kilnbus.errors held them.
+__all__ = ["AttemptLedger", "BusConsumer", "CRASH_MESSAGE", "Delivery", "Handler", "INTERNAL_ERROR_MESSAGE",
+           "TransientError", "begin_attempt", "failure_event", "is_transient"]
 
 # The record in hand's "attempt begins now", for consumers that let the handler say when (tasks the
 # handler starts inherit it, so a build started for the record can call it when it takes its slot).
@@ -86,55 +71,6 @@ async def begin_attempt() -> None:
     begin = _ATTEMPT.get()
     if begin is not None:
         await begin()
-
-
-class TransientError(Exception):
-    """A failure worth retrying (a dependency briefly away); raise it, or set ``retriable = True`` on your own."""
-
-    retriable = True
-
-
-def _transient_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror, KafkaConnectionError,
-                                        KafkaTimeoutError]
-    try:  # not a dependency of kilnbus, but the services talk HTTP through it
-        import httpx
-
-        types += [httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError]
-    except ImportError:
-        pass
-    return tuple(types)
-
-
-_TRANSIENT = _transient_types()
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the handler could help: the broker or the network, not a bug or a bad record."""
-    if isinstance(exc, KafkaError):
-        return bool(exc.retriable) or isinstance(exc, _TRANSIENT)
-    explicit = getattr(exc, "retriable", None)
-    if isinstance(explicit, bool):
-        return explicit
-    return isinstance(exc, _TRANSIENT)
-
-
-INTERNAL_ERROR_MESSAGE = ("Kiln hit an internal error while handling this launch ({service}). The operators can see what "
-                          "happened; please try again later.")
-CRASH_MESSAGE = ("The {service} stopped unexpectedly {count} times while handling this launch (for example, it ran out "
-                 "of memory), so the launch has been set aside instead of being tried again.")
-
-
-def failure_event(value: Record, service: str, message: str, cause: str) -> PhaseEvent | None:
-    """The ``failed`` event telling the user their request was set aside, or None when ``value`` is no request."""
-    if isinstance(value, (PhaseEvent, DeadLetter)):
-        return None  # events about requests are not requests: failing them would fail someone's launch twice
-    request_id = getattr(value, "request_id", None)
-    if not request_id:
-        return None
-    return PhaseEvent(request_id=request_id, phase=Phase.FAILED, service=service, message=message.rstrip("\n") + "\n",
-                      failure_cause=cause, status_code=500, provider=getattr(value, "provider", None),
-                      spec=getattr(value, "spec", None), image_name=getattr(value, "image_name", None))
 
 
 class AttemptLedger:
@@ -248,7 +184,7 @@ class BusConsumer:
         topics: list[Topic],
         handler: Handler,
         *,
-        producer: BusProducer,
+        producer: Publisher,
         dead_letter: Topic,
         codec: AvroCodec | None = None,
         max_in_flight: int = 1,
@@ -266,19 +202,15 @@ class BusConsumer:
         self.group_id = group_id
         self._attempts_in_handler = attempts_begin_in_handler
         self._begun: set[tuple[TopicPartition, int]] = set()  # attempts counted and not yet finished
-        self._failure_events = failure_events
-        self._service = service or group_id.removeprefix("kiln-")
         self._max_crashes = max_crashes
         self._ledger = AttemptLedger()
         self._commit_lock = asyncio.Lock()  # commits carry markers: an older one must not land after a newer
         self._topics = {t.name: t for t in topics}
-        self._handler = handler
-        self._producer = producer
-        self._dead_letter = dead_letter
-        self._codec = codec or default_codec()
-        self._max_attempts = max_attempts
-        self._retry_backoff_s = retry_backoff_s
-        self._max_backoff_s = max_backoff_s
+        # Decoding, handling, retries and setting aside: the same for every bus (kilnbus.dispatch).
+        self.dispatcher = Dispatcher(group=group_id, topics=topics, handler=handler, publisher=producer,
+                                     dead_letter=dead_letter, codec=codec or default_codec(), failure_events=failure_events,
+                                     service=service, max_attempts=max_attempts, retry_backoff_s=retry_backoff_s,
+                                     max_backoff_s=max_backoff_s)
         self._shutdown_grace_s = shutdown_grace_s
         self._commit_interval_s = commit_interval_s
         self._inline = max_in_flight == 1
@@ -295,9 +227,18 @@ class BusConsumer:
             auto_offset_reset=overrides.pop("auto_offset_reset", "earliest"),
             **overrides,
         )
-        self.handled = 0
-        self.dead_lettered = 0
-        self.failures_reported = 0
+
+    @property
+    def handled(self) -> int:
+        return self.dispatcher.handled
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.dispatcher.dead_lettered
+
+    @property
+    def failures_reported(self) -> int:
+        return self.dispatcher.failures_reported
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -378,16 +319,13 @@ class BusConsumer:
         task.add_done_callback(finished)
 
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        topic = self._topics[record.topic]
         try:
-            value = self._codec.decode(record.value, expect=topic.record)
+            value = self.dispatcher.decode(record)
         except DecodeError as exc:
-            log.error("%s: undecodable message at %s[%d]@%d: %s; set aside",
-                      self.group_id, record.topic, record.partition, record.offset, exc)
-            await self._set_aside(record, f"decode: {exc}", "undecodable")
+            await self.dispatcher.set_aside_undecodable(record, exc)
             return
         if not self._max_crashes:
-            await self._handle(record, value)
+            await self.dispatcher.handle(record, value)
             return
         tp = TopicPartition(record.topic, record.partition)
         token = None
@@ -403,13 +341,9 @@ class BusConsumer:
             crashes = await self._begin(tp, record.offset)
         try:
             if crashes >= self._max_crashes:
-                log.error("%s: %s[%d]@%d was in hand during %d crash(es) of its consumer; set aside without handling",
-                          self.group_id, record.topic, record.partition, record.offset, crashes)
-                await self._set_aside(record, f"crashed its consumer {crashes} time(s)", "crashed",
-                                      failure_event(value, self._service, CRASH_MESSAGE.format(service=self._service,
-                                                                                             count=crashes), "repeated_crash"))
+                await self.dispatcher.set_aside_crashed(record, value, crashes)
             else:
-                await self._handle(record, value)
+                await self.dispatcher.handle(record, value)
         except asyncio.CancelledError:
             if (tp, record.offset) in self._begun:
                 self._ledger.interrupt(tp, record.offset)  # stopped on purpose: not a crash
@@ -420,64 +354,6 @@ class BusConsumer:
                 _ATTEMPT.reset(token)
         self._ledger.finish(tp, record.offset)
         self._begun.discard((tp, record.offset))
-
-    async def _handle(self, record: ConsumerRecord[bytes, bytes], value: Record) -> None:
-        """Run the handler on ``value``: transient failures retried, the rest set aside with a failed event."""
-        delivery = Delivery(record.topic, record.partition, record.offset,
-                            record.key.decode() if record.key is not None else None, value, record.timestamp)
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
-            try:
-                await self._handler(delivery)
-                self.handled += 1
-                metrics.HANDLED.labels(self.group_id, record.topic).inc()
-                metrics.HANDLE_SECONDS.labels(self.group_id, record.topic).observe(time.monotonic() - started)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                final = attempt >= self._max_attempts or not is_transient(exc)
-                if final:
-                    log.exception("%s: handler failed %d time(s) on %s@%d; set aside",
-                                  self.group_id, attempt, record.topic, record.offset)
-                    # The user gets a generic message; the exception goes to the log and the dead letter.
-                    message = INTERNAL_ERROR_MESSAGE.format(service=self._service)
-                    await self._set_aside(record, "".join(traceback.format_exception_only(exc)).strip(), "handler_failed",
-                                          failure_event(value, self._service, message, "internal_error"))
-                    return
-                metrics.HANDLER_RETRIES.labels(self.group_id, record.topic).inc()
-                delay = min(self._retry_backoff_s * 2 ** (attempt - 1), self._max_backoff_s)
-                log.warning("%s: handler failed on %s@%d (%r); retry %d in %.1fs",
-                            self.group_id, record.topic, record.offset, exc, attempt, delay)
-                await asyncio.sleep(delay)
-
-    async def _set_aside(self, record: ConsumerRecord[bytes, bytes], error: str, reason: str,
-                         event: PhaseEvent | None = None) -> None:
-        """Tell the user (``event``, if any), then put the record on the dead-letter topic."""
-        letter = DeadLetter(
-            source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
-            consumer_group=self.group_id, error=error[:4000], key=record.key, value=record.value,
-        )
-        if self._failure_events is None:
-            event = None
-        delay = self._retry_backoff_s
-        while True:  # the broker may be down; the record must not count as handled until set aside
-            try:
-                if event is not None:
-                    assert self._failure_events is not None
-                    await self._producer.publish(self._failure_events, event.request_id, event)
-                    self.failures_reported += 1
-                    event = None  # told once, even if the dead letter needs retrying
-                await self._producer.publish(self._dead_letter, record.key.decode(errors="replace") if record.key else None, letter)
-                self.dead_lettered += 1
-                metrics.DEAD_LETTERED.labels(self.group_id, record.topic, reason).inc()
-                return
-            except KafkaError as exc:
-                log.warning("%s: dead-letter publish failed (%r); retrying in %.1fs", self.group_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff_s)
 
     # -- offsets -------------------------------------------------------------------------------
 
@@ -528,7 +404,10 @@ class BusConsumer:
         await self._consumer.commit(offsets)
 
     async def _read_committed(self, tp: TopicPartition) -> OffsetAndMetadata | None:
-        # aiokafka's public committed() drops the metadata, which is where the markers are.
+        # aiokafka's public committed() drops the metadata, which is where the markers are. The public
+        # AIOKafkaAdminClient.list_consumer_group_offsets returns it, but (aiokafka 0.14) does not retry
+        # a coordinator that is loading or moved, and turns a per-partition error into the response's
+        # top-level code; the coordinator's own fetch below handles both, so it stays until that is fixed.
         found = await self._consumer._coordinator.fetch_committed_offsets([tp])
         meta: OffsetAndMetadata | None = found.get(tp)
         return meta
