@@ -189,3 +189,71 @@ async def test_quota_counts_running_servers_from_the_log_and_survives_restart(ha
                                                                                   service="launcher"))
     await asyncio.sleep(0.5)
     assert (await harness.outcome(await harness.launch("gh", "org/demo/main"))).phase is Phase.RESOLVED
+
+
+async def test_a_restarted_resolver_serves_only_once_its_quota_count_has_replayed_the_log(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log already holds a repository at its quota when a resolver starts: its first answer refuses.
+
+    The replay is held back until the test lets it go (a slow replay, made deterministic): a
+    resolver that consumed before catching up would count no server and accept the request.
+    """
+    from kiln_resolver import running
+    from kiln_resolver.images import image_name
+    from kilnbus.follow import LogFollower
+
+    await harness.stop_resolvers()
+    replay = asyncio.Event()
+
+    class HeldReplay:
+        """Stands in for LogFollower: the same follower, started only once ``replay`` is set."""
+
+        def __init__(self, *args: Any) -> None:
+            self._real = LogFollower(*args)
+            self.caught_up = self._real.caught_up
+            self._task: asyncio.Task[None] | None = None
+
+        async def start(self) -> None:
+            async def later() -> None:
+                await replay.wait()
+                await self._real.start()
+            self._task = asyncio.create_task(later())
+
+        async def stop(self) -> None:
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            await self._real.stop()
+
+    monkeypatch.setattr(running, "LogFollower", HeldReplay)
+    # Two servers of org/demo (another commit's image counts for the repository too), each ready
+    # event delivered twice; one more that stopped; a build-only ready (no URL) that is no server.
+    image = image_name(harness.settings.image_prefix, "org-demo", "0" * 40)
+    older = image_name(harness.settings.image_prefix, "org-demo", "1" * 40)
+    log: list[PhaseEvent] = []
+    for rid, img in (("a", image), ("b", older), ("c", image)):
+        rid = f"{rid}-{uuid.uuid4().hex}"
+        ready = PhaseEvent(request_id=rid, phase=Phase.READY, service="launcher", image_name=img,
+                           url=f"http://127.0.0.1:8000/user/u/{rid}/", server_name=f"u/{rid}")
+        log += [ready, ready]
+        if rid.startswith("c-"):
+            log.append(PhaseEvent(request_id=rid, phase=Phase.STOPPED, service="launcher", server_name=f"u/{rid}"))
+    log.append(PhaseEvent(request_id=uuid.uuid4().hex, phase=Phase.READY, service="resolver", image_name=image))
+    for event in log:
+        await harness.producer.publish(harness.topics.phase_events, event.request_id, event)
+
+    await harness.start_resolver(per_repo_quota=2)
+    rid = await harness.launch("gh", "org/demo/main")
+    with pytest.raises(AssertionError, match="timed out"):  # nothing is answered while the log replays
+        await wait_until(lambda: rid in harness.out.phases, 4, f"any event for {rid}")
+    replay.set()
+    refused = await harness.outcome(rid)
+    assert (refused.phase, refused.failure_cause, refused.status_code) == (Phase.FAILED, "repo_quota", 429)
+
+    # Control: with room for one more (the same log, a quota of 3) the same launch is accepted,
+    # and the request held above was answered once the replay was let go.
+    await harness.stop_resolvers()
+    await harness.start_resolver(per_repo_quota=3)
+    accepted = await harness.outcome(await harness.launch("gh", "org/demo/main"))
+    assert accepted.phase is Phase.RESOLVED and accepted.image_name is not None
+    assert accepted.image_name.rsplit(":", 1)[0] == image.rsplit(":", 1)[0]

@@ -31,6 +31,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         return Resolver(settings, producer, topics, providers, registry, Policy(settings), running).handle
 
     try:
+        # Quotas counted from half the log under-count: consume launch requests only once it is all in.
+        if not await running.wait_caught_up(stop):
+            return
         # Resolutions wait on networks (APIs, git servers): several run at once.
         await serve_consumer(settings, "kiln-resolver", lambda t: [t.launch_requested], make_handler, stop, max_in_flight=16)
     finally:

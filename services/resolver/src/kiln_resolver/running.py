@@ -1,58 +1,66 @@
-"""Which servers are running, per repository: a projection of the phase-event log.
+"""The resolver's projection of running servers, for per-repository quotas.
 
-Rebuilt from the beginning of the log at start-up and kept current from then on, so quotas need no
-shared database: a ``ready`` event with a URL counts a server, its ``stopped`` event uncounts it.
-Repositories are keyed by image name without tag, so all refs of a repository count together.
+What counts as a running server is ``kilnbus.servers``' fold; this module only feeds it the phase
+log from its first record at start-up and live from then on, so quotas need no shared database.
+The resolver must not answer launch requests before ``caught_up``: a count made from half the log
+under-counts, and a restarted resolver would let a repository past its quota.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 
-from kilnbus import BusSettings, Phase, PhaseEvent, Topic
+from kilnbus import BusSettings, PhaseEvent, Topic
 from kilnbus.follow import LogFollower
+from kilnbus.servers import RunningServers as ServersFold
+from kilnbus.servers import repo_key
 
 log = logging.getLogger(__name__)
 
-
-def repo_key(image_name: str) -> str:
-    return image_name.rsplit(":", 1)[0] if ":" in image_name.rsplit("/", 1)[-1] else image_name
+__all__ = ["RunningServers", "repo_key"]
 
 
 class RunningServers:
+    """Servers running now per repository, kept current by following the phase-event topic."""
+
     def __init__(self, settings: BusSettings, topic: Topic) -> None:
         self._settings = settings
         self._topic = topic
-        self._servers: dict[str, str] = {}  # request id -> repo key
-        self._counts: Counter[str] = Counter()
-        self.caught_up = asyncio.Event()
+        self.fold = ServersFold()
         self._follower: LogFollower | None = None
 
     def apply(self, event: PhaseEvent) -> None:
-        """Count a started server, uncount a stopped one."""
-        if event.phase is Phase.READY and event.url and event.image_name and event.request_id not in self._servers:
-            key = repo_key(event.image_name)
-            self._servers[event.request_id] = key
-            self._counts[key] += 1
-        elif event.phase is Phase.STOPPED and event.request_id in self._servers:
-            key = self._servers.pop(event.request_id)
-            self._counts[key] -= 1
-            if self._counts[key] <= 0:
-                del self._counts[key]
+        """Fold one phase event in (the follower calls this for every record, oldest first)."""
+        self.fold.apply(event)
 
     def count(self, image_name: str) -> int:
-        return self._counts.get(repo_key(image_name), 0)
+        """Servers running any commit of ``image_name``'s repository."""
+        return self.fold.count_for_repo(image_name)
 
     @property
     def total(self) -> int:
-        return len(self._servers)
+        return self.fold.total
 
     async def start(self) -> None:
+        """Start replaying the log; see ``wait_caught_up`` before serving."""
         self._follower = LogFollower(self._settings, self._topic, self.apply)  # type: ignore[arg-type]
         await self._follower.start()
-        self.caught_up = self._follower.caught_up
+
+    async def wait_caught_up(self, stop: asyncio.Event) -> bool:
+        """Wait until every record the log held at ``start`` is folded in; False if ``stop`` came first."""
+        assert self._follower is not None, "start() first"
+        caught_up = asyncio.ensure_future(self._follower.caught_up.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((caught_up, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            caught_up.cancel()
+            stopping.cancel()
+        if self._follower.caught_up.is_set():
+            log.info("running servers replayed from the log: %d running", self.total)
+            return True
+        return False
 
     async def stop(self) -> None:
         if self._follower is not None:
