@@ -12,7 +12,7 @@ from kilnbus.sealing import Sealer
 
 from kiln_launcher.handler import Launcher
 from kiln_launcher.hub import Hub
-from kiln_launcher.servers import Servers
+from kiln_launcher.servers import Servers, caught_up_or_stopped
 from kiln_launcher.settings import Settings
 
 
@@ -33,6 +33,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         return launcher.handle
 
     try:
+        # Serve (and watch for culled servers) only once the projection holds the whole log.
+        if not await caught_up_or_stopped(follower.caught_up, stop):
+            return
         # A launch waits on the hub for seconds: many are in hand at once.
         await serve_consumer(settings, "kiln-launcher", lambda t: [t.hub_launch_requested], make_handler, stop,
                              max_in_flight=64, shutdown_grace_s=20)

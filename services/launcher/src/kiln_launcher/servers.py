@@ -1,7 +1,8 @@
 """Servers this Kiln started and that have not stopped: a projection of the phase log.
 
-The idle culler stops servers behind Kiln's back; the launcher notices by asking the hub, and says
-so with a ``stopped`` event, so quotas and analytics (which count from the log) stay true.
+What counts as running is ``kilnbus.servers``' fold, shared with the resolver and analytics. The
+idle culler stops servers behind Kiln's back; the launcher notices by asking the hub, and says so
+with a ``stopped`` event, so quotas and analytics (which count from the log) stay true.
 """
 
 from __future__ import annotations
@@ -11,21 +12,38 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from kilnbus import Phase, PhaseEvent
+from kilnbus.servers import RunningServers
 
 from kiln_launcher.hub import Hub, HubError
 
 log = logging.getLogger(__name__)
 
 
+async def caught_up_or_stopped(caught_up: asyncio.Event, stop: asyncio.Event) -> bool:
+    """Wait until the projection has replayed the log (True) or the service is told to stop (False)."""
+    waits = [asyncio.ensure_future(caught_up.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return caught_up.is_set()
+
+
 class Servers:
+    """The running servers the culler watcher checks with the hub."""
+
     def __init__(self) -> None:
-        self.running: dict[str, str] = {}  # request id -> "user/server"
+        self.fold = RunningServers()
 
     def apply(self, event: PhaseEvent) -> None:
-        if event.phase is Phase.READY and event.service == "launcher" and event.server_name:
-            self.running[event.request_id] = event.server_name
-        elif event.phase is Phase.STOPPED:
-            self.running.pop(event.request_id, None)
+        """Fold one phase event in (the log follower calls this for every record)."""
+        self.fold.apply(event)
+
+    @property
+    def running(self) -> dict[str, str]:
+        """Request id -> "user/server" of each running server the hub can be asked about."""
+        return {s.request_id: s.server_name for s in self.fold.servers() if s.server_name}
 
     async def watch(self, hub: Hub, interval_s: float, stopped: Callable[[str, str], Awaitable[None]], stop: asyncio.Event) -> None:
         """Every ``interval_s``, report servers the hub no longer has."""
@@ -43,5 +61,7 @@ class Servers:
                     log.warning("cannot check %s: %s", server_name, exc)
                     break
                 if model is None or server not in (model.get("servers") or {}):
-                    self.running.pop(request_id, None)
                     await stopped(request_id, server_name)
+                    # Folded now, not when the follower reads it back, so the next round does not report it again.
+                    self.fold.apply(PhaseEvent(request_id=request_id, phase=Phase.STOPPED, service="launcher",
+                                               server_name=server_name))
