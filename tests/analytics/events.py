@@ -34,7 +34,8 @@ def history(request_id: str, start: datetime, *, provider: str = "gh", spec: str
     events.append(at(0.3, Phase.LAUNCHING, "launcher", provider=provider, spec=spec))
     if outcome == "failed":
         return events + [at(4, Phase.FAILED, "launcher", failure_cause=cause or "spawn_failed")]
-    events.append(at(4, Phase.READY, "launcher", server_name=f"u-{request_id}/binder-x", repo_url=repo, ref="a" * 40))
+    events.append(at(4, Phase.READY, "launcher", server_name=f"u-{request_id}/binder-x", repo_url=repo, ref="a" * 40,
+                     url=f"http://hub.example.org/user/u-{request_id}/binder-x/", image_name="img"))
     if stopped:
         events.append(at(600, Phase.STOPPED, "launcher", server_name=f"u-{request_id}/binder-x"))
     return events

@@ -123,3 +123,23 @@ def test_odd_repository_names_are_escaped_in_charts(name: str) -> None:
     assert "<script>" not in svg
     assert 'a"b' not in svg
     assert svg.count("<svg") == 1 and svg.endswith("</svg>")
+
+
+def test_running_is_kilnbus_servers_definition() -> None:
+    """A ready with a URL starts a server, stopped ends it; a build-only ready (no URL) is none."""
+    from kilnbus import Phase, PhaseEvent
+    from kilnbus.servers import RunningServers
+
+    launched = history("r1", utc(2026, 5, 1, 10))
+    # The resolver's "Done! Found built image": the same history, its ready without a URL or server.
+    build_only = [e if e.phase is not Phase.READY else PhaseEvent(
+        request_id="r2", phase=Phase.READY, service="resolver", timestamp=e.timestamp, image_name="img")
+        for e in history("r2", utc(2026, 5, 1, 10))]
+    stopped = history("r3", utc(2026, 5, 1, 10), stopped=True)
+    fold_ = RunningServers()
+    for event in launched + build_only + stopped:
+        fold_.apply(event)
+    records = {rid: replay(events) for rid, events in (("r1", launched), ("r2", build_only), ("r3", stopped))}
+    assert {rid for rid, r in records.items() if r.running} == {s.request_id for s in fold_.servers()} == {"r1"}
+    assert records["r2"].outcome == "ready" and not records["r2"].server  # finished, but no server
+    assert records["r1"].server == "u-r1/binder-x"

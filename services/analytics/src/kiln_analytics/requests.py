@@ -3,6 +3,11 @@
 A request's record keeps only what analytics needs: who asked for what, the first time each phase
 was seen, and how it ended. Folding is idempotent (an event delivered twice changes nothing), so
 Kafka's at-least-once delivery never counts a launch twice.
+
+Which events start and stop a server is ``kilnbus.servers``' definition, shared with the resolver
+and the launcher. The record keeps it per request, because the table is recovered from its
+changelog rather than replayed from the log; and, as the record must come out the same however
+its events are ordered, a stop is final here (the launcher stops a request's server once).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kilnbus import Phase, PhaseEvent
+from kilnbus.servers import server_started, server_stopped
 
 # The spans an operator sees for a request: (name, from phase, to phases, first that exists wins).
 # resolving: the gateway took it until the commit was known (includes waiting in the resolver's topic);
@@ -44,7 +50,7 @@ class RequestRecord:
     marks: dict[str, float] = field(default_factory=dict)  # phase -> first time seen (epoch seconds)
     outcome: str = ""  # "", "ready" or "failed"
     failure_cause: str = ""
-    server: str = ""
+    server: str = ""  # "user/server" (or its URL) once kilnbus.servers says one started
     stopped: bool = False
 
     @property
@@ -58,8 +64,8 @@ class RequestRecord:
 
     @property
     def running(self) -> bool:
-        """A server was started for it and has not been seen to stop."""
-        return self.outcome == "ready" and bool(self.server) and not self.stopped
+        """A server was started for it and has not been seen to stop (see ``kilnbus.servers``)."""
+        return bool(self.server) and not self.stopped
 
     def spans(self) -> dict[str, float]:
         """Seconds spent in each span this request went through (absent spans are left out)."""
@@ -93,17 +99,19 @@ def fold(record: RequestRecord | None, event: PhaseEvent) -> RequestRecord | Non
     """``record`` updated with ``event``; None when the event adds nothing (the common case of a log line)."""
     phase = event.phase.value
     ts = event.timestamp.timestamp()
+    started = server_started(event)
+    stops = server_stopped(event)
     if record is None:
         record = RequestRecord(request_id=event.request_id)
     elif phase in record.marks and ts >= record.marks[phase] and not _adds_identity(record, event) \
-            and not (phase == "stopped" and not record.stopped):
+            and not (started and not record.server) and not (stops and not record.stopped):
         return None  # the fast path for a build's many log lines
     changed = False
     if phase not in record.marks or ts < record.marks[phase]:
         record.marks[phase] = ts
         changed = True
     for name, value in (("provider", event.provider), ("spec", event.spec), ("repo", event.repo_url),
-                        ("ref", event.ref), ("server", event.server_name)):
+                        ("ref", event.ref)):
         if value and not getattr(record, name):
             setattr(record, name, value)
             changed = True
@@ -116,7 +124,10 @@ def fold(record: RequestRecord | None, event: PhaseEvent) -> RequestRecord | Non
         record.outcome = phase
         record.failure_cause = (event.failure_cause or "unknown") if phase == "failed" else ""
         changed = True
-    if event.phase is Phase.STOPPED and not record.stopped:
+    if started is not None and not record.server:
+        record.server = started.server_name or started.url
+        changed = True
+    if stops and not record.stopped:
         record.stopped = True
         changed = True
     return record if changed else None
@@ -125,4 +136,4 @@ def fold(record: RequestRecord | None, event: PhaseEvent) -> RequestRecord | Non
 def _adds_identity(record: RequestRecord, event: PhaseEvent) -> bool:
     """A repeated phase still matters if it brings a field the record lacks (say, the repository URL)."""
     return bool((event.repo_url and not record.repo) or (event.ref and not record.ref)
-                or (event.server_name and not record.server) or (event.provider and not record.provider))
+                or (event.provider and not record.provider))
