@@ -125,6 +125,14 @@ class HubLaunchRequested(Record):
     launch_host: str = ""
     client_ip: str | None = None
 
+    @classmethod
+    def from_build(cls, build: BuildRequested) -> HubLaunchRequested:
+        """The launch of the image ``build`` asked for (by the resolver for a cached image, or the builder once built)."""
+        return cls(request_id=build.request_id, image_name=build.image_name, repo_url=build.repo_url, ref=build.ref,
+                   provider=build.provider, spec=build.spec, ref_url=build.ref_url, resolved_spec=build.resolved_spec,
+                   requested_at=build.requested_at, hub_user=build.hub_user, launch_host=build.launch_host,
+                   client_ip=build.client_ip)
+
 
 @dataclass
 class LayerProgress:

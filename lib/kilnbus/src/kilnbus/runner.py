@@ -1,19 +1,16 @@
-"""Wiring shared by every consuming service: topics ensured, a producer, one consumer group, run until stopped."""
+"""The former wiring of a consuming service, kept while services move to ``kilnbus.bus.serve``."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
-from kilnbus.consumer import BusConsumer, Handler
-from kilnbus.metrics import serve_metrics
+from kilnbus.bus import KafkaBus, Routes, serve
+from kilnbus.dispatch import Handler
 from kilnbus.producer import BusProducer
 from kilnbus.settings import BusSettings
-from kilnbus.topics import Topic, Topics, ensure_topics
-
-log = logging.getLogger(__name__)
+from kilnbus.topics import Topic, Topics
 
 
 async def serve_consumer(
@@ -24,16 +21,10 @@ async def serve_consumer(
     stop: asyncio.Event,
     **consumer_options: Any,
 ) -> None:
-    """Consume ``watch(topics)`` as member of ``group`` with the handler ``make_handler`` builds, until ``stop``."""
-    topics = Topics(settings.topic_prefix)
-    serve_metrics(settings)
-    await ensure_topics(settings)
-    async with BusProducer(settings) as producer:
-        # Requests set aside (a bug, a crash loop) become failed events their users see at once.
-        options = {"failure_events": topics.phase_events, "max_crashes": settings.handler_max_crashes, **consumer_options}
-        group = settings.group_id(group)
-        consumer = BusConsumer(settings, group, watch(topics), make_handler(producer, topics),
-                               producer=producer, dead_letter=topics.dead_letter, **options)
-        await consumer.start()
-        log.info("%s: consuming %s", group, [t.name for t in watch(topics)])
-        await consumer.run(stop)
+    """Consume ``watch(topics)`` as member of ``group`` with the handler ``make_handler`` builds, until ``stop``.
+
+    Deprecated: build a ``KafkaBus`` and call ``serve(bus, group, Routes(...), stop)``.
+    """
+    async with KafkaBus(settings) as bus:
+        handler = make_handler(bus.producer, bus.topics)
+        await serve(bus, group, Routes({topic: handler for topic in watch(bus.topics)}), stop, **consumer_options)
