@@ -168,7 +168,8 @@ async def serve(bus: Bus, group: str, routes: Routes, stop: asyncio.Event, **opt
     users see at once; crash markers follow ``KILN_HANDLER_MAX_CRASHES``.
     """
     serve_metrics(bus.settings)
-    options = {"max_crashes": bus.settings.handler_max_crashes, **options}
+    # The service is named after the group as the service calls it, not as prefixed for a second Kiln.
+    options = {"max_crashes": bus.settings.handler_max_crashes, "service": group.removeprefix("kiln-"), **options}
     group = bus.settings.group_id(group)
     consumer = bus.consumer(group, routes, **options)
     await consumer.start()
