@@ -5,13 +5,13 @@ Pure and in memory: no broker. Every "not counted" case sits beside the same cas
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from kilnbus import Phase, PhaseEvent
 from kilnbus.servers import RunningServers, repo_key, server_started, server_stopped
 
 IMAGE = "127.0.0.1:5000/kiln/binder-org-2ddemo-abc123:0123abcd"
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def ready(rid: str, image: str = IMAGE, user: str = "alice", url: str | None = "auto", at: int = 0) -> PhaseEvent:
