@@ -11,22 +11,22 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
+from kilnbus.providers import PROVIDERS
+
 from kiln_analytics.requests import RequestRecord
 
 SCHEMA = "binderhub.jupyter.org/launch"
 VERSION = 6
-# Kiln's provider ids (as in BinderHub's URLs) to the names the schema's enum allows.
-PROVIDER_NAMES = {"gh": "GitHub", "gist": "Gist", "gl": "GitLab", "git": "Git", "zenodo": "Zenodo",
-                  "figshare": "Figshare", "hydroshare": "Hydroshare", "dataverse": "Dataverse", "ckan": "CKAN"}
 
 
 def launch_event(record: RequestRecord) -> dict[str, Any] | None:
     """The v6 launch event for a request, or None when it is not a successful launch of a known provider."""
     if record.outcome != "ready" or record.ended is None:
         return None
-    provider = PROVIDER_NAMES.get(record.provider)
-    if provider is None:
-        return None  # the schema's enum has no name for it; BinderHub would refuse to emit it too
+    known = PROVIDERS.get(record.provider)
+    if known is None:
+        return None  # not a provider Kiln launches, so the schema's enum may have no name for it
+    provider = known.schema_name
     stamp = datetime.fromtimestamp(record.ended, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {"timestamp": stamp, "schema": SCHEMA, "version": VERSION, "provider": provider, "spec": record.spec,
             "ref": record.ref, "status": "success", "build_token": record.build_token, "origin": record.origin,

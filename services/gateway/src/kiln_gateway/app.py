@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kilnbus import BusProducer, Topics, ensure_topics
+from kilnbus.providers import PROVIDERS
 from kilnbus.sealing import Sealer
 
 from kiln_gateway.auth import HubAuth
@@ -33,7 +34,6 @@ from kiln_gateway.pages import Pages, raw_tail
 from kiln_gateway.ratelimit import RateLimiter
 from kiln_gateway.router import EventRouter
 from kiln_gateway.settings import Settings
-from kiln_gateway.specs import PROVIDERS
 from kiln_gateway.stream import LaunchStreams, banned
 
 STATIC = Path(__file__).parent / "static"
@@ -120,13 +120,7 @@ def create_app(settings: Settings) -> Starlette:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def repoproviders(request: Request) -> Response:
-        return JSONResponse([
-            {"id": p.id, "displayName": p.display_name, "spec": {"validateRegex": p.spec_pattern},
-             "detect": {"regex": p.detect} if p.detect else None,
-             "repo": {"label": p.repo_label, "placeholder": p.placeholder, "urlEncode": p.url_encode},
-             "ref": {"enabled": p.ref_enabled, "default": "HEAD"}}
-            for p in PROVIDERS.values()
-        ])
+        return JSONResponse([p.display_config() for p in PROVIDERS.values()])
 
     def static_file(name: str, media_type: str = "image/svg+xml") -> Route:
         async def serve(request: Request) -> Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from kilnbus.providers import PROVIDERS, Provider
+
 from kiln_gateway.buildtokens import BuildTokens
 from kiln_gateway.settings import Settings
-from kiln_gateway.specs import PROVIDERS, SpecError, launch_path, parse
+from kiln_gateway.specs import SpecError, launch_path, parse
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -24,6 +25,13 @@ def raw_tail(request: Request, prefix: str) -> str:
     raw = request.scope.get("raw_path") or request.url.path.encode()
     path = raw.decode("latin-1")
     return path[len(prefix):] if path.startswith(prefix) else request.path_params.get("spec", "")
+
+
+def form_config(p: Provider) -> dict[str, Any]:
+    """What the home page's script needs of a provider (static/index.js): the table's fields, in JavaScript's terms."""
+    return {"id": p.id, "display_name": p.display_name, "spec_pattern": p.spec_pattern, "repo_label": p.repo_label,
+            "placeholder": p.placeholder, "url_encode": p.url_encode, "ref_enabled": p.ref_enabled,
+            "detect": p.detect.replace("(?P<", "(?<") if p.detect else None}  # JavaScript's named-group syntax
 
 
 class Pages:
@@ -46,11 +54,7 @@ class Pages:
         return self._render(request, "not_found.html", status, status=status, reason=reasons.get(status, "Error"), message=message)
 
     async def home(self, request: Request) -> Response:
-        providers = [asdict(p) for p in PROVIDERS.values()]
-        for p in providers:
-            if p["detect"]:
-                p["detect"] = p["detect"].replace("(?P<", "(?<")  # JavaScript's named-group syntax
-        config = {"base": self._base(request), "providers": providers}
+        config = {"base": self._base(request), "providers": [form_config(p) for p in PROVIDERS.values()]}
         return self._render(request, "index.html", providers=list(PROVIDERS.values()), page_config=config)
 
     async def about(self, request: Request) -> Response:

@@ -1,8 +1,9 @@
 """Checking ``<provider>/<spec>`` at the door, before anything reaches the other services.
 
 Only the shape is checked here (the resolver decides whether a repository and ref exist), using
-the same rules as BinderHub's providers: a known prefix, the provider's spec layout, a sane ref,
-and no control characters or oversized input.
+the same rules as BinderHub's providers: a prefix from the shared table (``kilnbus.providers``, the
+providers the resolver can launch), the provider's spec layout, a sane ref, and no control
+characters or oversized input.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+from kilnbus.providers import RefLayout, UnknownProvider, provider as lookup
 
 
 class SpecError(ValueError):
@@ -19,41 +22,6 @@ class SpecError(ValueError):
         super().__init__(message)
         self.status = status
 
-
-@dataclass(frozen=True)
-class Provider:
-    """What the home page's form and the door check need to know about one provider."""
-
-    id: str
-    display_name: str
-    spec_pattern: str  # BinderHub's validateRegex
-    repo_label: str
-    placeholder: str
-    url_encode: bool
-    ref_enabled: bool
-    detect: str | None = None  # strips a pasted URL down to the repo part
-
-
-PROVIDERS: dict[str, Provider] = {
-    p.id: p
-    for p in (
-        Provider("gh", "GitHub", r"[^/]+/[^/]+/.+", "GitHub repository name or URL", "example: binder-examples/requirements",
-                 False, True, r"^(https?://github\.com/)?(?P<repo>.*[^/])/?$"),
-        Provider("gist", "Gist", r"[^/]+/[^/]+(/.*)?", "Gist ID (username/gistId) or URL", "example: jakevdp/7d3e2d3b39fcd1e1a8e3",
-                 False, True, r"^(https?://gist\.github\.com/)?(?P<repo>.*[^/])/?$"),
-        Provider("gl", "GitLab.com", r"[^/]+/.+", "GitLab.com repository or URL", "example: gitlab-org/gitlab-foss",
-                 True, True, r"^(https?://gitlab\.com/)?(?P<repo>.*[^/])/?$"),
-        Provider("git", "Git repository", r"[^/]+/.+", "Arbitrary git repository URL", "example: http://git.example.com/repo.git",
-                 True, True),
-        Provider("zenodo", "Zenodo DOI", r"10\.\d+/(.)+", "Zenodo DOI", "example: 10.5281/zenodo.3242074", False, False),
-        Provider("figshare", "Figshare DOI", r"10\.\d+/(.)+", "Figshare DOI", "example: 10.6084/m9.figshare.9782777.v1", False, False),
-        Provider("hydroshare", "Hydroshare resource", r"[^/]+", "Hydroshare resource id or URL",
-                 "example: 8f7c2f0341ef4180b0dd8d4fcd4ec26c", True, False),
-        Provider("dataverse", "Dataverse DOI", r"10\.\d+/(.)+", "Dataverse DOI", "example: 10.7910/DVN/TJCLKP", False, False),
-        Provider("ckan", "CKAN dataset", r"[^/]+(/.*)?", "CKAN dataset URL", "example: https://demo.ckan.org/dataset/sample-dataset-1",
-                 True, False),
-    )
-}
 
 # What git accepts as a ref name, roughly (git check-ref-format), plus the "HEAD" and sha forms.
 _BAD_REF = re.compile(r"(^[./-])|(\.\.)|([\x00-\x20\x7f~^:?*\[\\])|(@\{)|(\.lock$)|(/\.)|(//)|([./]$)")
@@ -66,14 +34,15 @@ class LaunchSpec:
 
     provider: str
     spec: str
-    ref: str | None  # None for providers without refs
+    ref: str
 
 
 def parse(provider: str, spec: str, max_length: int = 1024) -> LaunchSpec:
     """Check a ``<provider>/<spec>`` pair; raise SpecError saying what is wrong."""
-    if provider not in PROVIDERS:
-        known = ", ".join(PROVIDERS)
-        raise SpecError(f"No provider found for prefix {provider!r}. Kiln knows: {known}.", 404)
+    try:
+        p = lookup(provider)
+    except UnknownProvider as exc:
+        raise SpecError(str(exc), 404) from None
     if len(provider) + 1 + len(spec) > max_length:
         raise SpecError(f"The spec is {len(spec)} characters long; at most {max_length - len(provider) - 1} are accepted.")
     spec = spec.rstrip("/")
@@ -81,25 +50,17 @@ def parse(provider: str, spec: str, max_length: int = 1024) -> LaunchSpec:
         raise SpecError(f"The spec for {provider!r} is empty.")
     if _CONTROL.search(spec) or _CONTROL.search(unquote(spec)):
         raise SpecError("The spec contains control characters.")
-    p = PROVIDERS[provider]
-    if provider == "gh" and spec.count("/") == 1:
+    if p.ref_layout is RefLayout.AFTER_OWNER_REPO and spec.count("/") == 1:
         raise SpecError(f"{spec!r} has no ref; add one, e.g. {spec}/HEAD.")
     if not re.fullmatch(p.spec_pattern, spec):
         raise SpecError(f"{spec!r} is not a valid {p.display_name} spec; expected something like {p.placeholder.removeprefix('example: ')}"
                         + ("/<ref>" if p.ref_enabled else "") + ".")
-    ref = None
-    if provider == "gh":
-        ref = spec.split("/", 2)[2]
-    elif provider in ("gl", "git"):
-        repo, _, ref = spec.rpartition("/")
-        if provider == "git":
-            url = unquote(repo)
-            if not re.match(r"^(https?|git|ssh)://[^/]+", url) and not re.match(r"^[\w.-]+@[\w.-]+:", url):
-                raise SpecError(f"{url!r} is not a git URL Kiln can clone (http, https, git or ssh).")
-    elif provider == "gist":
-        parts = spec.split("/", 2)
-        ref = parts[2] if len(parts) > 2 else "HEAD"
-    if ref is not None and ref != "HEAD" and _BAD_REF.search(unquote(ref)):
+    repo, ref = p.split_ref(spec)
+    if provider == "git":
+        url = unquote(repo)
+        if not re.match(r"^(https?|git|ssh)://[^/]+", url) and not re.match(r"^[\w.-]+@[\w.-]+:", url):
+            raise SpecError(f"{url!r} is not a git URL Kiln can clone (http, https, git or ssh).")
+    if ref != "HEAD" and _BAD_REF.search(unquote(ref)):
         raise SpecError(f"{ref!r} is not a valid git ref.")
     return LaunchSpec(provider, spec, ref)
 

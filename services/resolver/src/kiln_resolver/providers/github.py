@@ -49,6 +49,10 @@ class GitHubAPI:
         self._etags = _ETagCache()
         self.rate_limit_remaining: int | None = None
 
+    async def aclose(self) -> None:
+        """Close the HTTP client (its pooled connections)."""
+        await self._client.aclose()
+
     async def get(self, path: str) -> tuple[int, Any]:
         """GET ``path``: (status, JSON body); a 304 is answered from the cache as a 200."""
         cached = self._etags.get(path)

@@ -17,6 +17,10 @@ class GitLabProvider:
         headers = {"User-Agent": "kiln-resolver"} | ({"PRIVATE-TOKEN": token} if token else {})
         self._client = httpx.AsyncClient(base_url=f"{self._web}/api/v4", headers=headers, timeout=timeout)
 
+    async def aclose(self) -> None:
+        """Close the HTTP client (its pooled connections)."""
+        await self._client.aclose()
+
     async def _get(self, path: str) -> httpx.Response:
         try:
             r = await self._client.get(path)

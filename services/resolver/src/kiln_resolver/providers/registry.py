@@ -1,6 +1,10 @@
-"""The providers this resolver offers, made from its settings."""
+"""The providers this resolver offers, made from its settings and checked against ``kilnbus.providers``."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+
+from kilnbus.providers import check_implemented
 
 from kiln_resolver.providers.base import RepoProvider
 from kiln_resolver.providers.git import GitProvider
@@ -9,12 +13,29 @@ from kiln_resolver.providers.gitlab import GitLabProvider
 from kiln_resolver.settings import Settings
 
 
-def make_providers(settings: Settings) -> dict[str, RepoProvider]:
+class Providers(dict[str, RepoProvider]):
+    """The resolver's providers by prefix; ``aclose`` closes the clients they were made with."""
+
+    def __init__(self, providers: Iterable[RepoProvider], closers: Iterable[Callable[[], Awaitable[None]]] = ()) -> None:
+        super().__init__((p.name, p) for p in providers)
+        self._closers = list(closers)
+
+    async def aclose(self) -> None:
+        """Close every client (each once, though GitHub and Gist share theirs)."""
+        closers, self._closers = self._closers, []
+        for close in closers:
+            await close()
+
+
+def make_providers(settings: Settings) -> Providers:
+    """One implementation per provider of the shared table; a mismatch stops the resolver at start-up."""
     github = GitHubAPI(settings.github_api_url, settings.github_access_token, settings.provider_timeout_s)
-    providers: list[RepoProvider] = [
+    gitlab = GitLabProvider(settings.gitlab_url, settings.gitlab_access_token, settings.provider_timeout_s)
+    providers = Providers([
         GitHubProvider(github, settings.github_url),
         GistProvider(github, settings.gist_url, settings.allow_secret_gist),
-        GitLabProvider(settings.gitlab_url, settings.gitlab_access_token, settings.provider_timeout_s),
+        gitlab,
         GitProvider(settings.git_allowed_protocols, settings.allowed_private_hosts, settings.provider_timeout_s),
-    ]
-    return {p.name: p for p in providers}
+    ], closers=[github.aclose, gitlab.aclose])
+    check_implemented(providers)
+    return providers
