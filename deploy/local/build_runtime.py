@@ -23,8 +23,10 @@ CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 def is_build(spec: dict[str, Any], cgroup: str) -> bool:
     """A build step is any container placed in the builds' cgroup (the builder's ``cgroupparent``)."""
+    # The same test as build-runtime's grep: an absolute path under /<cgroup>/ (a relative one would
+    # be placed under the engine's own cgroup, outside the builds' limits; the builder refuses it).
     path = str(spec.get("linux", {}).get("cgroupsPath", ""))
-    return path.strip("/").split("/")[0] == cgroup.strip("/")
+    return path.startswith("/" + cgroup.strip("/") + "/")
 
 
 def narrow(spec: dict[str, Any], keep: set[str], pids_limit: int) -> dict[str, Any]:

@@ -26,9 +26,11 @@ FLAGS=(--bridge=none --iptables=false --ip6tables=false --no-new-privileges
 # build_runtime: writes the runc wrapper. The engine reads it at every container start, so new
 # settings take effect without a restart. Only `create` of a container whose spec names the builds'
 # cgroup pays for Python; a failure there refuses the container rather than starting it unnarrowed.
+# Every container runs through it, so it names runc and Python by the system's own paths, never by
+# whatever PATH the caller has.
 build_runtime() {
   local runc python
-  runc=$(command -v runc) || die "runc is not installed" "apt-get install runc (docker.io depends on it)"
+  runc=$(PATH=/usr/sbin:/usr/bin:/sbin:/bin command -v runc) || die "runc is not installed" "apt-get install runc (docker.io depends on it)"
   python=$(PATH=/usr/bin:/bin command -v python3) || die "python3 is not installed" "apt-get install python3"
   mkdir -p "$(dirname "$RUNTIME")"
   cat >"$RUNTIME.tmp" <<WRAPPER
@@ -71,8 +73,8 @@ build_cgroup() {
 }
 
 start() {
-  build_runtime
   command -v docker >/dev/null || die "the docker client is not installed" "apt-get install docker.io (make up does this when run as root)"
+  build_runtime
   if pid_alive "$PIDFILE" && [[ $(cat "$KILN_STATE/dockerd.flags" 2>/dev/null) != "${FLAGS[*]}" ]]; then
     warn "the engine Kiln started runs with other settings: restarting it"; stop
   fi

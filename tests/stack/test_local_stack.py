@@ -60,7 +60,8 @@ def test_missing_java_names_cause_and_fix(tmp_path: Path) -> None:
 
 
 def test_missing_docker_names_cause_and_fix(tmp_path: Path) -> None:
-    env = {"PATH": path_without(tmp_path, "docker")}
+    # Its own state folder: a failed start must not touch the running stack's (the engine's runtime wrapper is there).
+    env = {"PATH": path_without(tmp_path, "docker"), "KILN_STATE": str(tmp_path / "state")}
     assert_clear_failure(script("docker.sh", "start", env=env), "docker client is not installed", "apt-get install docker.io")
 
 

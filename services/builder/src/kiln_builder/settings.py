@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from kilnbus import BusSettings
 
@@ -63,3 +63,11 @@ class Settings(BusSettings):
     registry_url: str = Field("", description="Kubernetes: the registry's URL, to see which images it has already.")
     insecure_registries: list[str] = Field(default_factory=list, description="Registries (host:port) reached over plain HTTP.")
 
+    @field_validator("build_cgroup_parent")
+    @classmethod
+    def _absolute_cgroup(cls, value: str) -> str:
+        # A relative parent lands under the engine's own cgroup: outside the builds' process limit and
+        # unseen by the runtime wrapper that narrows build steps (deploy/local/build_runtime.py).
+        if value and not value.startswith("/"):
+            raise ValueError(f"must be an absolute cgroup path such as /kiln-builds, not {value!r}")
+        return value
