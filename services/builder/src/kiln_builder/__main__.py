@@ -36,14 +36,23 @@ def make_executor(settings: Settings) -> BuildExecutor:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     executor = make_executor(settings)
+    builder: Builder | None = None
 
     def make_handler(producer: BusProducer, topics: Topics) -> Handler:
-        return Builder(settings, producer, topics, executor).handle
+        nonlocal builder
+        builder = Builder(settings, producer, topics, executor)
+        return builder.handle
 
-    # Requests wait for their build inside the handler (their offsets are committed when it ends),
-    # so many are in hand at once: the queue and the attachments live in kiln_builder.builds.
-    await serve_consumer(settings, "kiln-builder", lambda t: [t.build_requested], make_handler, stop,
-                         max_in_flight=256, shutdown_grace_s=10, attempts_begin_in_handler=True)
+    try:
+        # Requests wait for their build inside the handler (their offsets are committed when it ends),
+        # so many are in hand at once: the queue and the attachments live in kiln_builder.builds.
+        await serve_consumer(settings, "kiln-builder", lambda t: [t.build_requested], make_handler, stop,
+                             max_in_flight=256, shutdown_grace_s=10, attempts_begin_in_handler=True)
+    finally:
+        if builder is not None:
+            await builder.aclose()  # builds no handler waits for any more, and the executor's client
+        else:
+            await executor.aclose()
 
 
 def main() -> None:

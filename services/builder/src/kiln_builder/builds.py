@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kilnbus import BuildRequested, Phase, begin_attempt
+from kilnbus.tasks import Tasks
 
 from kiln_builder.executor import BuildFailed
 
@@ -60,6 +61,7 @@ class Job:
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     lines: list[str] = field(default_factory=list)
     env_image_to_push: str | None = None
+    task: asyncio.Task[None] | None = None  # the build, once submitted (owned by Builds)
 
 
 class Builds:
@@ -74,6 +76,7 @@ class Builds:
         self._emit_one = emit
         self._jobs: dict[str, Job] = {}
         self._queue: list[Job] = []
+        self._tasks = Tasks("builds")
 
     @property
     def active(self) -> int:
@@ -119,8 +122,21 @@ class Builds:
         self._jobs[job.image] = job
         self._queue.append(job)
         await self._tell_positions()
-        asyncio.create_task(self._execute(job), name=f"build {job.image}")
+        job.task = self._tasks.start(self._execute(job), name=f"build {job.image}")
         return job
+
+    async def abandon(self, job: Job, request_id: str) -> None:
+        """``request_id`` no longer waits for ``job`` (its handler was cancelled: the consumer is stopping
+        or lost the partition, and the record will be delivered again). A build that no request waits for
+        any more is cancelled, and awaited, now: while the producer it reports through is still open."""
+        job.subscribers.pop(request_id, None)
+        if not job.subscribers and job.task is not None:
+            job.task.cancel()
+            await asyncio.gather(job.task, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel every build still running or queued, and wait for each to end."""
+        await self._tasks.aclose()
 
     async def _tell_positions(self) -> None:
         for position, job in enumerate(self._queue):
@@ -140,6 +156,9 @@ class Builds:
                 await self._tell_positions()
                 await self._run(job, self)
             job.done.set_result(None)
+        except asyncio.CancelledError:
+            job.done.cancel()  # whoever still waits for it is told, rather than left waiting
+            raise
         except Exception as exc:
             if not isinstance(exc, BuildFailed):  # BuildFailed was already reported to every request
                 log.exception("build of %s failed unexpectedly", job.image)

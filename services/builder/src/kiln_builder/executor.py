@@ -52,6 +52,10 @@ class BuildExecutor(Protocol):
 
     async def pull(self, image: str) -> bool: ...
 
+    async def aclose(self) -> None:
+        """Close whatever client the executor keeps open (the builder is stopping)."""
+        ...
+
 
 def _tar_context(context: dict[str, bytes] | Path, dockerfile: str, extra: dict[str, bytes] | None = None,
                  subdir: str = "") -> io.BytesIO:
@@ -283,3 +287,6 @@ class DockerExecutor:
                 client.close()
 
         return await asyncio.to_thread(pull)
+
+    async def aclose(self) -> None:
+        """Nothing to close: each call above opens the engine's client and closes it when done."""

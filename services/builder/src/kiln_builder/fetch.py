@@ -116,6 +116,8 @@ async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: fl
             task.cancel()
         if proc.returncode is None and not reader.done():
             proc.kill()
+        # Awaited, not only cancelled: neither may outlive this call (the guard would kill a process already gone).
+        await asyncio.gather(*tasks, return_exceptions=True)
     return await proc.wait(), lines
 
 

@@ -50,21 +50,31 @@ class Builder:
                                          allowed_schemes=settings.git_allowed_protocols,
                                          allowed_private_hosts=settings.allowed_private_hosts)
         self._in_flight: set[str] = set()
-        self._pending: list[asyncio.Future[Any]] = []
+        # Log-line sends not yet acknowledged, per request: each waits only for its own, so a send that
+        # failed for one build fails that build and no other running beside it.
+        self._pending: dict[str, list[asyncio.Future[Any]]] = {}
         self.completed = 0
+
+    async def aclose(self) -> None:
+        """Stop every build still running (their requests are delivered again after a restart), then
+        close the executor's client."""
+        await self.builds.aclose()
+        await self._executor.aclose()
 
     async def _emit(self, request: BuildRequested, phase: Phase, fields: dict[str, Any]) -> None:
         event = PhaseEvent(request_id=request.request_id, phase=phase, service="builder", **fields)
         if phase in LOG_PHASES:
             # Log lines are not awaited one by one (a broker round trip each): the idempotent producer
-            # keeps them in order, and the next phase change waits for all of them.
-            self._pending.append(await self._producer.send(self._topics.phase_events, request.request_id, event))
-            if len(self._pending) > 1000:
-                # A build printing for hours must not keep a future per line until its next phase change.
-                self._pending = [f for f in self._pending if not f.done()]
+            # keeps them in order, and the request's next phase change waits for them.
+            sent = await self._producer.send(self._topics.phase_events, request.request_id, event)
+            pending = self._pending.setdefault(request.request_id, [])  # after the await: a phase change may have taken the list
+            pending.append(sent)
+            if len(pending) > 1000:
+                # A build printing for hours must not keep a future per line until its next phase change;
+                # failed sends stay, so that phase change still fails.
+                pending[:] = [f for f in pending if not f.done() or f.cancelled() or f.exception() is not None]
             return
-        pending, self._pending = self._pending, []
-        await asyncio.gather(*pending)
+        await asyncio.gather(*self._pending.pop(request.request_id, []))
         await self._producer.publish(self._topics.phase_events, request.request_id, event)
 
     async def handle(self, delivery: Delivery[BuildRequested]) -> None:
@@ -78,8 +88,12 @@ class Builder:
                 await asyncio.shield(job.done)
             except BuildFailed:
                 pass  # every request of the job was told why
+            except asyncio.CancelledError:
+                await self.builds.abandon(job, request.request_id)
+                raise
         finally:
             self._in_flight.discard(request.request_id)
+            self._pending.pop(request.request_id, None)  # sends after its last phase change: nobody waits
 
     # -- one build -----------------------------------------------------------------------------
 

@@ -204,6 +204,7 @@ class KubernetesExecutor:
                  exec_stdin: Callable[[Any, str, str, str, list[str], bytes], None] | None = None) -> None:
         self._s = settings
         self._api = api
+        self._owns_api = api is None  # an API handed in is its giver's to close
         self._exec_stdin = exec_stdin or exec_with_stdin
         self._registry_url = registry_url.rstrip("/")
         self._registry_auth = registry_auth
@@ -359,6 +360,12 @@ class KubernetesExecutor:
     async def pull(self, image: str) -> bool:
         """A pod builds from the registry directly, so 'pulled' means 'there'."""
         return await self.has_image(image)
+
+    async def aclose(self) -> None:
+        """Close the Kubernetes API client this executor made (its connection pool and thread pool)."""
+        if self._owns_api and self._api is not None:
+            api, self._api = self._api, None
+            await asyncio.to_thread(api.api_client.close)
 
 
 def exec_with_stdin(api: Any, name: str, namespace: str, container: str, command: list[str], data: bytes) -> None:
