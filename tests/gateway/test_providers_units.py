@@ -43,11 +43,11 @@ async def test_repoproviders_lists_the_table_in_binderhubs_shape(client: httpx.A
 
 async def test_the_form_offers_the_table_and_nothing_else(client: httpx.AsyncClient) -> None:
     page = (await client.get("/")).text
-    select = re.search(r'<select[^>]*id="provider".*?</select>', page, re.S)
+    select = re.search(r'<select[^>]*id="provider".*?</select>', page, re.DOTALL)
     assert select is not None
     options = re.findall(r'<option value="([^"]+)">([^<]+)</option>', select.group(0))
     assert options == [(p.id, p.display_name) for p in PROVIDERS.values()]
-    config = json.loads(re.search(r'<script[^>]*id="kiln-config"[^>]*>(.*?)</script>', page, re.S).group(1))  # type: ignore[union-attr]
+    config = json.loads(re.search(r'<script[^>]*id="kiln-config"[^>]*>(.*?)</script>', page, re.DOTALL).group(1))  # type: ignore[union-attr]
     assert [p["id"] for p in config["providers"]] == list(PROVIDERS)
     # The script's regexes use JavaScript's named-group syntax.
     assert all("(?P<" not in (p["detect"] or "") for p in config["providers"])

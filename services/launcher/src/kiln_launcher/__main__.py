@@ -24,12 +24,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     servers = Servers()
     follower = LogFollower(settings, topics.phase_events, servers.apply)  # type: ignore[arg-type]
     await follower.start()
-    watcher: asyncio.Task[None] | None = None
+    launcher: Launcher | None = None
 
     def make_handler(producer: BusProducer, topics: Topics) -> Handler:
-        nonlocal watcher
+        nonlocal launcher
         launcher = Launcher(settings, producer, topics, hub, sealer)
-        watcher = asyncio.create_task(servers.watch(hub, settings.cull_check_interval_s, launcher.stopped, stop))
+        launcher.watch_culled(servers, settings.cull_check_interval_s, stop)
         return launcher.handle
 
     try:
@@ -40,9 +40,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await serve_consumer(settings, "kiln-launcher", lambda t: [t.hub_launch_requested], make_handler, stop,
                              max_in_flight=64, shutdown_grace_s=20)
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        if launcher is not None:
+            await launcher.aclose()  # the culler watcher: cancelled and awaited
         await follower.stop()
+        await hub.aclose()
 
 
 def main() -> None:

@@ -14,11 +14,13 @@ from typing import Any
 
 from kilnbus import BusProducer, Delivery, HubLaunchRequested, Phase, PhaseEvent, Topics
 from kilnbus.sealing import Sealer
+from kilnbus.tasks import Tasks
 
 from kiln_launcher import metrics
 from kiln_launcher.hub import Hub, HubError
 from kiln_launcher.names import user_name
 from kiln_launcher.quota import RunningCount
+from kiln_launcher.servers import Servers
 from kiln_launcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ def classify(message: str) -> str:
 
 
 class Launcher:
+    """The hub-launch-request handler; it also owns the culler watcher (``watch_culled``)."""
+
     def __init__(self, settings: Settings, producer: BusProducer, topics: Topics, hub: Hub, sealer: Sealer) -> None:
         self._s = settings
         self._producer = producer
@@ -55,6 +59,15 @@ class Launcher:
         # Servers this launcher is starting per hub user: two launches by one user at once must see
         # each other before the hub lists either.
         self._starting: dict[str, set[str]] = {}
+        self._tasks = Tasks("launcher")
+
+    def watch_culled(self, servers: Servers, interval_s: float, stop: asyncio.Event) -> None:
+        """Report, in the background until ``aclose``, servers the hub's culler stopped (``Servers.watch``)."""
+        self._tasks.start(servers.watch(self._hub, interval_s, self.stopped, stop), name="culler watcher")
+
+    async def aclose(self) -> None:
+        """Cancel the launcher's background tasks and wait for them to end."""
+        await self._tasks.aclose()
 
     async def emit(self, req: HubLaunchRequested, phase: Phase, **fields: Any) -> None:
         await self._producer.publish(self._topics.phase_events, req.request_id, PhaseEvent(

@@ -26,10 +26,16 @@ class HubError(Exception):
 
 
 class Hub:
+    """The hub's REST API through one HTTP client, which ``aclose`` closes."""
+
     def __init__(self, api_url: str, token: str, retries: int = 4, retry_delay_s: float = 4.0) -> None:
         self._client = httpx.AsyncClient(base_url=api_url.rstrip("/"), headers={"Authorization": f"token {token}"}, timeout=30)
         self._retries = retries
         self._delay = retry_delay_s
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (its pooled connections to the hub)."""
+        await self._client.aclose()
 
     async def request(self, method: str, path: str, ok: tuple[int, ...] = (200, 201, 202, 204), **kwargs: Any) -> httpx.Response:
         """One API call, retried with doubling delays on 5xx and connection errors."""

@@ -38,6 +38,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await serve_consumer(settings, "kiln-resolver", lambda t: [t.launch_requested], make_handler, stop, max_in_flight=16)
     finally:
         await running.stop()
+        await providers.aclose()
+        await registry.aclose()
 
 
 def main() -> None:

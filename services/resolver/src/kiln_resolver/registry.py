@@ -24,6 +24,8 @@ class RegistryError(Exception):
 
 
 class Registry:
+    """One registry's API, through one HTTP client that ``aclose`` closes."""
+
     def __init__(self, url: str, username: str = "", password: str = "", token_url: str = "",
                  not_found_401: bool | None = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
@@ -32,6 +34,10 @@ class Registry:
         host = urlsplit(self.url).hostname or ""
         self._not_found_401 = host.endswith(".docker.io") if not_found_401 is None else not_found_401
         self._client = httpx.AsyncClient(timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (its pooled connections)."""
+        await self._client.aclose()
 
     async def _token(self, realm: str, params: dict[str, str]) -> str:
         try:
