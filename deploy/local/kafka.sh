@@ -115,11 +115,16 @@ ensure_users() {
   want=$(for u in "${USERS[@]}"; do echo "$u $(password "$u")"; done | sha256sum | cut -d' ' -f1)
   [[ -f $stamp && $(cat "$stamp") == "$want" ]] && return 0
   step "creating Kafka users (${USERS[*]})"
+  # ConfigCommand repeats its arguments, password included, when it fails: its output is redacted
+  # before it reaches the log. (Its --add-config-file does not take SCRAM credentials.)
+  local pw out
   for u in "${USERS[@]}"; do
-    "${JAVA[@]}" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" \
+    pw=$(password "$u")
+    out=$("${JAVA[@]}" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" \
       --command-config "$HOME_DIR/admin-plain.properties" --alter --entity-type users --entity-name "$u" \
-      --add-config "SCRAM-SHA-512=[password=$(password "$u")]" >>"$LOG" 2>&1 \
-      || die "creating the Kafka user $u failed (see $LOG)" "read the log; 'make down' then 'make up' retries"
+      --add-config "SCRAM-SHA-512=[password=$pw]" 2>&1) \
+      || { echo "${out//$pw/<redacted>}" >>"$LOG"; die "creating the Kafka user $u failed (see $LOG)" "read the log; 'make down' then 'make up' retries"; }
+    echo "${out//$pw/<redacted>}" >>"$LOG"
   done
   echo "$want" >"$stamp"
 }

@@ -4,6 +4,7 @@ KILN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 KILN_STATE="${KILN_STATE:-$KILN_ROOT/.state}"
 KILN_LOGS="$KILN_STATE/logs"
 mkdir -p "$KILN_LOGS"
+chmod 700 "$KILN_STATE" "$KILN_LOGS" 2>/dev/null || true  # logs may quote settings; secrets live beside them
 # The local registry lets only known users in (registry.sh): the scripts' docker commands push as its
 # admin through this client configuration; services.sh gives the builder and the resolver their own.
 if [[ -z ${KILN_REGISTRY_URL:-} && ${KILN_REGISTRY_AUTH:-token} == token && -z ${DOCKER_CONFIG:-} ]]; then

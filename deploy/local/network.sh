@@ -93,6 +93,10 @@ start() {
   for entry in "${NETWORKS[@]}"; do
     read -r name subnet bridge tag port <<<"$entry"
     make_network "$name" "$subnet" "$bridge"
+    # The networks are IPv4 only and the rules are iptables ones: the host keeps no IPv6 address on
+    # the bridges, so nothing it ever listens on over IPv6 is reachable from them. (The engine turns
+    # IPv6 off inside the containers of such networks already.)
+    sysctl -qw "net.ipv6.conf.$bridge.disable_ipv6=1" 2>/dev/null || warn "could not turn IPv6 off on $bridge"
   done
   apply_rules
   ok "networks $KILN_USER_NETWORK and $KILN_BUILD_NETWORK: servers and builds isolated from the host"
