@@ -12,8 +12,24 @@ from typing import Any
 
 import pytest
 
-from kilnbus import (Bus, BuildRequested, DeadLetter, Delivery, KafkaBus, LaunchRequested, LogFollower,
-                     MemoryBus, NotFound, Outgoing, Phase, PhaseEvent, PhaseReporter, Record, Routes, Unavailable)
+from kilnbus import (
+    BuildRequested,
+    Bus,
+    DeadLetter,
+    Delivery,
+    KafkaBus,
+    LaunchRequested,
+    LogFollower,
+    MemoryBus,
+    NotFound,
+    Outgoing,
+    Phase,
+    PhaseEvent,
+    PhaseReporter,
+    Record,
+    Routes,
+    Unavailable,
+)
 
 from ..conftest import delete_topics
 from .bus_support import Collector, kafka_settings, publish_raw, read_all, read_until, running

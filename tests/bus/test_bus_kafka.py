@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from kilnbus import BusProducer, BusSettings, DeadLetter, Delivery, Phase, PhaseEvent, Topics, default_codec
+from kilnbus import BusProducer, BusSettings, DeadLetter, Delivery, Phase, PhaseEvent, Topics
 
 from .helpers import start_consumer, wait_until
 from .test_codec import SAMPLES

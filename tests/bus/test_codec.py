@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,7 +29,7 @@ from kilnbus.codec import MAGIC
 from kilnbus.records import RECORD_TYPES
 from kilnbus.schemas import load_schemas, schema_dir
 
-WHEN = datetime(2026, 11, 26, 12, 0, 0, 123000, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 26, 12, 0, 0, 123000, tzinfo=UTC)
 
 SAMPLES = [
     LaunchRequested(request_id="r1", provider="gh", spec="org/repo/main", requested_at=WHEN,

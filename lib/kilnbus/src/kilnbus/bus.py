@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from kilnbus.codec import AvroCodec, default_codec
 from kilnbus.consumer import BusConsumer
@@ -86,7 +86,7 @@ class Bus(Protocol):
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def __aenter__(self) -> Bus: ...
+    async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...
 
     async def publish(self, topic: Topic, key: str | None, record: Record) -> Position:
@@ -138,7 +138,7 @@ class KafkaBus:
             producer, self._producer = self._producer, None
             await producer.stop()
 
-    async def __aenter__(self) -> KafkaBus:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -44,8 +44,15 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from kilnbus.codec import AvroCodec, DecodeError, default_codec
-from kilnbus.dispatch import (CRASH_MESSAGE, INTERNAL_ERROR_MESSAGE, Delivery, Dispatcher, Handler, Publisher,
-                              failure_event)
+from kilnbus.dispatch import (
+    CRASH_MESSAGE,
+    INTERNAL_ERROR_MESSAGE,
+    Delivery,
+    Dispatcher,
+    Handler,
+    Publisher,
+    failure_event,
+)
 from kilnbus.errors import TransientError, is_transient
 from kilnbus.settings import BusSettings
 from kilnbus.topics import Topic
@@ -53,8 +60,18 @@ from kilnbus.topics import Topic
 log = logging.getLogger(__name__)
 
 # Re-exported: they lived here before kilnbus.dispatch and kilnbus.errors held them.
-__all__ = ["AttemptLedger", "BusConsumer", "CRASH_MESSAGE", "Delivery", "Handler", "INTERNAL_ERROR_MESSAGE",
-           "TransientError", "begin_attempt", "failure_event", "is_transient"]
+__all__ = [
+    "CRASH_MESSAGE",
+    "INTERNAL_ERROR_MESSAGE",
+    "AttemptLedger",
+    "BusConsumer",
+    "Delivery",
+    "Handler",
+    "TransientError",
+    "begin_attempt",
+    "failure_event",
+    "is_transient",
+]
 
 # The record in hand's "attempt begins now", for consumers that let the handler say when (tasks the
 # handler starts inherit it, so a build started for the record can call it when it takes its slot).

@@ -154,7 +154,7 @@ class Dispatcher:
                 outgoing = list(await self._handler(delivery) or ())
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a handler raises is mapped to an outcome below
                 final = attempt >= self._max_attempts or not is_transient(exc)
                 if final:
                     await self._failed(raw, value, exc, attempt)
@@ -169,7 +169,7 @@ class Dispatcher:
                 await self._publish_all(outgoing)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a record on the wrong topic, or the broker gone for good
+            except Exception as exc:  # noqa: BLE001 - a record on the wrong topic, or the broker gone for good
                 await self._failed(raw, value, exc, attempt)
                 return
             self.handled += 1

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiokafka.partitioner import murmur2
 
@@ -87,7 +87,7 @@ class MemoryBus:
     async def stop(self) -> None:
         await self.notify()
 
-    async def __aenter__(self) -> MemoryBus:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -110,7 +110,7 @@ class MemoryBus:
         if key is None:
             return next(self._round_robin) % n
         raw = key.encode() if isinstance(key, str) else key
-        return (murmur2(raw) & 0x7FFFFFFF) % n
+        return (int(murmur2(raw)) & 0x7FFFFFFF) % n
 
     async def publish(self, topic: Topic, key: str | None, record: Record) -> Position:
         if not isinstance(record, topic.record):
@@ -314,7 +314,7 @@ class MemoryConsumer:
             if not handled:
                 self._held.setdefault(tp, set()).add(stored.offset)
             self._commit(tp)
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._tasks.discard(asyncio.current_task())
             # Wake the loop (a slot is free) and anyone waiting for the group to drain.
             await self.bus.notify()
 
@@ -361,7 +361,7 @@ class MemoryLogReader:
         self._stopped = True
         await self._bus.notify()
 
-    async def __aenter__(self) -> MemoryLogReader:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

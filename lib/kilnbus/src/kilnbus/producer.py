@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
@@ -60,7 +60,7 @@ class BusProducer:
             self._started = False
             await self._producer.stop()
 
-    async def __aenter__(self) -> BusProducer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

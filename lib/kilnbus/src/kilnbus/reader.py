@@ -18,7 +18,7 @@ import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, Protocol, Union
+from typing import Any, Literal, NamedTuple, Protocol, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -51,7 +51,7 @@ class LogRecord(NamedTuple):
 
 
 # "beginning" or "end" of every partition, or the offset to start at in each partition to read.
-Start = Union[Literal["beginning", "end"], Mapping[tuple[str, int], int]]
+Start = Literal["beginning", "end"] | Mapping[tuple[str, int], int]
 
 
 class PartitionsNotFound(RuntimeError):
@@ -66,7 +66,7 @@ class LogReader(Protocol):
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def __aenter__(self) -> LogReader: ...
+    async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...
     def __aiter__(self) -> AsyncIterator[LogRecord]: ...
     async def __anext__(self) -> LogRecord: ...
@@ -180,7 +180,7 @@ class KafkaLogReader:
             consumer, self._consumer = self._consumer, None
             await consumer.stop()
 
-    async def __aenter__(self) -> KafkaLogReader:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

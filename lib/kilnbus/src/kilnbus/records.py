@@ -8,15 +8,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, ClassVar, TypeVar
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self, TypeVar
 
 R = TypeVar("R", bound="Record")
 
 
 def utcnow() -> datetime:
     """Now, in UTC, at the millisecond precision Avro's timestamp-millis keeps."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -61,7 +61,7 @@ class Record:
         return names
 
     @classmethod
-    def from_avro(cls: type[R], data: dict[str, Any]) -> R:
+    def from_avro(cls, data: dict[str, Any]) -> Self:
         """Build the record from the dict fastavro read (already resolved to the current schema).
 
         The reader schema guarantees every field is present, so ``__init__`` is skipped: it would
