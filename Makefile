@@ -32,9 +32,9 @@ test-e2e:    ## the end-to-end suite alone, against the running stack
 	@KILN_WITH_BROWSER=1 deploy/local/up.sh
 	@$(PY) -m pytest -m e2e
 
-test-fast:   ## tests that need no infrastructure at all
+test-fast:   ## tests that need no infrastructure at all (no broker, engine, hub or browser)
 	@deploy/local/venv.sh
-	@$(PY) -m pytest -m "not kafka and not docker and not hub and not e2e"
+	@$(PY) -m pytest -m "not kafka and not docker and not hub and not e2e and not browser"
 
 bench:       ## benchmarks (print their figures; see bench/README.md)
 	@deploy/local/up.sh infra
