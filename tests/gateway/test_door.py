@@ -70,25 +70,30 @@ async def test_git_spec_keeps_its_encoded_slashes(gateway: Gateway, scripted: An
 
 
 @pytest.mark.parametrize("gateway_settings", [{"rate_limit": 2}], indirect=True)
-async def test_rate_limit_per_ip_and_build_tokens_exempt(gateway: Gateway, scripted: Any) -> None:
+async def test_rate_limit_per_ip_counts_the_page_and_reused_build_tokens(gateway: Gateway, scripted: Any) -> None:
     await scripted(lambda req: [PhaseEvent(request_id=req.request_id, phase=Phase.FAILED, service="t")])
-    for remaining in (1, 0):
-        status, _, headers = await gateway.events("/build/gh/org/repo/main")
-        assert status == 200 and headers["x-ratelimit-remaining"] == str(remaining)
-    status, events, headers = await gateway.events("/build/gh/org/repo/main")
-    assert status == 429 and headers["x-ratelimit-limit"] == "2"
-    assert re.match(r"Rate limit exceeded\. Try again in \d+ seconds\.", events[0]["data"]["message"])
-    # The repository's own /v2 page hands out a build token, which is not rate limited.
+    # A browser: the /v2 page is charged (1 of 2), and its token's launch is the one it paid for.
     page = await gateway.client.get("/v2/gh/org/repo/main")
+    assert page.status_code == 200 and page.headers["x-ratelimit-remaining"] == "1"
     token = re.search(r'build_token=([^"&]+)', page.text)
     assert token is not None
-    status, _, _ = await gateway.events(f"/build/gh/org/repo/main?build_token={token.group(1)}")
-    assert status == 200
-    # ... but only for that spec, and not once tampered with.
+    status, _, headers = await gateway.events(f"/build/gh/org/repo/main?build_token={token.group(1)}")
+    assert status == 200 and "x-ratelimit-remaining" not in headers
+    # ... but only for that spec, and not once tampered with (refused before anything is charged).
     status, events, _ = await gateway.events(f"/build/gh/org/other/main?build_token={token.group(1)}")
     assert status == 403 and "Invalid build token" in events[0]["data"]["message"]
     status, _, _ = await gateway.events(f"/build/gh/org/repo/main?build_token={token.group(1)[:-2]}xx")
     assert status == 403
+    # An API client without a token shares the budget (2 of 2); then the limit holds at every door.
+    status, _, headers = await gateway.events("/build/gh/org/repo/main")
+    assert status == 200 and headers["x-ratelimit-remaining"] == "0"
+    status, events, headers = await gateway.events("/build/gh/org/repo/main")
+    assert status == 429 and headers["x-ratelimit-limit"] == "2"
+    assert re.match(r"Rate limit exceeded\. Try again in \d+ seconds\.", events[0]["data"]["message"])
+    status, _, _ = await gateway.events(f"/build/gh/org/repo/main?build_token={token.group(1)}")
+    assert status == 429, "a spent token's second launch is charged like one without a token"
+    refused = await gateway.client.get("/v2/gh/org/repo/main")
+    assert refused.status_code == 429 and "Rate limit exceeded" in refused.text and "build_token=" not in refused.text
 
 
 @pytest.mark.parametrize("gateway_settings", [{"ban_networks": {"127.0.0.0/8": "the loopback test network"}}], indirect=True)

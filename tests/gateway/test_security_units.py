@@ -126,16 +126,16 @@ def replace_part(value: str, index: int, new: str) -> str:
 def test_event_id_wire_format_and_positive_control() -> None:
     ids = EventIds("s", lifetime_s=3600)
     value = ids.format(RID, 2, 41, now=NOW)
-    rid, partition, offset, issued, signature = value.split(".")
-    assert (rid, partition, offset, issued) == (RID, "2", "41", str(NOW)) and len(signature) == 32
+    rid, partition, offset, issued, holder, signature = value.split(".")
+    assert (rid, partition, offset, issued) == (RID, "2", "41", str(NOW)) and len(signature) == 32 and len(holder) == 16
     parsed = ids.check(value, now=NOW + 3599)
     assert (parsed.request_id, parsed.partition, parsed.offset) == (RID, 2, 41)
 
 
 @pytest.mark.parametrize("index, new", [(0, "cd" * 16), (1, "3"), (1, "0"), (2, "0"), (2, "40"), (2, "42"),
-                                        (3, str(NOW + 10)), (3, str(NOW - 10)), (4, "0" * 32)],
+                                        (3, str(NOW + 10)), (3, str(NOW - 10)), (4, "0" * 16), (5, "0" * 32)],
                          ids=["request", "partition", "partition-0", "offset-0", "offset-1", "offset+1",
-                              "issued-later", "issued-earlier", "signature"])
+                              "issued-later", "issued-earlier", "holder", "signature"])
 def test_tampered_event_id_is_refused(index: int, new: str) -> None:
     ids = EventIds("s")
     value = ids.format(RID, 2, 41, now=NOW)
@@ -147,7 +147,8 @@ def test_tampered_event_id_is_refused(index: int, new: str) -> None:
 def test_event_id_from_another_secret_or_malformed_is_refused() -> None:
     value = EventIds("other").format(RID, 2, 41, now=NOW)
     assert EventIds("other").parse(value, now=NOW) is not None
-    for bad in (value, RID + ".2.41." + "f" * 32, "not-an-id", "../../etc", value + ".1", " " * 3):
+    five_parts = f"{RID}.2.41.{NOW}." + "f" * 32  # the format before ids were bound to their holder
+    for bad in (value, RID + ".2.41." + "f" * 32, five_parts, "not-an-id", "../../etc", value + ".1", " " * 3):
         with pytest.raises(EventIdError, match="not an event id this Kiln issued"):
             EventIds("s").check(bad, now=NOW)
 
@@ -399,3 +400,308 @@ def test_ban_networks_see_the_real_client(app: tuple[Any, RecordingProducer]) ->
     assert banned_direct.get("/", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 403, \
         "a banned client cannot unban itself with X-Forwarded-For"
     assert client(application, peer="203.0.113.9").get("/", headers={"X-Forwarded-For": "198.51.100.9"}).status_code == 200
+
+
+# The launch budget: the token-issuing page and token launches are charged (issue 13, item 7) ------
+
+def token_of(page: httpx.Response) -> str:
+    """The build token the loading page hands its own stream."""
+    import re
+
+    found = re.search(r'build_token=([A-Za-z0-9._-]+)', page.text)
+    assert found is not None, page.text[:500]
+    return found.group(1)
+
+
+def launch_status(c: Client, token: str | None = None, spec: str = "org/repo/main") -> int:
+    """503: the launch passed every check and was published (to this test's absent bus); else the refusal."""
+    query = f"?build_token={token}" if token else ""
+    return c.get(f"/build/gh/{spec}{query}", headers=SSE).status_code
+
+
+def launches(recorder: RecordingProducer) -> int:
+    return sum(type(v).__name__ == "LaunchRequested" for _, _, v in recorder.published)
+
+
+@pytest.mark.parametrize("app_settings", [{"rate_limit": 1}], indirect=True)
+def test_a_browser_launch_is_charged_once_and_the_next_is_refused_on_the_page(app: tuple[Any, RecordingProducer]) -> None:
+    application, recorder = app
+    browser = client(application)
+    page = browser.get("/v2/gh/org/repo/main")
+    assert page.status_code == 200 and page.headers["x-ratelimit-remaining"] == "0"
+    token = token_of(page)
+    assert launch_status(browser, token) == 503, "the page paid for its token's launch: a limit of 1 still launches"
+    assert launches(recorder) == 1
+    # Over the limit: the next page says so in words a browser shows (its EventSource could not).
+    refused = browser.get("/v2/gh/org/repo/main")
+    assert refused.status_code == 429 and "Rate limit exceeded. Try again in" in refused.text
+    assert int(refused.headers["retry-after"]) >= 1 and refused.headers["x-ratelimit-limit"] == "1"
+    assert "build_token=" not in refused.text, "no token is issued over the limit"
+    assert launch_status(browser) == 429, "nor does /build without a token launch: page and stream share one budget"
+    assert launch_status(browser, token) == 429, "nor a second launch with the spent token"
+    assert launches(recorder) == 1
+    other = client(application, peer="203.0.113.51")
+    assert other.get("/v2/gh/org/repo/main").status_code == 200, "another client has its own budget"
+
+
+@pytest.mark.parametrize("app_settings", [{"rate_limit": 3}], indirect=True)
+def test_one_token_cannot_launch_faster_than_the_limit(app: tuple[Any, RecordingProducer]) -> None:
+    application, recorder = app
+    script = client(application)
+    token = token_of(script.get("/v2/gh/org/repo/main"))  # 1 of 3
+    assert [launch_status(script, token) for _ in range(4)] == [503, 503, 503, 429]  # free, 2 of 3, 3 of 3, refused
+    assert launches(recorder) == 3, "one page load and its token launched exactly the limit"
+    assert script.get("/v2/gh/org/repo/main").status_code == 429, "and fetching tokens is charged too"
+
+
+@pytest.mark.parametrize("app_settings", [{"rate_limit": 2}], indirect=True)
+def test_fetching_many_tokens_is_limited_by_the_page(app: tuple[Any, RecordingProducer]) -> None:
+    application, recorder = app
+    script = client(application)
+    pages = [script.get("/v2/gh/org/repo/main") for _ in range(3)]
+    assert [p.status_code for p in pages] == [200, 200, 429]
+    tokens = [token_of(p) for p in pages[:2]]
+    assert len(set(tokens)) == 2, "each page load issues a token of its own"
+    assert [launch_status(script, t) for t in tokens] == [503, 503], "each issued token launches once, paid for"
+    assert launches(recorder) == 2
+
+
+@pytest.mark.parametrize("app_settings", [{"rate_limit": 1}], indirect=True)
+def test_a_page_refused_for_its_spec_or_path_costs_nothing(app: tuple[Any, RecordingProducer]) -> None:
+    application, _ = app
+    browser = client(application)
+    assert browser.get("/v2/gh/org").status_code in (400, 404)
+    assert browser.get("/v2/gh/org/repo/main", params={"urlpath": "//evil.example"}).status_code == 400
+    assert browser.get("/v2/gh/org/repo/main").status_code == 200, "the typos did not use up the budget"
+
+
+@pytest.mark.parametrize("app_settings", [{"rate_limit": 1}], indirect=True)
+def test_ipv6_clients_are_counted_per_64(app: tuple[Any, RecordingProducer]) -> None:
+    application, _ = app
+    assert client(application, peer="2001:db8::1").get("/v2/gh/org/repo/main").status_code == 200
+    assert client(application, peer="2001:db8::2").get("/v2/gh/org/repo/main").status_code == 429, \
+        "another address of the same /64 is the same client"
+    assert client(application, peer="2001:db8:0:1::1").get("/v2/gh/org/repo/main").status_code == 200
+
+
+def test_with_the_limit_off_pages_and_tokens_are_not_counted(app: tuple[Any, RecordingProducer]) -> None:
+    application, recorder = app  # rate_limit 0
+    c = client(application)
+    token = token_of(c.get("/v2/gh/org/repo/main"))
+    assert [c.get("/v2/gh/org/repo/main").status_code for _ in range(5)] == [200] * 5
+    assert [launch_status(c, token) for _ in range(3)] + [launch_status(c)] == [503] * 4
+    assert launches(recorder) == 4
+
+
+def test_an_invalid_token_is_refused_before_anything_is_charged() -> None:
+    application = create_app(Settings(rate_limit=1))
+    application.state.streams.producer = recorder = RecordingProducer()
+    c = client(application)
+    token = token_of(c.get("/v2/gh/org/repo/main"))
+    assert launch_status(c, token, spec="org/other/main") == 403, "a token is for its own spec"
+    assert launch_status(c, token[:-2] + "xx") == 403
+    assert launch_status(c, token) == 503 and launches(recorder) == 1, "the genuine token still launches once"
+
+
+def session_cookie(secret: str, user: str) -> str:
+    """The signed cookie Starlette's SessionMiddleware sets after a hub login (auth.py's callback)."""
+    import base64
+    import json
+
+    import itsdangerous
+
+    data = base64.b64encode(json.dumps({"hub_user": user}).encode())
+    return itsdangerous.TimestampSigner(secret).sign(data).decode()
+
+
+@pytest.mark.parametrize("app_settings", [{"rate_limit": 1, "auth_enabled": True}], indirect=True)
+def test_logged_in_users_are_not_charged_on_the_page_either(app: tuple[Any, RecordingProducer], app_settings: Settings) -> None:
+    application, recorder = app
+    anonymous = client(application).get("/v2/gh/org/repo/main")
+    assert anonymous.status_code == 302, "auth is on: the page asks for a login"
+    ada = {"Cookie": f"kiln-session={session_cookie(app_settings.session_secret, 'ada')}"}
+    c = client(application)
+    assert [c.get("/v2/gh/org/repo/main", headers=ada).status_code for _ in range(3)] == [200] * 3
+    assert [c.get("/build/gh/org/repo/main", headers={**SSE, **ada}).status_code for _ in range(2)] == [503, 503]
+    assert launches(recorder) == 2
+
+
+# Build tokens, spent tokens and client keys, alone -----------------------------------------------
+
+
+def test_build_tokens_carry_an_id_of_their_own() -> None:
+    import time
+
+    import jwt
+
+    from kiln_gateway.buildtokens import BuildTokenError, BuildTokens
+
+    secret = "s" * 32
+    tokens = BuildTokens(secret, expires_s=300, check_origin=True)
+    a, b = tokens.issue("gh", "o/r/main", "host"), tokens.issue("gh", "o/r/main", "host")
+    ca, cb = tokens.check(a, "gh", "o/r/main", "host"), tokens.check(b, "gh", "o/r/main", "host")
+    assert ca.token_id and cb.token_id and ca.token_id != cb.token_id
+    # A token without an id (an older gateway's) is still valid, but gets no free launch.
+    bare = jwt.encode({"exp": int(time.time()) + 60, "aud": "gh/o/r/main", "origin": "host"}, secret,
+                      algorithm="HS256")
+    assert tokens.check(bare, "gh", "o/r/main", "host").token_id is None
+    forever = jwt.encode({"aud": "gh/o/r/main", "origin": "host", "jti": "x"}, secret, algorithm="HS256")
+    with pytest.raises(BuildTokenError):  # no expiry: not one this gateway issued
+        tokens.check(forever, "gh", "o/r/main", "host")
+
+
+def test_spent_tokens_are_spent_once_and_forgotten_when_they_expire() -> None:
+    from kiln_gateway.ratelimit import SpentTokens
+
+    spent = SpentTokens(max_entries=3)
+    assert spent.spend("a", expires_at=100, now=0) and not spent.spend("a", expires_at=100, now=1)
+    assert spent.spend("b", expires_at=100, now=2), "another token has its own free launch"
+    assert spent.spend("c", expires_at=500, now=3) and len(spent) == 3
+    assert not spent.spend("d", expires_at=500, now=4), "a full ledger charges rather than remembering more"
+    assert spent.spend("e", expires_at=500, now=101) and len(spent) == 2, "expired tokens were forgotten"
+
+
+def test_client_key_is_the_address_or_its_64() -> None:
+    from kiln_gateway.clientaddr import client_key
+
+    assert client_key("198.51.100.7") == "198.51.100.7"
+    assert client_key("2001:db8::1") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert client_key("2001:db8:0:1::1") != client_key("2001:db8::1")
+    assert client_key("::ffff:198.51.100.7") == "198.51.100.7"
+    assert client_key("") == "" and client_key("not-an-address") == "not-an-address"
+
+
+# Resumes belong to the client that started the launch (issue 13) ---------------------------------
+
+
+def test_event_id_is_bound_to_its_holder() -> None:
+    from kiln_gateway.eventids import EventIdNotYours, holder_name
+
+    ids = EventIds("s")
+    mine, theirs = holder_name(None, "198.51.100.7"), holder_name(None, "198.51.100.8")
+    value = ids.format(RID, 2, 41, holder=mine, now=NOW)
+    assert ids.check(value, mine, now=NOW).offset == 41  # the holder resumes
+    for other in (theirs, holder_name("ada", "198.51.100.7"), "", holder_name(None, "")):
+        with pytest.raises(EventIdNotYours, match="another client"):
+            ids.check(value, other, now=NOW)
+    ada = ids.format(RID, 2, 41, holder=holder_name("ada", "x"), now=NOW)
+    assert ids.check(ada, holder_name("ada", "y"), now=NOW).offset == 41, "a login is bound to the user, not the address"
+    with pytest.raises(EventIdNotYours):
+        ids.check(ada, holder_name("bob", "x"), now=NOW)
+    assert holder_name("198.51.100.7", "") != holder_name(None, "198.51.100.7"), "no user name poses as an address"
+    # Per request: one client's ids for two launches do not share a holder field.
+    assert ids.format(RID, 0, 1, holder=mine, now=NOW).split(".")[4] != ids.format("cd" * 16, 0, 1, holder=mine, now=NOW).split(".")[4]
+
+
+class FakeLog:
+    """The phase log in memory: each launch request is answered at once with a scripted launch, live
+    to the streams open for it, and kept so that a resume replays it (EventRouter.replay's contract)."""
+
+    def __init__(self, application: Any, seal_key: str) -> None:
+        self.streams = application.state.streams
+        self.sealer = Sealer([seal_key])
+        self.log: dict[str, list[Any]] = {}
+        self.streams.producer = self
+        self.streams.router.replay = self.replay
+
+    async def publish(self, topic: Any, key: str, value: Any) -> None:
+        from kiln_gateway.router import Routed
+        from kilnbus import LaunchRequested
+
+        if not isinstance(value, LaunchRequested):
+            return
+        def e(phase: Phase, **kw: Any) -> PhaseEvent:
+            return PhaseEvent(request_id=key, phase=phase, service="test", message=f"{phase.value}\n", **kw)
+
+        events = [e(Phase.WAITING), e(Phase.BUILDING), e(Phase.LAUNCHING),
+                  e(Phase.READY, url=SERVER, sealed_token=self.sealer.seal(f"token-{key}", request_id=key, url=SERVER))]
+        self.log[key] = [Routed(0, 100 + i, event) for i, event in enumerate(events)]
+        for sub in list(self.streams.router._routes.get(key, ())):  # what the router's reader would do
+            for item in self.log[key]:
+                sub.push(item)
+
+    async def replay(self, sub: Any, partition: int, after_offset: int) -> Phase | None:
+        seen = None
+        for item in self.log.get(sub.request_id, []):
+            if item.offset == after_offset:
+                seen = item.event.phase
+            elif item.offset > after_offset:
+                sub.push(item, replayed=True)
+        return seen
+
+
+def sse(response: httpx.Response) -> list[tuple[str | None, dict[str, Any]]]:
+    import json
+
+    out = []
+    for block in response.text.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in lines:
+            out.append((lines.get("id"), json.loads(lines["data"])))
+    return out
+
+
+def test_only_the_address_that_launched_resumes_in_the_anonymous_mode(app: tuple[Any, RecordingProducer],
+                                                                        app_settings: Settings) -> None:
+    application, _ = app
+    fake = FakeLog(application, app_settings.token_seal_keys[0])
+    launcher = client(application, peer="198.51.100.7")
+    first = sse(launcher.get("/build/gh/org/repo/main", headers=SSE))
+    assert [d["phase"] for _, d in first] == ["waiting", "building", "launching", "ready"]
+    (rid,) = fake.log
+    building_id = first[1][0]
+    assert building_id is not None
+    # Another address holding the id (a copied HAR, a shared screenshot of devtools): refused, no token.
+    for thief in (client(application, peer="198.51.100.8"), client(application, peer="2001:db8::7")):
+        r = thief.get("/build/gh/org/repo/main", headers={**SSE, "Last-Event-ID": building_id})
+        assert r.status_code == 403 and "another network address" in r.text
+        assert f"token-{rid}" not in r.text and "url" not in sse(r)[0][1]
+    # The browser that launched, reconnecting after a blip from its own address, resumes and gets the token.
+    again = launcher.get("/build/gh/org/repo/main", headers={**SSE, "Last-Event-ID": building_id})
+    resumed = sse(again)
+    assert again.status_code == 200 and [d["phase"] for _, d in resumed] == ["launching", "ready"]
+    assert resumed[-1][1]["token"] == f"token-{rid}"
+    # The ids of the resumed stream are the launcher's too: they resume from it, and only from it.
+    launching_id = resumed[0][0]
+    assert launching_id is not None
+    assert client(application, peer="198.51.100.8").get(
+        "/build/gh/org/repo/main", headers={**SSE, "Last-Event-ID": launching_id}).status_code == 403
+    assert sse(launcher.get("/build/gh/org/repo/main", headers={**SSE, "Last-Event-ID": launching_id}))[-1][1]["token"] \
+        == f"token-{rid}"
+
+
+@pytest.mark.parametrize("app_settings", [{"trusted_proxies": ["10.0.0.0/8"]}], indirect=True)
+def test_behind_a_proxy_the_resume_is_bound_to_the_real_client(app: tuple[Any, RecordingProducer],
+                                                                app_settings: Settings) -> None:
+    application, _ = app
+    FakeLog(application, app_settings.token_seal_keys[0])
+    ingress = client(application, peer="10.0.0.7")
+    alice, mallory = {"X-Forwarded-For": "198.51.100.7"}, {"X-Forwarded-For": "198.51.100.8"}
+    event_id = sse(ingress.get("/build/gh/org/repo/main", headers={**SSE, **alice}))[0][0]
+    assert event_id is not None
+    r = ingress.get("/build/gh/org/repo/main", headers={**SSE, **mallory, "Last-Event-ID": event_id})
+    assert r.status_code == 403, "the same proxy in front of both does not make them one client"
+    r = ingress.get("/build/gh/org/repo/main", headers={**SSE, **alice, "Last-Event-ID": event_id})
+    assert r.status_code == 200 and sse(r)[-1][1]["phase"] == "ready"
+
+
+@pytest.mark.parametrize("app_settings", [{"auth_enabled": True}], indirect=True)
+def test_only_the_hub_user_who_launched_resumes_when_auth_is_on(app: tuple[Any, RecordingProducer],
+                                                                 app_settings: Settings) -> None:
+    application, _ = app
+    FakeLog(application, app_settings.token_seal_keys[0])
+    ada = {"Cookie": f"kiln-session={session_cookie(app_settings.session_secret, 'ada')}"}
+    bob = {"Cookie": f"kiln-session={session_cookie(app_settings.session_secret, 'bob')}"}
+    first = sse(client(application, peer="198.51.100.7").get("/build/gh/org/repo/main", headers={**SSE, **ada}))
+    event_id = first[0][0]
+    assert event_id is not None and first[-1][1]["phase"] == "ready"
+    same_address = client(application, peer="198.51.100.7")
+    r = same_address.get("/build/gh/org/repo/main", headers={**SSE, **bob, "Last-Event-ID": event_id})
+    assert r.status_code == 403 and "another hub user" in r.text and "token-" not in r.text, \
+        "another login is refused even from the launch's own address"
+    r = same_address.get("/build/gh/org/repo/main", headers={**SSE, "Last-Event-ID": event_id})
+    assert r.status_code == 403 and "Authentication required" in r.text and "token-" not in r.text
+    # Ada's browser moved networks (laptop from Wi-Fi to a phone's hotspot): her login still resumes.
+    roamed = client(application, peer="203.0.113.99").get("/build/gh/org/repo/main",
+                                                          headers={**SSE, **ada, "Last-Event-ID": event_id})
+    assert roamed.status_code == 200 and sse(roamed)[-1][1]["token"].startswith("token-")

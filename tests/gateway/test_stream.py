@@ -152,12 +152,40 @@ async def test_ready_replayed_into_another_stream_hands_over_no_token(
 async def test_resume_with_a_tampered_offset_is_refused(gateway: Gateway, scripted: Any, seal_key: str) -> None:
     await scripted(full_launch(seal_key))
     _, events, _ = await gateway.events("/build/gh/org/repo/main", limit=2)
-    rid, partition, offset, issued, signature = events[-1]["id"].split(".")
-    for forged in (f"{rid}.{partition}.0.{issued}.{signature}", f"{rid}.{(int(partition) + 1) % 3}.{offset}.{issued}.{signature}"):
+    rid, partition, offset, issued, holder, signature = events[-1]["id"].split(".")
+    for forged in (f"{rid}.{partition}.0.{issued}.{holder}.{signature}",
+                   f"{rid}.{(int(partition) + 1) % 3}.{offset}.{issued}.{holder}.{signature}"):
         status, refused, _ = await gateway.events("/build/gh/org/repo/main", headers={"Last-Event-ID": forged})
         assert status == 400 and "not an event id this Kiln issued" in refused[0]["data"]["message"]
     status, rest, _ = await gateway.events("/build/gh/org/repo/main", headers={"Last-Event-ID": events[-1]["id"]})
     assert status in (200, 204)  # the genuine id still resumes (204 once the launch has ended)
+
+
+@pytest.mark.parametrize("gateway_settings", [{"trusted_proxies": ["127.0.0.0/8"]}], indirect=True)
+async def test_resume_from_another_client_is_refused_and_the_launcher_resumes(
+    gateway: Gateway, scripted: Any, producer: BusProducer, topics: Topics, seal_key: str
+) -> None:
+    """Through the real router's replay: an id copied to another client (here: another address behind
+    the trusted local proxy) replays nothing; the client that launched resumes and gets its token."""
+    gate = asyncio.Event()
+    script = full_launch(seal_key)
+
+    async def paused(req: LaunchRequested) -> list[PhaseEvent]:
+        events = script(req)
+        for e in events[:5]:
+            await producer.publish(topics.phase_events, req.request_id, e)
+        await gate.wait()
+        return events[5:]
+
+    await scripted(paused)
+    alice, mallory = {"X-Forwarded-For": "198.51.100.7"}, {"X-Forwarded-For": "198.51.100.8"}
+    _, first, _ = await gateway.events("/build/gh/org/repo/main", headers=alice, limit=3)
+    gate.set()
+    status, stolen, _ = await gateway.events("/build/gh/org/repo/main", headers={**mallory, "Last-Event-ID": first[-1]["id"]})
+    assert status == 403 and "another network address" in stolen[0]["data"]["message"]
+    assert "the-server-token" not in str(stolen)
+    status, rest, _ = await gateway.events("/build/gh/org/repo/main", headers={**alice, "Last-Event-ID": first[-1]["id"]})
+    assert status == 200 and rest[-1]["data"]["token"] == "the-server-token"
 
 
 async def test_forged_or_foreign_event_id_is_refused(gateway: Gateway) -> None:

@@ -42,11 +42,12 @@ def stream(headers: dict[str, str] | None = None, limit: int = 1000) -> tuple[in
 def test_a_tampered_event_id_is_refused_and_the_genuine_one_resumes() -> None:
     status, events = stream(limit=1)
     assert status == 200 and events and events[0]["id"], events
-    rid, partition, offset, issued, signature = events[0]["id"].split(".")
-    for forged in (f"{rid}.{partition}.0.{issued}.{signature}",  # from the start of the partition
-                   f"{rid}.{partition}.{int(offset) + 1}.{issued}.{signature}",
-                   f"{rid}.{(int(partition) + 1) % 6}.{offset}.{issued}.{signature}",  # another partition
-                   f"{'0' * 32}.{partition}.{offset}.{issued}.{signature}"):  # another request
+    rid, partition, offset, issued, holder, signature = events[0]["id"].split(".")
+    for forged in (f"{rid}.{partition}.0.{issued}.{holder}.{signature}",  # from the start of the partition
+                   f"{rid}.{partition}.{int(offset) + 1}.{issued}.{holder}.{signature}",
+                   f"{rid}.{(int(partition) + 1) % 6}.{offset}.{issued}.{holder}.{signature}",  # another partition
+                   f"{'0' * 32}.{partition}.{offset}.{issued}.{holder}.{signature}",  # another request
+                   f"{rid}.{partition}.{offset}.{issued}.{'0' * 16}.{signature}"):  # another holder
         refused, body = stream({"Last-Event-ID": forged})
         assert refused == 400, (forged, body)
         assert all("token" not in e["data"] for e in body)

@@ -80,15 +80,16 @@ def create_app(settings: Settings) -> Starlette:
     producer = BusProducer(settings, delivery_timeout_s=settings.publish_timeout_s)
     build_tokens = BuildTokens(settings.build_token_secret, settings.build_token_expires_s, settings.build_token_check_origin)
     addresses = ClientAddresses(settings.trusted_proxies)
+    rate_limiter = RateLimiter(settings.rate_limit, settings.rate_limit_period_s)  # the page's and /build's
     streams = LaunchStreams(
         settings=settings, router=router, producer=producer, topics=topics,
         sealer=Sealer(settings.token_seal_keys) if settings.token_seal_keys else None,
         event_ids=EventIds(settings.resume_secret, settings.event_id_lifetime_s), build_tokens=build_tokens,
-        rate_limiter=RateLimiter(settings.rate_limit, settings.rate_limit_period_s), addresses=addresses,
+        rate_limiter=rate_limiter, addresses=addresses,
     )
     auth = HubAuth(settings)
     streams.auth = auth
-    pages = Pages(settings, build_tokens)
+    pages = Pages(settings, build_tokens, rate_limiter, addresses)
     health = Health(settings, router)
     base = settings.base_url
 

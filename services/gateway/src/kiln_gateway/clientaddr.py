@@ -38,6 +38,22 @@ def parse_address(value: str) -> Address | None:
     return addr
 
 
+def client_key(address: str) -> str:
+    """The key a client is counted and recognised under: its address, or its /64 for IPv6.
+
+    One IPv6 subscriber usually holds a whole /64 and can pick any address in it (privacy
+    extensions even rotate them by themselves), so keying on single IPv6 addresses would let one
+    client dodge the rate limit at will, and would refuse a browser its own resume after a
+    rotation. The launcher's per-client quota counts the same way (kiln_launcher.quota.client_key).
+    """
+    addr = parse_address(address) if address else None
+    if addr is None:
+        return address.strip()
+    if isinstance(addr, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
+
+
 class ClientAddresses:
     """Finds the client's address of a request, given the trusted proxies' networks (CIDRs)."""
 

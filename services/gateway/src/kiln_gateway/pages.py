@@ -13,7 +13,11 @@ from starlette.templating import Jinja2Templates
 
 from kilnbus.providers import PROVIDERS, Provider
 
+from kiln_gateway import metrics
+from kiln_gateway.auth import HubAuth
 from kiln_gateway.buildtokens import BuildTokens
+from kiln_gateway.clientaddr import ClientAddresses, client_key
+from kiln_gateway.ratelimit import RateLimiter
 from kiln_gateway.settings import Settings
 from kiln_gateway.specs import SpecError, launch_path, parse
 
@@ -35,9 +39,13 @@ def form_config(p: Provider) -> dict[str, Any]:
 
 
 class Pages:
-    def __init__(self, settings: Settings, build_tokens: BuildTokens) -> None:
+    def __init__(self, settings: Settings, build_tokens: BuildTokens, rate_limiter: RateLimiter,
+                 addresses: ClientAddresses) -> None:
+        """``rate_limiter`` is the /build door's own: a page load and a launch share one budget."""
         self._settings = settings
         self._build_tokens = build_tokens
+        self._rate_limiter = rate_limiter
+        self._addresses = addresses
         self._common = {
             "base_url": settings.base_url,
             "banner_message": settings.banner_message,
@@ -68,7 +76,22 @@ class Pages:
             q = request.query_params
             urlpath = launch_path(q.get("urlpath"), q.get("labpath"), q.get("filepath"))
         except SpecError as exc:
-            return self.error(request, exc.status, str(exc))
+            return self.error(request, exc.status, str(exc))  # before the charge: a typo costs no launch
+        # The page hands out a build token whose first launch is not charged on /build, so the page
+        # is where that launch is charged: per client, in the stream's own windows (ratelimit.py).
+        # A browser is charged once per launch and, over the limit, gets this readable page rather
+        # than an event stream its EventSource cannot show.
+        headers: dict[str, str] = {}
+        logged_in = self._settings.auth_enabled and HubAuth.user(request) is not None
+        if self._rate_limiter.limit and not logged_in:
+            verdict = self._rate_limiter.hit(client_key(self._addresses.of(request)))
+            headers = verdict.headers()
+            if not verdict.allowed:
+                metrics.REFUSED.labels(reason="rate_limit").inc()
+                wait = verdict.retry_after()
+                refused = self.error(request, 429, f"Rate limit exceeded. Try again in {wait} seconds.")
+                refused.headers.update({**headers, "Retry-After": str(wait)})
+                return refused
         origin = request.headers.get("host", "")
         token = self._build_tokens.issue(provider, launch.spec, origin)
         config = {
@@ -77,8 +100,10 @@ class Pages:
             "urlpath": urlpath,
         }
         p = PROVIDERS[provider]
-        return self._render(request, "loading.html", spec=launch.spec, provider_name=p.display_name, page_config=config,
+        page = self._render(request, "loading.html", spec=launch.spec, provider_name=p.display_name, page_config=config,
                             og_title=f"{p.display_name}: {launch.spec}")
+        page.headers.update(headers)
+        return page
 
     async def legacy_repo(self, request: Request) -> Response:
         """``/repo/<user>/<repo>[/<path>]`` -> ``/v2/gh/<user>/<repo>/master[?urlpath=<path>]`` as BinderHub does."""

@@ -37,7 +37,12 @@ class Settings(BusSettings):
                     "first address that is not a trusted proxy is the client the rate limit, quotas and ban_networks see. "
                     "Default none: the direct peer is the client and X-Forwarded-For is ignored.",
     )
-    rate_limit: int = Field(10, ge=0, description="Launches per client IP per period without a build token; 0 turns it off.")
+    rate_limit: int = Field(
+        10, ge=0,
+        description="Launches per client (an address; IPv6: a /64) per period; 0 turns it off. A /v2 loading page counts "
+                    "as one (its build token's first launch is then free), as does each launch on /build without a fresh "
+                    "token. Logged-in hub users are not limited.",
+    )
     rate_limit_period_s: int = Field(3600, ge=1, description="Length of the rate-limit window in seconds.")
     build_token_secret: str = Field(
         default_factory=lambda: secrets.token_hex(32),

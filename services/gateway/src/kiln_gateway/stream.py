@@ -2,7 +2,9 @@
 
 One launch-requested event is published per new request; the request's phase events come back
 through the router. A client that reconnects with ``Last-Event-ID`` resumes the same request:
-what it missed is replayed from the log, then it goes on live.
+what it missed is replayed from the log, then it goes on live. Only the client the event ids were
+issued to can resume: the same hub user in the authenticated mode, else the same client key
+(address, or IPv6 /64); see kiln_gateway.eventids.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -27,10 +29,10 @@ from kilnbus.sealing import Sealer
 from kiln_gateway import metrics
 from kiln_gateway.auth import HubAuth
 from kiln_gateway.buildtokens import BuildTokenError, BuildTokens
-from kiln_gateway.clientaddr import ClientAddresses
-from kiln_gateway.eventids import EventIdError, EventIds
+from kiln_gateway.clientaddr import ClientAddresses, client_key
+from kiln_gateway.eventids import EventIdError, EventIdNotYours, EventIds, holder_name
 from kiln_gateway.projection import project
-from kiln_gateway.ratelimit import RateLimiter
+from kiln_gateway.ratelimit import RateLimiter, SpentTokens
 from kiln_gateway.router import EventRouter, Subscription
 from kiln_gateway.settings import Settings
 from kiln_gateway.specs import SpecError, launch_path, parse
@@ -88,6 +90,8 @@ class LaunchStreams:
     rate_limiter: RateLimiter
     addresses: ClientAddresses
     auth: HubAuth | None = None
+    # Shared with nothing else: the /v2 page only issues tokens; spending them is this door's business.
+    spent_tokens: SpentTokens = field(default_factory=SpentTokens)
 
     async def handle(self, request: Request) -> Response:
         provider = request.path_params["provider"]
@@ -124,24 +128,30 @@ class LaunchStreams:
             "binder_request": f"v2/{provider}/{launch.spec}",
             "binder_client_ip": ip,
         }
+        key = client_key(ip)
+        holder = holder_name(hub_user, key)
         if last := request.headers.get("last-event-id"):
-            return await self._resume(last, context)
+            return await self._resume(last, context, holder, hub_user)
 
         headers: dict[str, str] = {}
+        charged = bool(self.rate_limiter.limit) and hub_user is None  # logged-in users are not limited (as BinderHub)
         token = request.query_params.get("build_token")
         if token:
             try:
-                self.build_tokens.check(token, provider, launch.spec, origin_of(request))
+                checked = self.build_tokens.check(token, provider, launch.spec, origin_of(request))
             except BuildTokenError as exc:
                 return failure(str(exc), 403)
-        elif self.rate_limiter.limit and hub_user is None:  # logged-in users are not rate limited (as BinderHub)
-            verdict = self.rate_limiter.hit(ip)
-            headers = {"x-ratelimit-limit": str(verdict.limit), "x-ratelimit-remaining": str(verdict.remaining),
-                       "x-ratelimit-reset": str(verdict.reset_at)}
+            # The page that issued the token charged its client for one launch: the token's first
+            # launch is that one. Any further launch with it is charged like one without a token,
+            # or a script could fetch one token and launch with it until it expires.
+            if checked.token_id is not None and self.spent_tokens.spend(checked.token_id, checked.expires_at):
+                charged = False
+        if charged:
+            verdict = self.rate_limiter.hit(key)
+            headers = verdict.headers()
             if not verdict.allowed:
                 metrics.REFUSED.labels(reason="rate_limit").inc()
-                wait = max(1, verdict.reset_at - int(time.time()))
-                return failure(f"Rate limit exceeded. Try again in {wait} seconds.", 429, headers)
+                return failure(f"Rate limit exceeded. Try again in {verdict.retry_after()} seconds.", 429, headers)
 
         request_id = uuid.uuid4().hex
         sub = self.router.subscribe(request_id, self.settings.stream_buffer)  # before publishing: no event missed
@@ -163,11 +173,16 @@ class LaunchStreams:
             log.error("could not publish launch request %s: %r", request_id, exc)
             return failure("Kiln cannot take launch requests right now (its event bus is unreachable). Please try again shortly.", 503)
         metrics.LAUNCH_REQUESTS.labels(provider=provider).inc()
-        return self._stream(sub, context, provider, started=time.monotonic(), headers=headers)
+        return self._stream(sub, context, holder, provider, started=time.monotonic(), headers=headers)
 
-    async def _resume(self, last_event_id: str, context: dict[str, str]) -> Response:
+    async def _resume(self, last_event_id: str, context: dict[str, str], holder: str, hub_user: str | None) -> Response:
         try:
-            event_id = self.event_ids.check(last_event_id)
+            event_id = self.event_ids.check(last_event_id, holder)
+        except EventIdNotYours:
+            metrics.REFUSED.labels(reason="event_id_holder").inc()
+            who = ("another hub user" if hub_user is not None else
+                   "another network address (a resume must come from the address the launch came from)")
+            return failure(f"This launch was started by {who}, so it cannot be resumed here; start a new launch.", 403)
         except EventIdError as exc:
             metrics.REFUSED.labels(reason="event_id").inc()
             return failure(str(exc), 400)
@@ -181,15 +196,16 @@ class LaunchStreams:
             self.router.unsubscribe(sub)
             return Response(status_code=204)  # the stream had ended; 204 tells EventSource not to reconnect
         metrics.RESUMES.inc()
-        return self._stream(sub, context, provider=None, started=None)
+        return self._stream(sub, context, holder, provider=None, started=None)
 
-    def _stream(self, sub: Subscription, context: dict[str, str], provider: str | None,
+    def _stream(self, sub: Subscription, context: dict[str, str], holder: str, provider: str | None,
                 started: float | None, headers: dict[str, str] | None = None) -> StreamingResponse:
-        return StreamingResponse(self._events(sub, context, provider, started), media_type="text/event-stream",
+        return StreamingResponse(self._events(sub, context, holder, provider, started), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **(headers or {})})
 
-    async def _events(self, sub: Subscription, context: dict[str, str], provider: str | None,
+    async def _events(self, sub: Subscription, context: dict[str, str], holder: str, provider: str | None,
                       started: float | None) -> AsyncIterator[str]:
+        """The stream's events as SSE; each id is bound to ``holder``, the client this stream serves."""
         metrics.OPEN_STREAMS.inc()
         idle_since = time.monotonic()
         try:
@@ -209,7 +225,7 @@ class LaunchStreams:
                 body = project(item.event, self.sealer, context, sub.request_id)
                 if body is None:
                     continue
-                yield sse_event(body, self.event_ids.format(sub.request_id, item.partition, item.offset))
+                yield sse_event(body, self.event_ids.format(sub.request_id, item.partition, item.offset, holder))
                 if body["phase"] in ("ready", "failed"):
                     if provider is not None and started is not None:
                         status = "success" if body["phase"] == "ready" else "failure"
