@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -32,6 +32,11 @@ class UnknownSchemaError(DecodeError):
     """The message names a writer schema this codec has never seen."""
 
 
+def _parse(schema: dict[str, Any]) -> dict[str, Any]:
+    """fastavro's parse of a record schema (its return type covers every kind of schema)."""
+    return cast(dict[str, Any], parse_schema(schema, named_schemas={}))
+
+
 def schema_fingerprint(parsed: dict[str, Any]) -> bytes:
     """CRC-64-AVRO of the schema's parsing canonical form, in the little-endian order the spec uses."""
     return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
@@ -40,13 +45,13 @@ def schema_fingerprint(parsed: dict[str, Any]) -> bytes:
 class AvroCodec:
     """Encodes records to single-object Avro and decodes any known writer version to the current one."""
 
-    def __init__(self, current: list[dict[str, Any]], previous: list[dict[str, Any]] = ()) -> None:
+    def __init__(self, current: list[dict[str, Any]], previous: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()) -> None:
         self._types = {t.AVRO_NAME: t for t in RECORD_TYPES}
         self._current: dict[str, tuple[Any, bytes]] = {}  # full name -> (parsed schema, header)
         self._writers: dict[bytes, tuple[str, Any]] = {}  # fingerprint -> (full name, parsed schema)
         self._timestamps: dict[str, list[str]] = {}  # full name -> its timestamp-millis fields
         for schema in current:
-            parsed = parse_schema(schema, named_schemas={})
+            parsed = _parse(schema)
             name = parsed["name"]
             if name not in self._types:
                 raise ValueError(f"schema {name} has no record class in kilnbus.records")
@@ -60,7 +65,7 @@ class AvroCodec:
 
     def register_previous(self, schema: dict[str, Any]) -> None:
         """Accept messages written with an older version of a record's schema."""
-        parsed = parse_schema(schema, named_schemas={})
+        parsed = _parse(schema)
         if parsed["name"] not in self._current:
             raise ValueError(f"previous schema {parsed['name']} has no current version")
         self._writers[schema_fingerprint(parsed)] = (parsed["name"], parsed)
@@ -84,11 +89,20 @@ class AvroCodec:
 
     def encode_with(self, schema: dict[str, Any], data: dict[str, Any]) -> bytes:
         """Encode a plain dict with an explicit (e.g. older) schema: for tests and migrations."""
-        parsed = parse_schema(schema, named_schemas={})
+        parsed = _parse(schema)
         buf = io.BytesIO()
         buf.write(MAGIC + schema_fingerprint(parsed))
         schemaless_writer(buf, parsed, data)
         return buf.getvalue()
+
+    @overload
+    def decode(self, data: bytes | None) -> Record: ...
+
+    @overload
+    def decode(self, data: bytes | None, expect: type[R]) -> R: ...
+
+    @overload
+    def decode(self, data: bytes | None, expect: None) -> Record: ...
 
     def decode(self, data: bytes | None, expect: type[R] | None = None) -> R | Record:
         """Decode a message; raise DecodeError (with the reason) for anything that is not a known record."""
@@ -110,7 +124,7 @@ class AvroCodec:
         if expect is not None and record_type is not expect:
             raise DecodeError(f"expected {expect.__name__}, got {record_type.__name__}")
         try:
-            return record_type.from_avro(raw)
+            return record_type.from_avro(cast(dict[str, Any], raw))
         except (TypeError, ValueError) as exc:
             raise DecodeError(f"{name} does not fit {record_type.__name__}: {exc}") from exc
 

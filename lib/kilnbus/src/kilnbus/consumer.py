@@ -296,7 +296,8 @@ class BusConsumer:
         fetch = asyncio.ensure_future(self._consumer.getmany(timeout_ms=500))
         done, _ = await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
         if fetch in done:
-            return fetch.result()
+            batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = fetch.result()
+            return batch
         fetch.cancel()
         return {}
 

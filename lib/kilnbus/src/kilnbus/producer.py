@@ -73,7 +73,9 @@ class BusProducer:
             raise TypeError(f"{topic.name} carries {topic.record.__name__}, not {type(record).__name__}")
         value = self._codec.encode(record)
         assert self._producer is not None, "BusProducer used before start()"
-        return await self._producer.send(topic.name, value=value, key=key.encode() if key is not None else None)
+        sent: asyncio.Future[RecordMetadata] = await self._producer.send(
+            topic.name, value=value, key=key.encode() if key is not None else None)
+        return sent
 
     async def publish(self, topic: Topic, key: str | None, record: Record) -> RecordMetadata:
         """Publish ``record`` and wait until the broker has it.
