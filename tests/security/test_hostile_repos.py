@@ -148,8 +148,41 @@ async def test_yaml_alias_bomb_is_refused_quickly(githost: GitHost, tmp_path: Pa
     bomb = "\n".join(levels) + "\ndependencies:\n  - pip: *a8\n  - *a8\n"
     url, ref = make_hostile_repo(githost, "bomb", {"environment.yml": bomb})
     repo, _ = await checkout(url, ref, tmp_path)
-    with pytest.raises(BuildpackError, match="must be requirement strings"):
+    with pytest.raises(BuildpackError, match="line 1: YAML anchors and aliases"):
         await plan_of(repo)
+
+
+def _pip_bomb(aliases: bool) -> str:
+    """An environment.yml whose pip entries are strings, shared by alias: safe_load's lists of
+    references, flattened into requirements.txt, made ~5 KB into megabytes (and 800 KB into OOM)."""
+    name = "requests" + "x" * 200
+    if aliases:
+        return (f"p: &p {{pip: [&r {name}, *r, *r, *r, *r, *r, *r, *r, *r, *r]}}\n"
+                "dependencies: [" + ", ".join(["*p"] * 1500) + "]\n")
+    return f"dependencies:\n  - python=3.11\n  - pip:\n    - {name}\n    - six==1.16.0\n"
+
+
+async def test_yaml_aliases_are_refused_before_they_expand(tmp_path: Path) -> None:
+    import time
+    import tracemalloc
+
+    (tmp_path / "environment.yml").write_text(_pip_bomb(aliases=True))
+    assert (tmp_path / "environment.yml").stat().st_size < 8_000  # it would stand for 15,000 lines of 208 bytes
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(BuildpackError, match="environment.yml, line 1: YAML anchors and aliases") as refused:
+            plan(tmp_path, BASE, ["3.11"], {})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - started < 2 and peak < 2 * 2**20, peak
+    assert refused.value.cause == "unsupported_environment" and "requests" not in str(refused.value)
+    # Control: the same entries written out are read, and build their requirements.
+    (tmp_path / "environment.yml").write_text(_pip_bomb(aliases=False))
+    the_plan = plan(tmp_path, BASE, ["3.11"], {})
+    assert the_plan.env_files["requirements.txt"] == ("requests" + "x" * 200 + "\nsix==1.16.0\n").encode()
+    assert the_plan.python_version == "3.11"
 
 
 async def test_repository_over_the_checked_out_size_is_refused(githost: GitHost, tmp_path: Path) -> None:

@@ -200,10 +200,41 @@ def _apt_packages(cfg: Path, files: RepoFiles) -> list[str]:
     return names
 
 
+class _AliasRefused(Exception):
+    """An environment.yml uses an anchor or alias; ``line`` is where (1-based)."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that stops at the first anchor or alias.
+
+    safe_load keeps an alias as a second reference to the same object, so a few KB of nested aliases
+    stand for millions of entries, and reading them out (the pip list is flattened and joined into
+    requirements.txt) copies every one: a 5 KB file became megabytes, an 800 KB one exhausted memory.
+    environment.yml files have no use for anchors, so rather than count what an alias bomb expands
+    to, none is read. Refused while parsing, before anything is built from it: time and memory stay
+    those of the file itself (capped by ``max_file_bytes``), since without aliases a YAML document's
+    objects are never more than its text.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AliasRefused(event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
 def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> tuple[str | None, list[str]]:
     """(python version or None, pip requirements) from an environment.yml of Python and pip only."""
     try:
-        env = yaml.safe_load(files.read_text(path)) or {}
+        env = yaml.load(files.read_text(path), Loader=_NoAliasLoader) or {}  # a SafeLoader: no arbitrary objects
+    except _AliasRefused as exc:
+        raise BuildpackError(f"{path.name}, line {exc.line}: YAML anchors and aliases (&name, *name) are not supported "
+                             "in environment.yml (they can make a small file expand without bound). Write each entry "
+                             "out in full.", "unsupported_environment") from None
     except RecursionError:
         raise BuildpackError(f"{path.name} is nested too deeply to read.") from None
     except yaml.YAMLError as exc:
@@ -213,7 +244,8 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> tuple[
         raise BuildpackError(f"{path.name} is not valid YAML{where}.") from None
     if not isinstance(env, dict):
         raise BuildpackError(f"{path.name} must be a mapping with a 'dependencies' list.")
-    version, pip, other = None, [], []
+    version, other = None, []
+    pip: list[str] = []
     dependencies = env.get("dependencies") or []
     if not isinstance(dependencies, list):
         raise BuildpackError(f"{path.name}: 'dependencies' must be a list.")
