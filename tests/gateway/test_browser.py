@@ -83,3 +83,27 @@ async def test_failure_page_shows_the_message_and_log(gateway: Gateway, scripted
     assert "pip could not install nopkg" in await page.inner_text("#failure")
     assert "No matching distribution found for nopkg" in await page.inner_text("#log")
     assert await page.inner_text("#status-title") == "Launching your Binder failed!"
+
+
+@pytest.fixture
+def gateway_settings(gateway_settings: Any, request: pytest.FixtureRequest) -> Any:
+    return gateway_settings.model_copy(update=getattr(request, "param", {}))
+
+
+@pytest.mark.parametrize("gateway_settings", [{"rate_limit": 1}], indirect=True)
+async def test_a_browser_launches_under_a_limit_of_one_and_is_told_in_words_when_over_it(
+    gateway: Gateway, scripted: Any, browser: Any, fake_server: tuple[str, list[str]], seal_key: str
+) -> None:
+    """The page is charged and its stream's build token is free: one page, one launch, the limit of 1 holds."""
+    server_url, seen = fake_server
+    await scripted(lambda req: [PhaseEvent(
+        request_id=req.request_id, phase=Phase.READY, service="test", url=server_url, message="ready\n",
+        sealed_token=Sealer([seal_key]).seal("tok-1", request_id=req.request_id, url=server_url))])
+    page = await browser.new_page()
+    await page.goto(gateway.url + "/v2/gh/org/repo/main")
+    await page.wait_for_url(server_url + "**", timeout=20_000)
+    assert len(seen) == 1 and seen[0].endswith("token=tok-1")
+    again = await browser.new_page()
+    response = await again.goto(gateway.url + "/v2/gh/org/repo/main")
+    assert response is not None and response.status == 429
+    assert "Rate limit exceeded. Try again in" in await again.inner_text("body")
