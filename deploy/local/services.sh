@@ -13,6 +13,10 @@ RUN="$KILN_STATE/services"
 VENV="$KILN_ROOT/.venv"
 MODE=${KILN_SERVICES_FROM:-images}
 REGISTRY=${KILN_REGISTRY_HOST:-127.0.0.1:5000}
+# The builder's own memory (not its builds', which the engine limits): it holds a build context in
+# memory while sending it, up to KILN_MAX_REPO_BYTES (1 GiB) for each of two builds at once. Empty: no limit.
+BUILDER_MEMORY=${KILN_BUILDER_MEMORY-4g}
+[[ -z $BUILDER_MEMORY || $BUILDER_MEMORY =~ ^[0-9]+[bkmgBKMG]?$ ]] || die "KILN_BUILDER_MEMORY=$BUILDER_MEMORY" "use a size such as 4g"
 mkdir -p "$RUN"
 [[ $MODE == images || $MODE == venv ]] || die "KILN_SERVICES_FROM=$MODE" "use images or venv"
 names=("${@:2}"); ((${#names[@]})) || names=("${ALL[@]}")
@@ -88,8 +92,18 @@ start_process() {
   echo $! >"$RUN/$s.pid"
 }
 
+# run_options SERVICE: the container's restart policy and limits, as one line. The engine starts a
+# service again when it dies (an OOM kill of the builder must not leave builds down for everyone);
+# `docker stop` (stop_one) is not a failure, so a stopped service stays stopped. The line is kept on
+# the container as a label, so that start_one replaces a container started with other options.
+run_options() {
+  local opts=(--restart=on-failure)
+  [[ $1 == builder && -n $BUILDER_MEMORY ]] && opts+=("--memory=$BUILDER_MEMORY" "--memory-swap=$BUILDER_MEMORY")
+  echo "${opts[*]}"
+}
+
 start_container() {
-  local s=$1 image="$REGISTRY/kiln/$s:latest" extra=()
+  local s=$1 image="$REGISTRY/kiln/$s:latest" extra=() opts
   docker image inspect "$image" >/dev/null 2>&1 || die "the image $image is not built" "run make images"
   docker rm -f "kiln-$s" >/dev/null 2>&1 || true
   if [[ $s == builder ]]; then
@@ -97,10 +111,25 @@ start_container() {
     mkdir -p "$KILN_STATE/builder"
     extra=(-v /var/run/docker.sock:/var/run/docker.sock -v "$KILN_STATE/builder:/var/lib/kiln-builder")
   fi
+  read -ra opts <<<"$(run_options "$s")"
   docker run -d --name "kiln-$s" --network host --env-file "$(write_env "$s")" --label org.kiln.stack=local \
-    --stop-timeout 40 "${extra[@]}" "$image" >/dev/null
-  # The container's output goes to the same log file as a process's would.
-  setsid nohup docker logs -f "kiln-$s" >>"$KILN_LOGS/$s.log" 2>&1 </dev/null &
+    --label "org.kiln.run-options=${opts[*]}" "${opts[@]}" --stop-timeout 40 "${extra[@]}" "$image" >/dev/null
+  # The container's output goes to the same log file as a process's would, after restarts too.
+  setsid nohup "$KILN_ROOT/deploy/local/services.sh" follow-logs "$s" >/dev/null 2>&1 </dev/null &
+}
+
+# follow_logs SERVICE: appends the container's output to its log file until the container is removed.
+# `docker logs -f` ends when the container stops; when the restart policy starts it again, only what
+# it printed since is appended. Tied to the container's id, so a new container of the same name gets
+# its own follower and this one ends.
+follow_logs() {
+  local s=$1 id since=""
+  id=$(docker inspect -f '{{.Id}}' "kiln-$s" 2>/dev/null) || return 0
+  while docker inspect "$id" >/dev/null 2>&1; do
+    docker logs -f ${since:+--since "$since"} "$id" >>"$KILN_LOGS/$s.log" 2>&1 </dev/null || true
+    since=$(date +%s.%N)
+    while [[ $(docker inspect -f '{{.State.Running}}' "$id" 2>/dev/null) == false ]]; do sleep 1; done
+  done
 }
 
 start_one() {
@@ -113,6 +142,9 @@ start_one() {
   elif [[ $MODE == images ]] && running "$s" && [[ $(docker inspect -f '{{.Image}}' "kiln-$s" 2>/dev/null) \
       != $(docker image inspect -f '{{.Id}}' "$REGISTRY/kiln/$s:latest" 2>/dev/null) ]]; then
     warn "$s runs an older image: restarting it"; stop_one "$s"
+  elif [[ $MODE == images ]] && running "$s" && [[ $(docker inspect -f '{{index .Config.Labels "org.kiln.run-options"}}' \
+      "kiln-$s" 2>/dev/null) != "$(run_options "$s")" ]]; then
+    warn "$s runs with another restart policy or memory limit: restarting it"; stop_one "$s"
   fi
   if running "$s"; then ok "$s already running"; return; fi
   cp "$env_file" "$RUN/$s.env.started"
@@ -163,6 +195,11 @@ status() {
       builder) where="http://127.0.0.1:$KILN_BUILDER_METRICS_PORT/metrics" ;;
       launcher) where="http://127.0.0.1:$KILN_LAUNCHER_METRICS_PORT/metrics" ;;
     esac
+    if [[ $MODE == images ]] && running "$s"; then
+      # A container the restart policy brought back says so: an OOM kill is otherwise silent.
+      local restarts; restarts=$(docker inspect -f '{{.RestartCount}} {{.State.OOMKilled}}' "kiln-$s" 2>/dev/null || echo "0 false")
+      [[ ${restarts%% *} != 0 ]] && where+="  (restarted ${restarts%% *} time(s) after failing)"
+    fi
     if running "$s"; then printf '%-10s running   %s\n' "$s" "$where"; else printf '%-10s stopped   %s\n' "$s" "$where"; fi
   done
 }
@@ -170,5 +207,6 @@ status() {
 case "${1:-}" in
   start) start ;; stop) stop ;; status) status ;;
   env) [[ -n ${2:-} ]] || die "services.sh env needs a service name" "services.sh env gateway"; write_env "$2" ;;
+  follow-logs) follow_logs "$2" ;;  # internal: started by start_container
   *) echo "usage: $0 start|stop|status [SERVICE...] | env SERVICE" >&2; exit 2 ;;
 esac
