@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kiln_builder.__main__ import serve
+from kiln_builder.bootstrap import run
 from kiln_builder.settings import Settings
 from kilnbus import BuildRequested, BusProducer, BusSettings, Delivery, Phase, PhaseEvent, Topics, ensure_topics
 from tests.bus.helpers import start_consumer
@@ -90,7 +90,7 @@ async def main() -> None:
         settings = Settings(**bus.model_dump(), base_image=BASE, env_image_prefix=f"{prefix}env", work_dir=str(root / "work"),
                             allowed_private_hosts=["127.0.0.1"])  # the benchmark's git host is on loopback
         stop = asyncio.Event()
-        builder = asyncio.create_task(serve(settings, stop))
+        builder = asyncio.create_task(run(settings, stop))
         async with BusProducer(bus) as producer:
             reader = await start_consumer(bus, topics, [topics.phase_events], collect, producer, group="bench-reader")
             await asyncio.sleep(3)

@@ -19,10 +19,19 @@ from typing import Any
 import httpx
 import pytest_asyncio
 
-from kilnbus import BuildRequested, BusProducer, BusSettings, Delivery, HubLaunchRequested, Phase, PhaseEvent, Topics, ensure_topics
-
-from kiln_builder.__main__ import serve
+from kiln_builder.bootstrap import run
 from kiln_builder.settings import Settings
+from kilnbus import (
+    BuildRequested,
+    BusProducer,
+    BusSettings,
+    Delivery,
+    HubLaunchRequested,
+    Phase,
+    PhaseEvent,
+    Topics,
+    ensure_topics,
+)
 
 from ..bus.helpers import Running, start_consumer, wait_until
 from ..conftest import delete_topics
@@ -82,8 +91,9 @@ class BuildHarness:
 
     async def start_builder(self, **overrides: Any) -> None:
         stop = asyncio.Event()
-        self.tasks.append((asyncio.create_task(serve(self.settings.model_copy(update=overrides), stop)), stop))
-        await asyncio.sleep(2)
+        # No wait for it to join: requests published before it has are read from the group's committed
+        # offsets (or the start of the topic) once it has.
+        self.tasks.append((asyncio.create_task(run(self.settings.model_copy(update=overrides), stop)), stop))
 
     async def stop_builders(self) -> None:
         for task, stop in self.tasks:
@@ -166,4 +176,4 @@ def cleanup_images(prefix: str) -> None:
         subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True)
 
 
-__all__ = ["BuildHarness", "jupyter_answers", "labels", "run_in", "cleanup_images", "shutil"]
+__all__ = ["BuildHarness", "cleanup_images", "jupyter_answers", "labels", "run_in", "shutil"]

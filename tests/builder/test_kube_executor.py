@@ -21,8 +21,16 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from kiln_builder.executor import BuildFailed
-from kiln_builder.kube_executor import (IMAGE_DIR, PULL_KEY, PUSH_KEY, KubernetesExecutor, PodSettings, build_command,
-                                        pod_manifest, push_command)
+from kiln_builder.kube_executor import (
+    IMAGE_DIR,
+    PULL_KEY,
+    PUSH_KEY,
+    KubernetesExecutor,
+    PodSettings,
+    build_command,
+    pod_manifest,
+    push_command,
+)
 
 API = k8s.ApiClient()
 

@@ -3,16 +3,17 @@
 Every event about a request carries its id (the key of ``phase-events``, so one request's events
 stay in order), the reporting service, and the provider and spec the request names (analytics
 groups by them). Handlers that return their records use ``event``; code outside a handler
-(a watcher, a build's log) awaits ``report``.
+(a watcher) awaits ``report``; a stream of log lines uses ``send``, which does not wait for each.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import asyncio
+from typing import Any, Protocol, runtime_checkable
 
 from kilnbus.dispatch import Outgoing, Publisher
-from kilnbus.records import Phase, PhaseEvent
-from kilnbus.topics import Topics
+from kilnbus.records import Phase, PhaseEvent, Record
+from kilnbus.topics import Topic, Topics
 
 
 class RequestLike(Protocol):
@@ -20,6 +21,13 @@ class RequestLike(Protocol):
 
     @property
     def request_id(self) -> str: ...
+
+
+@runtime_checkable
+class Sender(Protocol):
+    """A publisher that can also queue a record without waiting for it (a BusProducer)."""
+
+    async def send(self, topic: Topic, key: str | None, record: Record) -> asyncio.Future[Any]: ...
 
 
 class PhaseReporter:
@@ -47,3 +55,20 @@ class PhaseReporter:
         await self._bus.publish(out.topic, out.key, out.record)
         assert isinstance(out.record, PhaseEvent)
         return out.record
+
+    async def send(self, request: RequestLike | str, phase: Phase, **fields: Any) -> asyncio.Future[Any]:
+        """Queue the event without waiting for the acknowledgement; the future holds its outcome.
+
+        For log lines, where a round trip each would slow the log down: the idempotent producer keeps
+        them in order, and whoever sends them awaits the futures before the request's next phase change.
+        A publisher that cannot queue (a MemoryBus) publishes at once, and the future is already done.
+        """
+        out = self.event(request, phase, **fields)
+        if isinstance(self._bus, Sender):
+            return await self._bus.send(out.topic, out.key, out.record)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            done.set_result(await self._bus.publish(out.topic, out.key, out.record))
+        except Exception as exc:  # noqa: BLE001 - handed to whoever awaits the future, as a lost send would be
+            done.set_exception(exc)
+        return done

@@ -19,10 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiln_builder.errors import BuildFailed
 from kilnbus import BuildRequested, Phase, begin_attempt
 from kilnbus.tasks import Tasks
-
-from kiln_builder.executor import BuildFailed
 
 log = logging.getLogger(__name__)
 Emit = Callable[[BuildRequested, Phase, dict[str, Any]], Awaitable[None]]
@@ -67,7 +66,7 @@ class Job:
 class Builds:
     """The builds of one builder: one per image, at most ``limit`` at once, the rest queued."""
 
-    def __init__(self, limit: int, run: Callable[[Job, "Builds"], Awaitable[None]], emit: Emit,
+    def __init__(self, limit: int, run: Callable[[Job, Builds], Awaitable[None]], emit: Emit,
                  history_bytes: int = DEFAULT_HISTORY_BYTES, max_line_chars: int = DEFAULT_LINE_CHARS) -> None:
         self._history_bytes = history_bytes
         self._max_line_chars = max_line_chars
@@ -160,7 +159,7 @@ class Builds:
             job.done.cancel()  # whoever still waits for it is told, rather than left waiting
             raise
         except Exception as exc:
-            if not isinstance(exc, BuildFailed):  # BuildFailed was already reported to every request
+            if not isinstance(exc, BuildFailed):  # an outcome: each waiting handler reports it to its request
                 log.exception("build of %s failed unexpectedly", job.image)
             job.done.set_exception(exc)
         finally:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 _PATTERNS: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"No matching distribution found for ([^\s]+)"), "pip could not install {0}: no version of it on PyPI matches. "
-     "Check the name and version in your requirements.", "pip_requirement"),
+    (re.compile(r"No matching distribution found for ([^\s]+)"), ("pip could not install {0}: no version of it on PyPI matches. "
+     "Check the name and version in your requirements."), "pip_requirement"),
     (re.compile(r"ResolutionImpossible|Cannot install .* because these package versions have conflicting dependencies"),
      "pip could not find versions of your requirements that work together (conflicting dependencies).", "pip_conflict"),
     (re.compile(r"E: Unable to locate package ([^\s]+)"), "apt.txt names {0}, which is not a Debian package.", "apt_package"),

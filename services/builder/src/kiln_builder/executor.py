@@ -15,23 +15,18 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound
+
+from kiln_builder.errors import BuildFailed, BuildTimedOut
 
 LineSink = Callable[[str], Awaitable[None]]
 _RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 ProgressSink = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class BuildFailed(Exception):
-    """The build stopped; ``reason`` says why in words a user can act on."""
-
-    def __init__(self, reason: str, cause: str = "build_failed") -> None:
-        super().__init__(reason)
-        self.cause = cause
+__all__ = ["BuildExecutor", "BuildFailed", "DockerExecutor", "LineSink", "ProgressSink"]  # BuildFailed: kept importable here
 
 
 class BuildExecutor(Protocol):
@@ -125,7 +120,7 @@ class DockerExecutor:
     def _connection(self) -> dict[str, Any]:
         if self._base_url:
             return {"base_url": self._base_url}
-        return docker.utils.kwargs_from_env()  # DOCKER_HOST, DOCKER_TLS_VERIFY, ... else the local socket
+        return cast(dict[str, Any], docker.utils.kwargs_from_env())  # DOCKER_HOST, DOCKER_TLS_VERIFY, ... else the local socket
 
     async def _stream(self, start: Callable[[docker.APIClient], Iterator[dict[str, Any]]], sink: Callable[[dict[str, Any]], Awaitable[None]],
                       timeout_s: float, params: dict[str, str | int] | None = None) -> None:
@@ -143,7 +138,7 @@ class DockerExecutor:
             try:
                 for chunk in start(client):
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            except BaseException as exc:  # handed to the loop, raised there
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, done)
@@ -197,9 +192,9 @@ class DockerExecutor:
                 await on_line(chunk["error"].rstrip() + "\n")
 
         def start(client: docker.APIClient) -> Iterator[dict[str, Any]]:
-            return client.build(fileobj=tar, custom_context=True, dockerfile=".kiln.Dockerfile", tag=tag, rm=True, forcerm=True,
+            return cast(Iterator[dict[str, Any]], client.build(fileobj=tar, custom_context=True, dockerfile=".kiln.Dockerfile", tag=tag, rm=True, forcerm=True,
                                 network_mode=self._network, decode=True, buildargs=buildargs or {}, container_limits=limits, pull=False,
-                                labels=labels or None)
+                                labels=labels or None))
 
         try:
             await self._stream(start, sink, timeout_s, self._build_params)
@@ -207,8 +202,7 @@ class DockerExecutor:
         except TimeoutError:
             # Closing the connection stops the build between steps, not the step running now.
             await asyncio.to_thread(self._remove_containers, step_containers)
-            limit = f"{timeout_s / 60:.0f} minutes" if timeout_s >= 120 else f"{timeout_s:.0f} seconds"
-            raise BuildFailed(f"The build took longer than the limit of {limit} and was stopped.", "build_timeout") from None
+            raise BuildTimedOut(timeout_s) from None
         if error:
             message = error[-1]
             if re.search(r"returned a non-zero code: 137\b", message) and self._memory_limit:

@@ -21,10 +21,11 @@ import tarfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
+from kiln_builder.errors import FetchFailed
+from kiln_builder.executor import LineSink
 from kilnbus.urlguard import UnsafeRepoURL, check_repo_url, git_safety_args, public_addresses, redact
-
-from kiln_builder.executor import BuildFailed, LineSink
 
 _PROGRESS = re.compile(r"\d+% \(\d+/\d+\)")
 _ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
@@ -99,7 +100,7 @@ async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: fl
             await asyncio.sleep(0.5)
             if path.exists() and await asyncio.to_thread(_dir_size, path) > limit:
                 proc.kill()
-                raise BuildFailed(f"The repository is larger than this Binder fetches ({_amount(limit)} with its history).",
+                raise FetchFailed(f"The repository is larger than this Binder fetches ({_amount(limit)} with its history).",
                                   "repo_too_large")
 
     reader = asyncio.ensure_future(read())
@@ -108,9 +109,9 @@ async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: fl
         done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not done:
             proc.kill()
-            raise BuildFailed(f"Fetching the repository took longer than {timeout:.0f} seconds.", "fetch_failed")
+            raise FetchFailed(f"Fetching the repository took longer than {timeout:.0f} seconds.", "fetch_failed")
         for task in done:
-            task.result()  # the guard's BuildFailed
+            task.result()  # the guard's FetchFailed
     finally:
         for task in tasks:
             task.cancel()
@@ -130,12 +131,11 @@ async def _has_commit(mirror: Path, ref: str) -> bool:
     return await proc.wait() == 0
 
 
-class CheckoutRefused(Exception):
+class CheckoutRefused(FetchFailed):
     """An entry of the archive Kiln will not extract, or a limit passed; the message is for the user."""
 
     def __init__(self, message: str, cause: str) -> None:
-        super().__init__(message)
-        self.cause = cause
+        super().__init__(message, cause)
 
 
 def _inside(root: str, path: str) -> bool:
@@ -242,9 +242,9 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
     try:
         parts = await check_repo_url(repo_url, policy.allowed_schemes, policy.allowed_private_hosts)
     except UnsafeRepoURL as exc:
-        raise BuildFailed(str(exc), exc.cause) from None
+        raise FetchFailed(str(exc), exc.cause) from None
     if not _REF.match(ref):
-        raise BuildFailed("The commit to build is not a valid git ref.", "bad_spec")
+        raise FetchFailed("The commit to build is not a valid git ref.", "bad_spec")
     options = _git_options(policy)
     scheme, host = parts.scheme.lower(), parts.hostname
     assert host is not None
@@ -253,7 +253,7 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
         try:
             addresses = await public_addresses(host, policy.allowed_private_hosts)
         except UnsafeRepoURL as exc:
-            raise BuildFailed(str(exc), exc.cause) from None
+            raise FetchFailed(str(exc), exc.cause) from None
         port = parts.port or (443 if scheme == "https" else 80)
         pinned = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
         options += ["-c", f"http.curloptResolve={host}:{port}:{pinned}"]
@@ -268,35 +268,54 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
             try:
                 code, lines = await _git([*options, "clone", "--bare", "--no-recurse-submodules", "--progress", "--",
                                           repo_url, str(mirror)], None, on_line, timeout, watch)
-            except BuildFailed:
+            except FetchFailed:
                 shutil.rmtree(mirror, ignore_errors=True)
                 raise
             if code != 0:
                 shutil.rmtree(mirror, ignore_errors=True)
-                raise BuildFailed(f"Could not clone {shown}: {lines[-1] if lines else 'git failed'}", "fetch_failed")
+                raise FetchFailed(f"Could not clone {shown}: {lines[-1] if lines else 'git failed'}", "fetch_failed")
         elif not await _has_commit(mirror, ref):
             try:
                 code, lines = await _git([*options, "--git-dir", str(mirror), "fetch", "--no-recurse-submodules", "--progress",
                                           "--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
                                          None, on_line, timeout, watch)
-            except BuildFailed:
+            except FetchFailed:
                 shutil.rmtree(mirror, ignore_errors=True)  # a mirror past the limit is not kept for next time
                 raise
             if code != 0:
-                raise BuildFailed(f"Could not fetch {shown}: {lines[-1] if lines else 'git failed'}", "fetch_failed")
+                raise FetchFailed(f"Could not fetch {shown}: {lines[-1] if lines else 'git failed'}", "fetch_failed")
         else:
             await on_line(f"{ref[:12]} is already here; nothing to fetch\n")
         # Once more after git ended: a fast download can finish between two of the guard's looks.
         if policy.max_fetch_bytes and await asyncio.to_thread(_dir_size, mirror) > policy.max_fetch_bytes:
             shutil.rmtree(mirror, ignore_errors=True)
-            raise BuildFailed(f"The repository is larger than this Binder fetches ({_amount(policy.max_fetch_bytes)} with "
+            raise FetchFailed(f"The repository is larger than this Binder fetches ({_amount(policy.max_fetch_bytes)} with "
                               "its history).", "repo_too_large")
         if not await _has_commit(mirror, ref):
-            raise BuildFailed(f"Commit {ref} is not in {shown}.", "fetch_failed")
+            raise FetchFailed(f"Commit {ref} is not in {shown}.", "fetch_failed")
         dest.mkdir(parents=True)
         try:
             await _archive(mirror, ref, dest, policy)
-        except CheckoutRefused as exc:
+        except CheckoutRefused:
             shutil.rmtree(dest, ignore_errors=True)
-            raise BuildFailed(str(exc), exc.cause) from None
+            raise
 
+
+
+class Fetcher(Protocol):
+    """Where the builder gets a repository's files from: git here, a fake in tests."""
+
+    async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink) -> None:
+        """Check out ``ref`` of ``repo_url`` into ``dest``, telling ``on_line`` how it goes; FetchFailed if not."""
+        ...
+
+
+class GitFetcher:
+    """``Fetcher`` with git (``fetch`` above), under ``policy``, mirrors kept in ``cache_dir``."""
+
+    def __init__(self, policy: FetchPolicy, cache_dir: Path) -> None:
+        self._policy = policy
+        self._cache_dir = cache_dir
+
+    async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink) -> None:
+        await fetch(repo_url, ref, dest, on_line, self._policy.max_bytes, self._cache_dir, policy=self._policy)

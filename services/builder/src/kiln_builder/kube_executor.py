@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -41,9 +41,14 @@ import httpx
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from kiln_builder.executor import BuildFailed, LineSink, ProgressSink, _tar_context
+from kiln_builder.errors import BuildFailed, BuildTimedOut
+from kiln_builder.executor import LineSink, ProgressSink, _tar_context
 
 log = logging.getLogger(__name__)
+# What a manifest HEAD accepts: OCI and Docker manifests and indexes alike.
+_MANIFEST_TYPES = ("application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+                   "application/vnd.docker.distribution.manifest.v2+json, "
+                   "application/vnd.docker.distribution.manifest.list.v2+json")
 WORKSPACE = "/workspace"
 IMAGE_DIR = "/kiln/image"  # the OCI layout the build writes and the push reads
 PULL_CONFIG_DIR = "/kiln/pull"  # DOCKER_CONFIG of the build container: read-only registry credentials
@@ -215,9 +220,9 @@ class KubernetesExecutor:
             from kubernetes import config
 
             try:
-                config.load_incluster_config()
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
             except config.ConfigException:
-                config.load_kube_config()
+                config.load_kube_config()  # type: ignore[no-untyped-call]
             self._api = k8s.CoreV1Api()
         return self._api
 
@@ -235,8 +240,7 @@ class KubernetesExecutor:
         try:
             await asyncio.wait_for(self._run(api, name, tar.getvalue(), on_line, tail), timeout_s)
         except TimeoutError:
-            limit = f"{timeout_s / 60:.0f} minutes" if timeout_s >= 120 else f"{timeout_s:.0f} seconds"
-            raise BuildFailed(f"The build took longer than the limit of {limit} and was stopped.", "build_timeout") from None
+            raise BuildTimedOut(timeout_s) from None
         finally:
             await asyncio.to_thread(self._delete, api, name)
 
@@ -309,7 +313,7 @@ class KubernetesExecutor:
                                                        _preload_content=False)
                 for line in _lines(response):
                     hand_over(line)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
                 hand_over(exc)
             finally:
                 hand_over(done)
@@ -343,10 +347,7 @@ class KubernetesExecutor:
         name, _, tag = image.partition("/")[2].rpartition(":")
         try:
             async with httpx.AsyncClient(timeout=10, auth=self._registry_auth) as http:
-                r = await http.head(f"{self._registry_url}/v2/{name}/manifests/{tag}", headers={"Accept": ", ".join((
-                    "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
-                    "application/vnd.docker.distribution.manifest.v2+json",
-                    "application/vnd.docker.distribution.manifest.list.v2+json"))})
+                r = await http.head(f"{self._registry_url}/v2/{name}/manifests/{tag}", headers={"Accept": _MANIFEST_TYPES})
         except httpx.HTTPError:
             return False
         return r.status_code == 200
