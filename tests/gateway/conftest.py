@@ -18,11 +18,10 @@ import httpx
 import pytest
 import uvicorn
 
+from kiln_gateway.bootstrap import build_app
+from kiln_gateway.settings import Settings
 from kilnbus import BusProducer, BusSettings, Delivery, LaunchRequested, PhaseEvent, Topics, ensure_topics
 from kilnbus.sealing import new_key
-
-from kiln_gateway.app import create_app
-from kiln_gateway.settings import Settings
 
 from ..bus.helpers import Running, start_consumer
 
@@ -94,7 +93,7 @@ async def serving(app: Any, port: int, lifespan: str = "on") -> AsyncIterator[st
 @pytest.fixture
 async def gateway(gateway_settings: Settings) -> AsyncIterator[Gateway]:
     await ensure_topics(gateway_settings)
-    app = create_app(gateway_settings)
+    app = build_app(gateway_settings)
     async with serving(app, gateway_settings.gateway_port) as url, httpx.AsyncClient(base_url=url) as client:
         yield Gateway(url, gateway_settings, app, client)
 

@@ -38,7 +38,7 @@ async def test_form_launch_shows_log_and_lands_on_the_server(
     proceed = asyncio.Event()
 
     async def launch(req: LaunchRequested) -> list[PhaseEvent]:
-        e = lambda phase, **kw: PhaseEvent(request_id=req.request_id, phase=phase, service="test", **kw)  # noqa: E731
+        e = lambda phase, **kw: PhaseEvent(request_id=req.request_id, phase=phase, service="test", **kw)
         first = [e(Phase.WAITING, message="Waiting for build to start...\n"),
                  e(Phase.BUILDING, message="Step 1/2 : FROM kiln/base\n"),
                  e(Phase.BUILDING, message="Step 2/2 : RUN pip install -r requirements.txt\n")]

@@ -98,7 +98,7 @@ async def test_rate_limit_per_ip_counts_the_page_and_reused_build_tokens(gateway
 
 @pytest.mark.parametrize("gateway_settings", [{"ban_networks": {"127.0.0.0/8": "the loopback test network"}}], indirect=True)
 async def test_banned_networks_are_refused_except_health_and_versions(gateway: Gateway) -> None:
-    status, events, _ = await gateway.events("/build/gh/org/repo/main")
+    status, _, _ = await gateway.events("/build/gh/org/repo/main")
     assert status == 403
     r = await gateway.client.get("/")
     assert r.status_code == 403 and "Requests from the loopback test network are not allowed" in r.text
@@ -175,9 +175,9 @@ async def test_health_versions_metrics_repoproviders(gateway: Gateway, scripted:
 
 
 async def test_api_only_mode_serves_no_pages_and_allows_build_only(gateway_settings: Any) -> None:
-    from kiln_gateway.app import create_app
+    from .memory import memory_app
 
-    app = create_app(gateway_settings.model_copy(update={"enable_api_only_mode": True}))
+    app = memory_app(gateway_settings.model_copy(update={"enable_api_only_mode": True}))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         assert (await client.get("/")).status_code == 404
         assert (await client.get("/v2/gh/org/repo/main")).status_code == 404

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from kilnbus.providers import PROVIDERS
-
-from kiln_gateway.app import create_app
 from kiln_gateway.settings import Settings
 from kiln_gateway.specs import SpecError, parse
+from kilnbus.providers import PROVIDERS
+
+from .memory import memory_app
 
 # What BinderHub's own providers.js and repoproviders handler expect of each entry (binderhub-inventory §2).
 DISPLAY_KEYS = {"id", "displayName", "spec", "detect", "repo", "ref"}
@@ -23,7 +23,7 @@ DISPLAY_KEYS = {"id", "displayName", "spec", "detect", "repo", "ref"}
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(rate_limit=0))
+    app = memory_app(Settings(rate_limit=0))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         yield c
 

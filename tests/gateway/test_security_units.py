@@ -17,15 +17,15 @@ import httpx
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from kilnbus import Phase, PhaseEvent
-from kilnbus.sealing import Sealer, new_key
-
-from kiln_gateway.app import create_app
 from kiln_gateway.clientaddr import ClientAddresses
 from kiln_gateway.eventids import EventIdError, EventIds
 from kiln_gateway.projection import project
 from kiln_gateway.settings import Settings
 from kiln_gateway.specs import SpecError, launch_path
+from kilnbus import Phase, PhaseEvent
+from kilnbus.sealing import Sealer, new_key
+
+from .memory import memory_app
 
 # Every way issue 13 (and the WHATWG URL parser) found to leave the server, as the gateway receives
 # the value after the query string's own decoding.
@@ -279,7 +279,7 @@ def app_settings(request: pytest.FixtureRequest) -> Settings:
 
 @pytest.fixture
 def app(app_settings: Settings) -> Iterator[tuple[Any, RecordingProducer]]:
-    application = create_app(app_settings)
+    application = memory_app(app_settings)
     recorder = RecordingProducer()
     application.state.streams.producer = recorder
     yield application, recorder
@@ -494,7 +494,7 @@ def test_with_the_limit_off_pages_and_tokens_are_not_counted(app: tuple[Any, Rec
 
 
 def test_an_invalid_token_is_refused_before_anything_is_charged() -> None:
-    application = create_app(Settings(rate_limit=1))
+    application = memory_app(Settings(rate_limit=1))
     application.state.streams.producer = recorder = RecordingProducer()
     c = client(application)
     token = token_of(c.get("/v2/gh/org/repo/main"))

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from kilnbus import Phase, PhaseEvent
 
 from kiln_gateway.eventids import EventIds
 from kiln_gateway.ratelimit import RateLimiter
 from kiln_gateway.router import Routed, Subscription
 from kiln_gateway.specs import SpecError, launch_path, parse
+from kilnbus import Phase, PhaseEvent
 
 
 def ev(offset: int, phase: Phase) -> Routed:
@@ -22,10 +19,9 @@ def ev(offset: int, phase: Phase) -> Routed:
 
 async def test_slow_client_loses_log_lines_never_phase_changes() -> None:
     sub = Subscription("r", limit=8)
-    offset = 0
-    for phase in [Phase.WAITING] + [Phase.BUILDING] * 40 + [Phase.PUSHING] * 5 + [Phase.BUILT, Phase.LAUNCHING, Phase.READY]:
+    phases = [Phase.WAITING] + [Phase.BUILDING] * 40 + [Phase.PUSHING] * 5 + [Phase.BUILT, Phase.LAUNCHING, Phase.READY]
+    for offset, phase in enumerate(phases):
         sub.push(ev(offset, phase))
-        offset += 1
     got = []
     while (item := await sub.next(timeout=0.01)) is not None:
         got.append(item.event.phase)

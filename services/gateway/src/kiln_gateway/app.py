@@ -1,42 +1,39 @@
-"""The gateway's Starlette application: routes, middleware, and the start-up that wires them."""
+"""The gateway's Starlette application, made from settings and the ports the composition root built.
+
+``create_app(settings, ports)`` only assembles: the stream's door (``kiln_gateway.stream``), the
+pages (``kiln_gateway.pages``), the small API endpoints (``kiln_gateway.api``), the static files
+(``kiln_gateway.statics``) and the middleware (``kiln_gateway.middleware``). Clients come in
+``ports`` (``kiln_gateway.bootstrap`` for production, a ``MemoryBus`` and fakes in tests); the
+application's lifespan starts them and closes them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
-from dataclasses import asdict
-from importlib.metadata import version
-from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
-from kilnbus import BusProducer, Topics, ensure_topics
-from kilnbus.providers import PROVIDERS
-from kilnbus.sealing import Sealer
-
-from kiln_gateway.auth import HubAuth
+from kiln_gateway import api
 from kiln_gateway.buildtokens import BuildTokens
 from kiln_gateway.clientaddr import ClientAddresses
 from kiln_gateway.eventids import EventIds
 from kiln_gateway.health import Health
-from kiln_gateway.pages import Pages, raw_tail
+from kiln_gateway.middleware import BanMiddleware, LoginRequired
+from kiln_gateway.pages import Pages
+from kiln_gateway.ports import GatewayPorts
 from kiln_gateway.ratelimit import RateLimiter
-from kiln_gateway.router import EventRouter
 from kiln_gateway.settings import Settings
-from kiln_gateway.stream import LaunchStreams, banned
-
-STATIC = Path(__file__).parent / "static"
+from kiln_gateway.statics import static_routes
+from kiln_gateway.stream import LaunchStreams
+from kilnbus.sealing import Sealer
 
 
 class AnyPath(Convertor[str]):
@@ -55,117 +52,59 @@ class AnyPath(Convertor[str]):
 register_url_convertor("anypath", AnyPath())
 
 
-class BanMiddleware:
-    """Refuses clients from ``ban_networks`` everywhere but /health and /versions (as BinderHub)."""
+class NotFound:
+    """404s: JSON on the API (and in API-only mode), the error page elsewhere."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, addresses: ClientAddresses) -> None:
-        self.app = app
-        self.settings = settings
-        self.addresses = addresses
-        self.open_paths = {settings.base_url + "health", settings.base_url + "versions"}
+    def __init__(self, settings: Settings, pages: Pages) -> None:
+        self._settings = settings
+        self._pages = pages
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.open_paths:
-            label = banned(self.settings, self.addresses.of(Request(scope)))
-            if label:
-                response = Response(f"Requests from {label} are not allowed.\n", status_code=403, media_type="text/plain")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    async def respond(self, request: Request, exc: Exception) -> Response:
+        if self._settings.enable_api_only_mode or request.url.path.startswith(self._settings.base_url + "build/"):
+            return JSONResponse({"status": 404, "message": "Not found"}, status_code=404)
+        return self._pages.error(request, 404, f"There is no page at {request.url.path}.")
 
 
-def create_app(settings: Settings) -> Starlette:
-    topics = Topics(settings.topic_prefix)
-    router = EventRouter(settings, topics.phase_events)
-    producer = BusProducer(settings, delivery_timeout_s=settings.publish_timeout_s)
+def create_app(settings: Settings, ports: GatewayPorts) -> Starlette:
+    """The application over ``ports``; its lifespan starts them and closes them."""
     build_tokens = BuildTokens(settings.build_token_secret, settings.build_token_expires_s, settings.build_token_check_origin)
     addresses = ClientAddresses(settings.trusted_proxies)
     rate_limiter = RateLimiter(settings.rate_limit, settings.rate_limit_period_s)  # the page's and /build's
     streams = LaunchStreams(
-        settings=settings, router=router, producer=producer, topics=topics,
+        settings=settings, router=ports.router, producer=ports.bus, topics=ports.bus.topics,
         sealer=Sealer(settings.token_seal_keys) if settings.token_seal_keys else None,
         event_ids=EventIds(settings.resume_secret, settings.event_id_lifetime_s), build_tokens=build_tokens,
-        rate_limiter=rate_limiter, addresses=addresses,
+        rate_limiter=rate_limiter, addresses=addresses, auth=ports.auth,
     )
-    auth = HubAuth(settings)
-    streams.auth = auth
     pages = Pages(settings, build_tokens, rate_limiter, addresses)
-    health = Health(settings, router)
+    health = Health(settings, ports.router, ports.group_lag, ports.hub_http)
     base = settings.base_url
 
-    def login_required(page: Any) -> Any:
-        async def guarded(request: Request) -> Response:
-            if auth.enabled and auth.user(request) is None:
-                return auth.login(request)
-            return await page(request)
-        return guarded
-
-    async def build(request: Request) -> Response:
-        request.path_params["spec"] = raw_tail(request, f"{base}build/{request.path_params['provider']}/")
-        return await streams.handle(request)
-
-    async def health_route(request: Request) -> Response:
-        report = await health.report()
-        status = 200 if report["ok"] else 503
-        if request.method == "HEAD":
-            return Response(status_code=status)
-        return JSONResponse(report, status_code=status)
-
-    kiln_version = version("kiln-gateway")  # read once: a metadata lookup costs milliseconds
-    versions_body = {"binderhub": kiln_version, "kiln": kiln_version, "builder_info": {"kiln": kiln_version}}
-
-    async def versions(request: Request) -> Response:
-        return JSONResponse(versions_body, headers={"Access-Control-Allow-Origin": settings.cors_allow_origin or "*"})
-
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    async def repoproviders(request: Request) -> Response:
-        return JSONResponse([p.display_config() for p in PROVIDERS.values()])
-
-    def static_file(name: str, media_type: str = "image/svg+xml") -> Route:
-        async def serve(request: Request) -> Response:
-            return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
-        return Route(base + name, serve)
-
     routes: list[BaseRoute] = [
-        Route(base + "health", health_route, methods=["GET", "HEAD"]),
-        Route(base + "versions", versions),
-        Route(base + "metrics", metrics),
-        Route(base + "api/repoproviders", repoproviders),
-        Route(base + "build/{provider}/{spec:anypath}", build),
+        Route(base + "health", api.HealthEndpoint(health).respond, methods=["GET", "HEAD"]),
+        Route(base + "versions", api.VersionsEndpoint(settings).respond),
+        Route(base + "metrics", api.metrics),
+        Route(base + "api/repoproviders", api.repoproviders),
+        Route(base + "build/{provider}/{spec:anypath}", api.BuildEndpoint(settings, streams).respond),
     ]
     if not settings.enable_api_only_mode:
         routes += [
-            Route(base, login_required(pages.home)),
+            Route(base, LoginRequired(ports.auth, pages.home).respond),
             Route(base + "about", pages.about),
-            Route(base + "v2/{provider}/{spec:anypath}", login_required(pages.loading)),
-            Route(base + "oauth_callback", auth.callback, name="oauth_callback"),
+            Route(base + "v2/{provider}/{spec:anypath}", LoginRequired(ports.auth, pages.loading).respond),
+            Route(base + "oauth_callback", ports.auth.callback, name="oauth_callback"),
             Route(base + "repo/{user}/{repo}", pages.legacy_repo),
             Route(base + "repo/{user}/{repo}/{path:path}", pages.legacy_repo),
-            Route(base + "assets/images/badge.svg", lambda r: FileResponse(STATIC / "badge.svg", media_type="image/svg+xml")),
-            *(static_file(n) for n in ("badge.svg", "badge_logo.svg", "favicon.svg", "favicon_building.svg",
-                                      "favicon_success.svg", "favicon_fail.svg")),
-            Route(base + "favicon.ico", lambda r: FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")),
-            Mount(base + "static", StaticFiles(directory=STATIC), name="static"),
+            *static_routes(base),
         ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await ensure_topics(settings)
-        await producer.start()
-        await router.start()
         try:
+            await ports.start()
             yield
         finally:
-            await health.close()
-            await router.stop()
-            await producer.stop()
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        if settings.enable_api_only_mode or request.url.path.startswith(base + "build/"):
-            return JSONResponse({"status": 404, "message": "Not found"}, status_code=404)
-        return pages.error(request, 404, f"There is no page at {request.url.path}.")
+            await ports.aclose()
 
     middleware = [Middleware(BanMiddleware, settings=settings, addresses=addresses)]
     if settings.auth_enabled:
@@ -174,7 +113,9 @@ def create_app(settings: Settings) -> Starlette:
     if settings.cors_allow_origin:
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=[settings.cors_allow_origin],
                                         allow_methods=["GET", "HEAD", "OPTIONS"], allow_headers=["cache-control", "last-event-id"]))
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={404: not_found})
-    app.state.router = router
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={404: NotFound(settings, pages).respond})
+    app.state.router = ports.router
     app.state.streams = streams
+    app.state.ports = ports
     return app

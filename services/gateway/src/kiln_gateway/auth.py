@@ -2,7 +2,8 @@
 
 Pages and launches then need a hub login, and a launch carries the user's name so the launcher
 starts the server as that user instead of a temporary one. The login is kept in a signed session
-cookie; the hub's OAuth access token is used once, to learn who the user is, and not stored.
+cookie; the hub's OAuth access token is used once, to learn who the user is, and not stored. The
+HTTP client it talks to the hub with is the composition root's (``kiln_gateway.bootstrap``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from kiln_gateway.settings import Settings
 
 
 class HubAuth:
-    def __init__(self, settings: Settings) -> None:
+    """Login through the hub's OAuth: the redirect there, the callback, the user of a request."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self._s = settings
+        self._http = http
 
     @property
     def enabled(self) -> bool:
@@ -49,13 +53,13 @@ class HubAuth:
                             status_code=400, media_type="text/plain")
         api = self._s.hub_api_url.rstrip("/")
         try:
-            async with httpx.AsyncClient(timeout=10) as client:
-                token = await client.post(f"{api}/oauth2/token", data={
-                    "client_id": self._s.oauth_client_id, "client_secret": self._s.hub_api_token,
-                    "grant_type": "authorization_code", "code": code, "redirect_uri": self.callback_url(request)})
-                token.raise_for_status()
-                who = await client.get(f"{api}/user", headers={"Authorization": f"Bearer {token.json()['access_token']}"})
-                who.raise_for_status()
+            token = await self._http.post(f"{api}/oauth2/token", timeout=10, data={
+                "client_id": self._s.oauth_client_id, "client_secret": self._s.hub_api_token,
+                "grant_type": "authorization_code", "code": code, "redirect_uri": self.callback_url(request)})
+            token.raise_for_status()
+            who = await self._http.get(f"{api}/user", timeout=10,
+                                       headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+            who.raise_for_status()
         except (httpx.HTTPError, KeyError, ValueError) as exc:
             return Response(f"JupyterHub did not confirm the login: {exc}\n", status_code=502, media_type="text/plain")
         request.session["hub_user"] = who.json()["name"]

@@ -11,8 +11,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from kilnbus.providers import PROVIDERS, Provider
-
 from kiln_gateway import metrics
 from kiln_gateway.auth import HubAuth
 from kiln_gateway.buildtokens import BuildTokens
@@ -20,6 +18,7 @@ from kiln_gateway.clientaddr import ClientAddresses, client_key
 from kiln_gateway.ratelimit import RateLimiter
 from kiln_gateway.settings import Settings
 from kiln_gateway.specs import SpecError, launch_path, parse
+from kilnbus.providers import PROVIDERS, Provider
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 

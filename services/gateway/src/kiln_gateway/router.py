@@ -1,10 +1,11 @@
 """One reader of the phase-event topic per gateway process, routing events to open streams.
 
-The reader belongs to no consumer group: every gateway process must see every event, since any
-of them may hold the stream a request's events are for. Records are routed by their Kafka key
-(the request id) before decoding, so events of requests this process does not serve cost almost
-nothing. A stream registers its route before its launch request is published, so it cannot miss
-its first event.
+The reader is the bus's group-less one (``bus.reader``, on Kafka or in memory): every gateway
+process must see every event, since any of them may hold the stream a request's events are for.
+Records are routed by their key (the request id) before decoding, so events of requests this
+process does not serve cost almost nothing. A stream registers its route before its launch request
+is published, so it cannot miss its first event. A resume replays from the log through a reader of
+its own, started at the offset its event id names.
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-
-from kilnbus import AvroCodec, BusSettings, DecodeError, Phase, PhaseEvent, Topic, default_codec
+from kilnbus import AvroCodec, DecodeError, LogReader, LogRecord, Phase, PhaseEvent, Topic, default_codec
+from kilnbus.reader import Start
 
 log = logging.getLogger(__name__)
+
+
+class Reads(Protocol):
+    """What the router needs of a bus (``KafkaBus``, ``MemoryBus``): group-less readers."""
+
+    def reader(self, topics: Sequence[Topic | str], *, start: Start = "beginning") -> LogReader: ...
 
 
 @dataclass(frozen=True)
@@ -91,43 +98,35 @@ class Subscription:
 class EventRouter:
     """Reads the phase topic from its end and hands each event to the streams waiting for it."""
 
-    def __init__(self, settings: BusSettings, topic: Topic, codec: AvroCodec | None = None) -> None:
-        self._settings = settings
+    def __init__(self, bus: Reads, topic: Topic, codec: AvroCodec | None = None) -> None:
+        self._bus = bus
         self._topic = topic
         self._codec = codec or default_codec()
         self._routes: dict[str, set[Subscription]] = {}
-        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: LogReader | None = None
         self._task: asyncio.Task[None] | None = None
-        self.partitions: list[TopicPartition] = []
+        self.partitions: list[int] = []
         self.last_seen: dict[str, float] = {}  # service -> monotonic time of its latest event
         self.routed = 0
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(**self._settings.client_kwargs(), group_id=None, enable_auto_commit=False)
-        await self._consumer.start()
-        parts = await self._partitions(self._consumer)
-        self.partitions = [TopicPartition(self._topic.name, p) for p in sorted(parts)]
-        self._consumer.assign(self.partitions)
-        await self._consumer.seek_to_end(*self.partitions)
-        for tp in self.partitions:
-            await self._consumer.position(tp)  # resolve "end" now, before any stream registers
-        self._task = asyncio.create_task(self._run(), name="phase-router")
-
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
-        for _ in range(50):
-            parts = consumer.partitions_for_topic(self._topic.name)
-            if parts:
-                return set(parts)
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"topic {self._topic.name} not found; is Kafka up and were topics created?")
+        """Start reading at the end of every partition; the end is fixed before this returns, so no
+        stream that registers afterwards can miss its first event."""
+        reader = self._bus.reader([self._topic], start="end")
+        await reader.start()
+        self._reader = reader
+        self.partitions = sorted(p for (_, p) in reader.end_offsets)
+        self._task = asyncio.create_task(self._run(reader), name="phase-router")
 
     async def stop(self) -> None:
-        if self._task:
+        """Cancel and await the routing task, then close the reader."""
+        if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer:
-            await self._consumer.stop()
+            self._task = None
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.stop()
 
     @property
     def healthy(self) -> bool:
@@ -149,32 +148,29 @@ class EventRouter:
     def open_streams(self) -> int:
         return sum(len(s) for s in self._routes.values())
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=1000)
-            except KafkaError as exc:
-                log.warning("phase router: fetch failed (%r); retrying", exc)
-                await asyncio.sleep(1)
+    async def _run(self, reader: LogReader) -> None:
+        async for record in reader:
+            subs = self._routes.get(record.key or "")
+            if not subs:
                 continue
-            now = time.monotonic()
-            for tp, records in batches.items():
-                for record in records:
-                    key = record.key.decode(errors="replace") if record.key else ""
-                    subs = self._routes.get(key)
-                    if not subs:
-                        continue
-                    try:
-                        event = self._codec.decode(record.value, expect=PhaseEvent)
-                    except DecodeError as exc:
-                        log.error("phase router: undecodable event for %s at %s@%d: %s", key, tp, record.offset, exc)
-                        continue
-                    self.last_seen[event.service] = now
-                    item = Routed(tp.partition, record.offset, event)
-                    for sub in list(subs):
-                        sub.push(item)
-                    self.routed += 1
+            event = self._decode(record)
+            if event is None:
+                continue
+            self.last_seen[event.service] = time.monotonic()
+            item = Routed(record.partition, record.offset, event)
+            for sub in list(subs):
+                sub.push(item)
+            self.routed += 1
+
+    def _decode(self, record: LogRecord) -> PhaseEvent | None:
+        try:
+            event = self._codec.decode(record.value, expect=PhaseEvent)
+        except DecodeError as exc:
+            log.error("phase router: undecodable event for %s at %s[%d]@%d: %s", record.key, record.topic,
+                      record.partition, record.offset, exc)
+            return None
+        assert isinstance(event, PhaseEvent)
+        return event
 
     async def replay(self, sub: Subscription, partition: int, after_offset: int) -> Phase | None:
         """Push to ``sub`` the events of its request after ``after_offset``, up to the log's current end.
@@ -192,34 +188,52 @@ class EventRouter:
             sub.release()
 
     async def _replay(self, sub: Subscription, partition: int, after_offset: int) -> Phase | None:
-        """Read from ``after_offset`` (inclusive) to the end offset taken when the replay began."""
-        tp = TopicPartition(self._topic.name, partition)
-        if tp not in self.partitions:
+        """Read from ``after_offset`` (inclusive) to the end offset the reader took when it started."""
+        if partition not in self.partitions:
             raise ValueError(f"no partition {partition}")
-        consumer = AIOKafkaConsumer(**self._settings.client_kwargs(), group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            consumer.assign([tp])
-            end = (await consumer.end_offsets([tp]))[tp]
-            consumer.seek(tp, after_offset)
-            position = after_offset
-            seen_phase: Phase | None = None
-            while position < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                for record in batch.get(tp, []):
-                    position = record.offset + 1
-                    if record.key is None or record.key.decode(errors="replace") != sub.request_id:
-                        continue
-                    try:
-                        event = self._codec.decode(record.value, expect=PhaseEvent)
-                    except DecodeError:
-                        continue
-                    if record.offset == after_offset:
-                        seen_phase = event.phase  # the client has this one already
-                        continue
-                    sub.push(Routed(partition, record.offset, event), replayed=True)
-                if not batch:
-                    break  # nothing more within a second: the rest comes live
-            return seen_phase
-        finally:
-            await consumer.stop()
+        tp = (self._topic.name, partition)
+        seen_phase: Phase | None = None
+        async with self._bus.reader([self._topic], start={tp: after_offset}) as reader:
+            while (record := await _next_before_end(reader)) is not None:
+                if record.offset >= reader.end_offsets[tp]:
+                    break  # live already: the router hands it over once the replay is done
+                if record.key != sub.request_id:
+                    continue
+                try:
+                    event = self._codec.decode(record.value, expect=PhaseEvent)
+                except DecodeError:
+                    continue
+                assert isinstance(event, PhaseEvent)
+                if record.offset == after_offset:
+                    seen_phase = event.phase  # the client has this one already
+                    continue
+                sub.push(Routed(partition, record.offset, event), replayed=True)
+        return seen_phase
+
+
+async def _next_before_end(reader: LogReader) -> LogRecord | None:
+    """The reader's next record, or None once every record before its end offsets was handed out.
+
+    The reader says so with ``caught_up``, which also covers offsets that hold no record (a
+    transaction marker, a record removed by retention), where waiting for the next one would
+    wait for live traffic.
+    """
+    if reader.caught_up.is_set():
+        return None
+    following = asyncio.ensure_future(anext(reader))
+    caught_up = asyncio.ensure_future(reader.caught_up.wait())
+    try:
+        await asyncio.wait({following, caught_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        caught_up.cancel()
+        if not following.done():
+            following.cancel()
+        await asyncio.gather(following, caught_up, return_exceptions=True)
+    if following.cancelled():
+        return None
+    exc = following.exception()
+    if isinstance(exc, StopAsyncIteration):
+        return None  # the reader was stopped
+    if exc is not None:
+        raise exc
+    return following.result()

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from kilnbus.providers import RefLayout, UnknownProvider, provider as lookup
+from kilnbus.providers import RefLayout, UnknownProvider
+from kilnbus.providers import provider as lookup
 
 
 class SpecError(ValueError):

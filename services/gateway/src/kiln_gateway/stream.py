@@ -23,9 +23,6 @@ from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from kilnbus import BusProducer, LaunchRequested, Phase, PhaseEvent, Topics
-from kilnbus.sealing import Sealer
-
 from kiln_gateway import metrics
 from kiln_gateway.auth import HubAuth
 from kiln_gateway.buildtokens import BuildTokenError, BuildTokens
@@ -36,6 +33,9 @@ from kiln_gateway.ratelimit import RateLimiter, SpentTokens
 from kiln_gateway.router import EventRouter, Subscription
 from kiln_gateway.settings import Settings
 from kiln_gateway.specs import SpecError, launch_path, parse
+from kilnbus import LaunchRequested, Phase, PhaseEvent, Topics
+from kilnbus.dispatch import Publisher
+from kilnbus.sealing import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class LaunchStreams:
 
     settings: Settings
     router: EventRouter
-    producer: BusProducer
+    producer: Publisher  # the bus (kiln_gateway.ports); publish() waits for its acknowledgement
     topics: Topics
     sealer: Sealer | None
     event_ids: EventIds
