@@ -86,6 +86,17 @@ class BuildHarness:
         assert final is not None
         return final
 
+    async def settle(self, rid: str, timeout: float = 30) -> None:
+        """Publish a marker under ``rid``'s key on each topic collected and wait until both are read: every
+        record published under that key before them (same partition, in order) has been collected too."""
+        marker = f"marker-{uuid.uuid4().hex[:8]}"
+        await self.producer.publish(self.topics.phase_events, rid, PhaseEvent(
+            request_id=rid, phase=Phase.UNKNOWN, service=marker))
+        await self.producer.publish(self.topics.hub_launch_requested, rid, HubLaunchRequested(
+            request_id=marker, image_name=marker, repo_url="", ref="", provider="", spec=""))
+        await wait_until(lambda: any(e.service == marker for e in self.phases.get(rid, [])), timeout, "the event marker")
+        await wait_until(lambda: any(x.request_id == marker for x in self.launches), timeout, "the launch marker")
+
     def log(self, rid: str) -> str:
         return "".join(e.message for e in self.phases[rid] if e.phase in (Phase.BUILDING, Phase.FETCHING))
 

@@ -268,3 +268,23 @@ async def test_aclose_cancels_and_awaits_every_build(tmp_path: Path) -> None:
         assert h.builder.builds.active == 1 and not h.executor.interrupted, "control: running until stopped"
         await h.builder.aclose()
         assert h.executor.interrupted == {image} and h.builder.builds.active == 0
+
+
+async def test_the_reporters_send_queues_through_a_producer_and_publishes_at_once_on_a_bus() -> None:
+    from kilnbus import MemoryBus, PhaseEvent, PhaseReporter
+
+    from .fakes import LossyPublisher
+
+    bus = MemoryBus()
+    await bus.start()
+    direct = PhaseReporter(bus, bus.topics, "builder")  # a MemoryBus cannot queue: published before send returns
+    sent = await direct.send("r1", Phase.BUILDING, message="one\n")
+    assert sent.done() and [e.message for e in bus.records(bus.topics.phase_events) if isinstance(e, PhaseEvent)] == ["one\n"]
+    lossy = LossyPublisher(bus)
+    lossy.lose_for.add("r2")
+    queued = PhaseReporter(lossy, bus.topics, "builder")  # one with send(): its future is the acknowledgement
+    lost = await queued.send("r2", Phase.BUILDING, message="lost\n")
+    kept = await queued.send("r2", Phase.BUILDING, message="kept\n")
+    with pytest.raises(ConnectionResetError):
+        await lost
+    await kept  # control: the next one is acknowledged
