@@ -53,11 +53,8 @@ async def test_repository_builds_and_its_server_answers(builder: BuildHarness, r
     jupyter_answers(image)
 
 
+# Environments refused while planning, before any build, are tested in memory (test_builder_service.py).
 FAILURES = {
-    # Counted, not listed: messages never repeat a repository file's content.
-    "environment_conda": ("unsupported_environment", "environment.yml asks for 2 conda package(s) Kiln cannot install"),
-    "environment_bad": ("unsupported_environment", "environment.yml is not valid YAML at line 5"),
-    "runtime_bad": ("unsupported_environment", "asks for Python 2.7; this Binder offers Python 3.11"),
     "apt_bad": ("apt_package", "apt.txt names no-such-package-for-kiln-tests, which is not a Debian package"),
     "pip_missing": ("pip_requirement", "pip could not install no-such-package-for-kiln-tests-xyz==1.0"),
     "postbuild_fail": ("postbuild_failed", "postBuild failed with exit code 3"),

@@ -17,6 +17,7 @@ from kilnbus import HubLaunchRequested, Phase
 from .fakes import served
 
 REQUIREMENTS = {"requirements.txt": "six==1.16.0\n", "index.ipynb": "{}"}
+REPOS = Path(__file__).parent / "repos"
 
 
 async def test_a_build_is_pushed_then_built_and_its_launch_requested(tmp_path: Path) -> None:
@@ -102,7 +103,6 @@ async def test_the_repository_dockerfile_is_built_as_it_stands(tmp_path: Path) -
     ("plain", "build_failed", ("The build failed: The command '/bin/sh -c make' returned a non-zero code: 2\n"
                                "Last lines of the log:\n")),
     ("fetch", "fetch_failed", "Commit 0000000000000000000000000000000000000bad is not in https://git.example.org/missing."),
-    ("runtime", "unsupported_environment", "asks for Python 2.7; this Binder offers Python 3.11"),
     ("push", "push_failed", "Pushing the image to the registry failed"),
 ])
 async def test_a_failed_build_says_why_with_its_cause(tmp_path: Path, case: str, cause: str, text: str) -> None:
@@ -116,8 +116,6 @@ async def test_a_failed_build_says_why_with_its_cause(tmp_path: Path, case: str,
             h.executor.fail[image] = BuildFailed("The command '/bin/sh -c make' returned a non-zero code: 2")
         elif case == "fetch":
             url, ref = "https://git.example.org/missing", f"{0xbad:040x}"
-        elif case == "runtime":
-            url, ref = h.repo({"runtime.txt": "python-2.7\n"})
         else:
             h.executor.push = fail_push  # type: ignore[method-assign]
         request = await h.request(url, ref, image=image)
@@ -288,3 +286,23 @@ async def test_the_reporters_send_queues_through_a_producer_and_publishes_at_onc
     with pytest.raises(ConnectionResetError):
         await lost
     await kept  # control: the next one is acknowledged
+
+
+@pytest.mark.parametrize(("repo", "text"), [
+    # Counted, not listed: messages never repeat a repository file's content.
+    ("environment_conda", "environment.yml asks for 2 conda package(s) Kiln cannot install"),
+    ("environment_bad", "environment.yml is not valid YAML at line 5"),
+    ("runtime_bad", "asks for Python 2.7; this Binder offers Python 3.11"),
+])
+async def test_an_environment_kiln_cannot_build_is_refused_before_building(tmp_path: Path, repo: str, text: str) -> None:
+    async with served(tmp_path) as h:
+        url, ref = h.repo({p.relative_to(REPOS / repo).as_posix(): p.read_text() for p in (REPOS / repo).rglob("*")
+                           if p.is_file()})
+        refused = await h.request(url, ref)
+        good = await h.request(*h.repo(REQUIREMENTS))  # control: a request beside it builds
+        outcome = await h.outcome(refused.request_id)
+        assert (outcome.phase, outcome.failure_cause) == (Phase.FAILED, "unsupported_environment")
+        assert text in outcome.message, outcome.message
+        assert (await h.outcome(good.request_id)).phase is Phase.BUILT
+        assert {b.tag for b in h.executor.builds if b.tag == refused.image_name} == set()
+        assert any(b.tag == good.image_name for b in h.executor.builds)
