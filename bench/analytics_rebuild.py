@@ -111,12 +111,12 @@ async def raw_read(topic: str, events: int, decode: bool) -> float:
 async def analytics_rebuild(prefix: str, events: int, requests: int) -> tuple[float, float]:
     """Seconds until the analytics tables hold every request; and the peak RSS in MB of this process."""
     from kiln_analytics import metrics
+    from kiln_analytics.bootstrap import build_analytics
     from kiln_analytics.settings import Settings
-    from kiln_analytics.stream import Analytics
 
     settings = Settings(kafka_bootstrap=BOOTSTRAP, topic_prefix=prefix, topic_partitions=PARTITIONS,
                         analytics_group=prefix + "analytics")
-    analytics = Analytics(settings)
+    analytics = build_analytics(settings)
     before = metrics.EVENTS._value.get()
     started = time.perf_counter()
     await analytics.app.start()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kilnbus import Phase, PhaseEvent
 
@@ -42,4 +43,28 @@ def history(request_id: str, start: datetime, *, provider: str = "gh", spec: str
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc,arg-type]
+
+
+ODD = 'https://git.example.org/<script>alert("x")</script>/ünï cödé'
+
+
+def month_of_requests() -> list[list[PhaseEvent]]:
+    """Thirty varied requests from May 2026, one every 7 hours: cache hits, builds, failed builds of a
+    GitLab repository, unresolvable refs, and stopped servers of an oddly named git repository."""
+    out = []
+    start = utc(2026, 5, 1)
+    for i in range(30):
+        kind = i % 5
+        kwargs: dict[str, Any] = {}
+        if kind == 1:
+            kwargs = {"build": True}
+        elif kind == 2:
+            kwargs = {"build": True, "outcome": "failed", "cause": "build_failed", "provider": "gl",
+                      "repo": "https://gitlab.com/g/x", "spec": "g/x/HEAD"}
+        elif kind == 3:
+            kwargs = {"outcome": "failed", "cause": "repo_not_found"}
+        elif kind == 4:
+            kwargs = {"provider": "git", "repo": ODD, "spec": "odd/HEAD", "stopped": True}
+        out.append(history(f"req-{i}", start + timedelta(hours=7 * i), **kwargs))
+    return out

@@ -9,11 +9,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from kilnbus.providers import PROVIDERS
-
 from kiln_analytics.export import launch_event
 from kiln_analytics.requests import RequestRecord, fold
-
+from kilnbus.providers import PROVIDERS
 from tests.analytics.events import history, utc
 
 SCHEMA = json.loads((Path(__file__).parent / "launch_v6.schema.json").read_text())

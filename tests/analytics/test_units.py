@@ -14,7 +14,6 @@ from kiln_analytics import charts
 from kiln_analytics.export import launch_event, launch_lines
 from kiln_analytics.index import Index, percentile
 from kiln_analytics.requests import RequestRecord, fold
-
 from tests.analytics.events import history, utc
 
 SCHEMA = json.loads((Path(__file__).parent / "launch_v6.schema.json").read_text())

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
-
-from kiln_analytics.api import create_app
-from kiln_analytics.settings import Settings
+from kiln_analytics import bootstrap
 
 
 def main() -> None:
@@ -16,8 +13,7 @@ def main() -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     # "producer buffer full" is faust waiting for the changelog to drain during a rebuild: expected
     logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
-    settings = Settings()
-    uvicorn.run(create_app(settings), host=settings.analytics_host, port=settings.analytics_port, log_level="warning")
+    bootstrap.main()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Every text that reaches the SVG (repository names included) is escaped here, so 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 
 WIDTH = 720
@@ -29,8 +29,8 @@ def launches_over_time(buckets: list[dict[str, object]], window_s: int, since: f
     peak = max((int(counts[s]["success"]) + int(counts[s]["failure"]) for s in slots if s in counts), default=0)  # type: ignore[call-overload]
     scale = (height - top) / max(peak, 1)
     step = (WIDTH - left) / max(len(slots), 1)
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height + 30}" role="img" '
-             f'aria-label="Launches over time, {sum(1 for s in slots if s in counts)} periods with launches">']
+    parts = [(f'<svg class="chart" viewBox="0 0 {WIDTH} {height + 30}" role="img" '
+              f'aria-label="Launches over time, {sum(1 for s in slots if s in counts)} periods with launches">')]
     parts.append(f'<text x="0" y="{top + 8}" class="axis">{peak}</text><text x="0" y="{height}" class="axis">0</text>')
     for i, slot in enumerate(slots):
         bucket = counts.get(slot)
@@ -99,4 +99,4 @@ def count_bars(items: list[tuple[str, int]], aria: str) -> str:
 
 def _stamp(epoch: int, window_s: int) -> str:
     fmt = "%Y-%m-%d %H:00" if window_s < 86400 else "%Y-%m-%d"
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime(fmt)
+    return datetime.fromtimestamp(epoch, UTC).strftime(fmt)

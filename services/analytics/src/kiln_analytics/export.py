@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from kilnbus.providers import PROVIDERS
-
 from kiln_analytics.requests import RequestRecord
+from kilnbus.providers import PROVIDERS
 
 SCHEMA = "binderhub.jupyter.org/launch"
 VERSION = 6
@@ -27,7 +26,7 @@ def launch_event(record: RequestRecord) -> dict[str, Any] | None:
     if known is None:
         return None  # not a provider Kiln launches, so the schema's enum may have no name for it
     provider = known.schema_name
-    stamp = datetime.fromtimestamp(record.ended, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = datetime.fromtimestamp(record.ended, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {"timestamp": stamp, "schema": SCHEMA, "version": VERSION, "provider": provider, "spec": record.spec,
             "ref": record.ref, "status": "success", "build_token": record.build_token, "origin": record.origin,
             "request_origin": record.request_origin}
