@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
 import httpx
 import pytest
 
-from kilnbus import BusSettings, Delivery, LaunchRequested, Phase, PhaseEvent, Topics
+from kilnbus import BusSettings, KafkaLogReader, LaunchRequested, Phase, PhaseEvent, Topics, default_codec
 
-from ..bus.helpers import start_consumer
 from .conftest import Gateway
 
 pytestmark = pytest.mark.kafka
@@ -22,15 +20,22 @@ def gateway_settings(gateway_settings: Any, request: pytest.FixtureRequest) -> A
     return gateway_settings.model_copy(update=getattr(request, "param", {}))
 
 
-async def published_launches(bus_settings: BusSettings, topics: Topics, producer: Any, wait: float = 1.0) -> list[str]:
+async def published_launches(bus_settings: BusSettings, topics: Topics) -> list[str]:
+    """The specs of every launch request on the topic now. The gateway answers a launch only once its
+    request was acknowledged, so reading to the topic's current end offsets misses none: no waiting."""
     seen: list[str] = []
-
-    async def collect(d: Delivery[LaunchRequested]) -> None:
-        seen.append(d.value.spec)
-
-    reader = await start_consumer(bus_settings, topics, [topics.launch_requested], collect, producer, group="door-audit")
-    await asyncio.sleep(wait)
-    await reader.close()
+    async with KafkaLogReader(bus_settings, [topics.launch_requested]) as reader:
+        remaining = {tp for tp, end in reader.end_offsets.items() if end > 0}
+        if not remaining:
+            return seen
+        async for record in reader:
+            request = default_codec().decode(record.value, expect=LaunchRequested)
+            assert isinstance(request, LaunchRequested)
+            seen.append(request.spec)
+            if record.offset + 1 >= reader.end_offsets[(record.topic, record.partition)]:
+                remaining.discard((record.topic, record.partition))
+            if not remaining:
+                return seen
     return seen
 
 
@@ -48,13 +53,17 @@ BAD = [
 
 @pytest.mark.parametrize("path, status, message", BAD, ids=[b[2][:24] for b in BAD])
 async def test_bad_spec_gets_a_clear_4xx_and_publishes_nothing(
-    gateway: Gateway, bus_settings: BusSettings, topics: Topics, producer: Any, path: str, status: int, message: str
+    gateway: Gateway, bus_settings: BusSettings, topics: Topics, path: str, status: int, message: str
 ) -> None:
     got, events, _ = await gateway.events(path)
     assert got == status
     assert events[0]["data"]["phase"] == "failed" and events[0]["data"]["status_code"] == status
     assert message in events[0]["data"]["message"]
-    assert await published_launches(bus_settings, topics, producer) == []
+    assert await published_launches(bus_settings, topics) == []
+    # Control: a launch the door lets through is seen by the same audit.
+    async with gateway.client.stream("GET", "/build/gh/org/repo/main", headers={"Accept": "text/event-stream"}) as r:
+        assert r.status_code == 200
+    assert await published_launches(bus_settings, topics) == ["org/repo/main"]
 
 
 async def test_build_without_event_stream_accept_is_refused(gateway: Gateway) -> None:
