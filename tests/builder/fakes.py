@@ -22,6 +22,7 @@ from kilnbus import (
     Phase,
     PhaseEvent,
     PhaseReporter,
+    Position,
     Record,
     Topic,
     serve,
@@ -175,6 +176,7 @@ class BuilderHarness:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     counter: list[int] = field(default_factory=lambda: [0])
+    positions: dict[str, Position] = field(default_factory=dict)
 
     async def stop_serving(self) -> None:
         """The consumer stops as on SIGTERM: handlers still waiting after the grace are cancelled."""
@@ -189,11 +191,15 @@ class BuilderHarness:
         self.fetcher.repos[(url, ref)] = files
         return url, ref
 
-    async def request(self, url: str, ref: str, image: str | None = None, launch: bool = True) -> BuildRequested:
+    async def request(self, url: str, ref: str, image: str | None = None, launch: bool = True,
+                      request_id: str | None = None) -> BuildRequested:
+        """Publish a build request, keyed by its image as the resolver does; where it landed is in ``positions``."""
         self.counter[0] += 1
-        request = BuildRequested(request_id=f"req-{self.counter[0]}", image_name=image or f"reg.example.org/binder-r:{ref}",
-                                 repo_url=url, ref=ref, provider="git", spec=f"{url}/{ref}", launch=launch)
-        await self.bus.publish(self.bus.topics.build_requested, request.image_name, request)
+        request = BuildRequested(request_id=request_id or f"req-{self.counter[0]}",
+                                 image_name=image or f"reg.example.org/binder-r:{ref}", repo_url=url, ref=ref,
+                                 provider="git", spec=f"{url}/{ref}", launch=launch)
+        self.positions[request.request_id] = await self.bus.publish(self.bus.topics.build_requested, request.image_name,
+                                                                    request)
         return request
 
     def events(self, request_id: str) -> list[PhaseEvent]:

@@ -177,7 +177,7 @@ async def test_a_lost_log_line_fails_its_own_build_and_no_other(tmp_path: Path) 
         a_image, b_image = "reg.example.org/a:1", "reg.example.org/b:1"
         h.executor.gates[a_image] = asyncio.Event()  # a holds its lost send while b builds
         h.publisher.lose_for.add("req-a")
-        a = await publish_as(h, "req-a", url, ref, a_image)
+        a = await h.request(url, ref, image=a_image, request_id="req-a")
         await h.until(lambda: a_image in h.executor.started, "a's build started")
         b = await h.request(url, ref, image=b_image)
         assert (await h.outcome(b.request_id)).phase is Phase.BUILT
@@ -189,17 +189,6 @@ async def test_a_lost_log_line_fails_its_own_build_and_no_other(tmp_path: Path) 
         assert a_final.message.startswith("The builder hit an unexpected error.")
         await h.drained()
         assert [launch.request_id for launch in h.launches()] == [b.request_id]
-
-
-async def publish_as(h: object, request_id: str, url: str, ref: str, image: str) -> object:
-    from kilnbus import BuildRequested
-
-    from .fakes import BuilderHarness
-
-    assert isinstance(h, BuilderHarness)
-    request = BuildRequested(request_id=request_id, image_name=image, repo_url=url, ref=ref, provider="git", spec=url)
-    await h.bus.publish(h.bus.topics.build_requested, image, request)
-    return request
 
 
 async def test_a_request_delivered_twice_while_it_builds_is_answered_once(tmp_path: Path) -> None:
@@ -244,6 +233,8 @@ async def test_an_attempt_begins_when_a_build_takes_its_slot(tmp_path: Path, mon
 async def test_stopping_mid_build_cancels_it_and_leaves_the_request_for_the_next_builder(tmp_path: Path) -> None:
     async with served(tmp_path) as h:
         url, ref = h.repo({"Dockerfile": "FROM 127.0.0.1:5000/kiln/base:latest\n"})
+        done = await h.request(url, ref, image="reg.example.org/done:1")
+        await h.outcome(done.request_id)
         image = "reg.example.org/stopped:1"
         h.executor.gates[image] = asyncio.Event()
         request = await h.request(url, ref, image=image)
@@ -251,9 +242,11 @@ async def test_stopping_mid_build_cancels_it_and_leaves_the_request_for_the_next
         assert h.builder.builds.active == 1 and not h.executor.interrupted, "control: it runs until stopped"
         await h.stop_serving()
         assert h.executor.interrupted == {image} and h.builder.builds.active == 0
-        assert h.final(request.request_id) is None and h.launches() == []
+        assert h.final(request.request_id) is None and [x.request_id for x in h.launches()] == [done.request_id]
         committed = h.bus.committed(h.group)
-        assert sum(committed.values()) == 0, "the request's offset is not committed: it is delivered again"
+        stopped_at, done_at = h.positions[request.request_id], h.positions[done.request_id]
+        assert committed[(stopped_at.topic, stopped_at.partition)] <= stopped_at.offset, "delivered again to the next builder"
+        assert committed[(done_at.topic, done_at.partition)] > done_at.offset, "control: a handled request is committed"
 
 
 async def test_aclose_cancels_and_awaits_every_build(tmp_path: Path) -> None:
