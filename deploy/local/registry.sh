@@ -5,7 +5,8 @@
 # KILN_REGISTRY_AUTH: "token" (default) — every client authenticates with the token server
 #   (registry_token.py on KILN_REGISTRY_TOKEN_PORT, the registry's port + 1): users builder and admin may push and pull,
 #   puller may only pull; passwords are made once into .state/secrets/registry-<user>, and docker
-#   client configurations for admin and puller into .state/docker/<user>/config.json;
+#   client configurations for admin and puller into .state/docker/<user>/config.json (an entry per
+#   registry address: an instance on another port adds its own and leaves the others' alone);
 #   "none" — no authentication (only for a registry nothing untrusted can reach);
 # KILN_REGISTRY_HTPASSWD_USER / _PASSWORD (basic auth with that one account instead),
 # KILN_REGISTRY_URL (use an existing registry instead: nothing is started).
@@ -53,9 +54,33 @@ token_setup() {
   fi
   for user in admin puller; do
     mkdir -p "$KILN_STATE/docker/$user"
-    (umask 077; printf '{"auths": {"127.0.0.1:%s": {"auth": "%s"}}}\n' "$PORT" \
-      "$(printf '%s:%s' "$user" "$(password "$user")" | base64 -w0)" >"$KILN_STATE/docker/$user/config.json")
+    client_auth "$KILN_STATE/docker/$user/config.json" "127.0.0.1:$PORT" "$user" \
+      || die "the docker client configuration $KILN_STATE/docker/$user/config.json could not be written" \
+             "check that it is JSON (or delete it: it is written again)"
   done
+}
+
+# client_auth CONFIG REGISTRY USER: USER's credentials for REGISTRY in the docker client configuration
+# CONFIG, replaced atomically. Only that registry's entry changes: the main registry's admin and
+# puller configurations are shared (every script's docker commands, the hub's engine), and a second
+# instance, such as a test's on a port of its own, must not take the main one's entry away.
+client_auth() {
+  (umask 077; KILN_DOCKER_AUTH=$(printf '%s:%s' "$3" "$(password "$3")" | base64 -w0) python3 - "$1" "$2" <<'PY'
+import json, os, sys
+
+path, registry = sys.argv[1:]
+try:
+    with open(path) as f:
+        config = json.load(f)
+except FileNotFoundError:
+    config = {}
+config.setdefault("auths", {})[registry] = {"auth": os.environ["KILN_DOCKER_AUTH"]}
+with open(path + ".new", "w") as f:
+    json.dump(config, f)
+    f.write("\n")
+os.replace(path + ".new", path)
+PY
+  )
 }
 
 auth_config() {  # the registry configuration's auth section for MODE
@@ -85,6 +110,8 @@ start_token_server() {
 start() {
   if [[ -n ${KILN_REGISTRY_URL:-} ]]; then ok "registry: using $KILN_REGISTRY_URL"; return; fi
   command -v docker-registry >/dev/null || die "docker-registry is not installed" "apt-get install docker-registry (make up does this when run as root)"
+  # Before anything is written: a start that fails leaves the running stack's files as they were.
+  if ! pid_alive "$PIDFILE" && port_open 127.0.0.1 "$PORT"; then port_in_use; fi
   mkdir -p "$HOME_DIR/data"
   [[ $MODE == token ]] && token_setup
   [[ -f $HOME_DIR/secret ]] || head -c 24 /dev/urandom | base64 >"$HOME_DIR/secret"
@@ -111,8 +138,7 @@ YAML
     [[ $MODE == token ]] && start_token_server
     ok "registry ($INSTANCE) already running on 127.0.0.1:$PORT"; return
   fi
-  port_open 127.0.0.1 "$PORT" && die "port $PORT is already in use, so the registry cannot listen there" \
-    "stop that program (ss -ltnp 'sport = :$PORT' shows it) or set KILN_REGISTRY_PORT"
+  port_open 127.0.0.1 "$PORT" && port_in_use
   [[ $MODE == token ]] && start_token_server
   (umask 077; echo "$config" >"$HOME_DIR/config.yml")
   step "starting the registry ($INSTANCE) on 127.0.0.1:$PORT"
@@ -120,6 +146,11 @@ YAML
   echo $! >"$PIDFILE"
   wait_for "registry" 30 curl -s -o /dev/null "http://127.0.0.1:$PORT/v2/" || { tail -n 20 "$LOG" >&2; die "the registry did not start (log: $LOG)" "read the log above"; }
   ok "registry ($INSTANCE) ready on 127.0.0.1:$PORT (auth: $MODE)"
+}
+
+port_in_use() {
+  die "port $PORT is already in use, so the registry cannot listen there" \
+    "stop that program (ss -ltnp 'sport = :$PORT' shows it) or set KILN_REGISTRY_PORT"
 }
 
 stop() {

@@ -69,7 +69,11 @@ def test_port_in_use_names_cause_and_fix(busy_port: int) -> None:
     env = {"KILN_KAFKA_INSTANCE": "busy", "KILN_KAFKA_PORT": str(busy_port), "KILN_KAFKA_CONTROLLER_PORT": str(free_port())}
     assert_clear_failure(script("kafka.sh", "start", env=env), f"port {busy_port} is already in use", "KILN_KAFKA_PORT")
     env = {"KILN_REGISTRY_INSTANCE": "busy", "KILN_REGISTRY_PORT": str(busy_port)}
+    clients = {path: path.read_bytes() for path in (ROOT / ".state" / "docker").glob("*/config.json")}
     assert_clear_failure(script("registry.sh", "start", env=env), f"port {busy_port} is already in use", "KILN_REGISTRY_PORT")
+    # A start that fails writes nothing: the local registry's docker client configurations (the tests'
+    # and scripts' pushes, the hub's pulls) still name it, not the busy port (they were rewritten once).
+    assert {path: path.read_bytes() for path in clients} == clients
 
 
 @pytest.mark.kafka
