@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kilnbus import Phase, PhaseEvent, Topics
-from kilnbus.sealing import Sealer, new_key
-
 from kiln_launcher.handler import Launcher
 from kiln_launcher.hub import Hub
 from kiln_launcher.servers import Servers
 from kiln_launcher.settings import Settings
+from kilnbus import MemoryBus, Phase, PhaseEvent
+from kilnbus.sealing import Sealer, new_key
 
 
 class SlowHub:
@@ -35,14 +34,6 @@ class SlowHub:
         raise AssertionError("not asked here")
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[PhaseEvent] = []
-
-    async def publish(self, topic: Any, key: str, value: PhaseEvent) -> None:
-        self.events.append(value)
-
-
 def running_servers() -> Servers:
     servers = Servers()
     servers.apply(PhaseEvent(request_id="r1", phase=Phase.READY, service="launcher", server_name="u1/binder-1",
@@ -51,27 +42,30 @@ def running_servers() -> Servers:
     return servers
 
 
-def make_launcher(hub: SlowHub, out: Recorder) -> Launcher:
+def make_launcher(hub: SlowHub, bus: MemoryBus) -> Launcher:
     key = new_key()
     settings = Settings(token_seal_keys=[key], cull_check_interval_s=0.01)
-    return Launcher(settings, out, Topics("t."), hub, Sealer([key]))  # type: ignore[arg-type]
+    return Launcher(settings, bus, hub, Sealer([key]))  # type: ignore[arg-type]
+
+
+def reported(bus: MemoryBus) -> list[tuple[str, Phase]]:
+    return [(e.request_id, e.phase) for e in bus.records(bus.topics.phase_events) if isinstance(e, PhaseEvent)]
 
 
 async def test_positive_control_the_watcher_reports_a_culled_server() -> None:
-    hub, out = SlowHub(), Recorder()
-    launcher = make_launcher(hub, out)
+    hub, bus = SlowHub(), MemoryBus()
+    launcher = make_launcher(hub, bus)
     launcher.watch_culled(running_servers(), 0.01, asyncio.Event())
     hub.answer.set()
-    async with asyncio.timeout(5):
-        while not out.events:
-            await asyncio.sleep(0.01)
-    assert [(e.request_id, e.phase) for e in out.events] == [("r1", Phase.STOPPED)]
+    async with bus.changed:
+        await asyncio.wait_for(bus.changed.wait_for(lambda: bool(reported(bus))), 5)
+    assert reported(bus) == [("r1", Phase.STOPPED)]
     await launcher.aclose()
 
 
 async def test_aclose_cancels_and_awaits_the_culler_watcher() -> None:
-    hub, out = SlowHub(), Recorder()
-    launcher = make_launcher(hub, out)
+    hub, bus = SlowHub(), MemoryBus()
+    launcher = make_launcher(hub, bus)
     launcher.watch_culled(running_servers(), 0.01, asyncio.Event())  # the service's stop is never set
     async with asyncio.timeout(5):
         await hub.asked.wait()
@@ -80,7 +74,7 @@ async def test_aclose_cancels_and_awaits_the_culler_watcher() -> None:
     assert hub.interrupted, "cancelled, and awaited: it has ended by the time aclose returns"
     hub.answer.set()
     await asyncio.sleep(0)
-    assert out.events == [], "a stopped watcher reports nothing more"
+    assert reported(bus) == [], "a stopped watcher reports nothing more"
 
 
 async def test_the_hub_client_is_closed() -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from kiln_launcher.servers import Servers
 from kilnbus import Phase, PhaseEvent
-
-from kiln_launcher.servers import Servers, caught_up_or_stopped
 
 
 def ready(rid: str, user: str = "u", url: bool = True) -> PhaseEvent:
@@ -57,13 +56,3 @@ async def test_the_watcher_reports_a_server_the_hub_no_longer_has_once() -> None
     servers.apply(PhaseEvent(request_id="culled", phase=Phase.STOPPED, service="launcher"))
     assert servers.running == {"kept": "u/kept"}
 
-
-async def test_serving_waits_for_the_replay_or_a_stop() -> None:
-    caught_up, stop = asyncio.Event(), asyncio.Event()
-    waiting = asyncio.create_task(caught_up_or_stopped(caught_up, stop))
-    await asyncio.sleep(0)
-    assert not waiting.done()
-    caught_up.set()
-    assert await asyncio.wait_for(waiting, 1) is True
-    stop.set()
-    assert await asyncio.wait_for(caught_up_or_stopped(asyncio.Event(), stop), 1) is False

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from kilnbus.providers import PROVIDERS, ProviderTableMismatch, check_implemented
-
 from kiln_resolver.providers import make_providers
 from kiln_resolver.providers.registry import Providers
 from kiln_resolver.registry import Registry
 from kiln_resolver.settings import Settings
+from kilnbus.providers import PROVIDERS, ProviderTableMismatch, check_implemented
 
 
 async def test_every_provider_in_the_table_has_an_implementation_and_no_other() -> None:

@@ -16,7 +16,6 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,7 +41,7 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         info.size = 3
         tar.addfile(info, io.BytesIO(b"hi\n"))
     name = f"127.0.0.1:{port}/kiln/binder-probe:abc"
-    run = lambda *a, **kw: subprocess.run(a, env=docker_env, check=True, capture_output=True, timeout=120, **kw)  # noqa: E731
+    run = lambda *a, **kw: subprocess.run(a, env=docker_env, check=True, capture_output=True, timeout=120, **kw)
     run("docker", "import", "-", name, input=layer.getvalue())
     run("docker", "login", "-u", "kiln", "--password-stdin", f"127.0.0.1:{port}", input=b"s3cret")
     run("docker", "push", name)
@@ -80,7 +79,7 @@ def token_registry() -> Iterator[dict[str, Any]]:
             if self.command != "HEAD":
                 self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path.startswith("/token"):
                 state["token_requests"].append(self.path)
                 auth = self.headers.get("Authorization", "")
@@ -91,7 +90,7 @@ def token_registry() -> Iterator[dict[str, Any]]:
                 return self._send(200, json.dumps({"token": "granted"}).encode())
             self._send(404)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             parts = self.path.split("/")  # /v2/<repo...>/manifests/<tag>
             repo, tag = "/".join(parts[2:-2]), parts[-1]
             if self.headers.get("Authorization") != "Bearer granted":

@@ -49,6 +49,21 @@ class LogFollower:
         await self._reader.start()
         self._task = asyncio.create_task(self._follow(), name=f"follow {self._topic.name}")
 
+    async def wait_caught_up(self, stop: asyncio.Event) -> bool:
+        """Wait until ``caught_up`` (True) or until ``stop`` is set first (False): a service serves only after.
+
+        Both waits end before this returns, cancelled and awaited, whichever way it returns.
+        """
+        waits = [asyncio.create_task(self.caught_up.wait(), name=f"caught up {self._topic.name}"),
+                 asyncio.create_task(stop.wait(), name="stop")]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        return self.caught_up.is_set()
+
     async def _follow(self) -> None:
         codec = default_codec()
         async for entry in self._reader:

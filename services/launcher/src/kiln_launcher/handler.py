@@ -1,5 +1,9 @@
 """Handling a hub launch request: start a server from the image through JupyterHub and report it.
 
+The handler follows kilnbus' contract: spawn progress is reported as it comes (``launching``), the
+``ready`` event is returned for the bus to publish before the request counts as handled, and a
+launch that cannot succeed raises ``LaunchFailed``, which the bus turns into ``failed``.
+
 The user's token is minted by the hub for that one server, sealed on the bus with a key only the
 launcher and the gateway hold, and opened by the gateway for the client that asked.
 """
@@ -12,25 +16,24 @@ import logging
 import time
 from typing import Any
 
-from kilnbus import BusProducer, Delivery, HubLaunchRequested, Phase, PhaseEvent, Topics
-from kilnbus.sealing import Sealer
-from kilnbus.tasks import Tasks
-
 from kiln_launcher import metrics
 from kiln_launcher.hub import Hub, HubError
 from kiln_launcher.names import user_name
 from kiln_launcher.quota import RunningCount
 from kiln_launcher.servers import Servers
 from kiln_launcher.settings import Settings
+from kilnbus import Bus, Delivery, HubLaunchRequested, KilnError, Outgoing, Phase, PhaseReporter
+from kilnbus.sealing import Sealer
+from kilnbus.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
 
-class LaunchFailed(Exception):
+class LaunchFailed(KilnError):
+    """The launch cannot succeed: the user is told ``message`` (a ``failed`` event with ``cause`` and ``status``)."""
+
     def __init__(self, message: str, cause: str, status: int = 500) -> None:
-        super().__init__(message)
-        self.cause = cause
-        self.status = status
+        super().__init__(message, cause=cause, status=status)
 
 
 def classify(message: str) -> str:
@@ -48,10 +51,9 @@ def classify(message: str) -> str:
 class Launcher:
     """The hub-launch-request handler; it also owns the culler watcher (``watch_culled``)."""
 
-    def __init__(self, settings: Settings, producer: BusProducer, topics: Topics, hub: Hub, sealer: Sealer) -> None:
+    def __init__(self, settings: Settings, bus: Bus, hub: Hub, sealer: Sealer) -> None:
         self._s = settings
-        self._producer = producer
-        self._topics = topics
+        self._report = PhaseReporter(bus, bus.topics, "launcher")
         self._hub = hub
         self._sealer = sealer
         self._in_flight: set[str] = set()
@@ -66,47 +68,40 @@ class Launcher:
         self._tasks.start(servers.watch(self._hub, interval_s, self.stopped, stop), name="culler watcher")
 
     async def aclose(self) -> None:
-        """Cancel the launcher's background tasks and wait for them to end."""
+        """Cancel the launcher's background tasks (the culler watcher, a hub listing) and wait for them to end."""
         await self._tasks.aclose()
-
-    async def emit(self, req: HubLaunchRequested, phase: Phase, **fields: Any) -> None:
-        await self._producer.publish(self._topics.phase_events, req.request_id, PhaseEvent(
-            request_id=req.request_id, phase=phase, service="launcher", provider=req.provider, spec=req.spec, **fields))
+        await self._running.aclose()
 
     async def stopped(self, request_id: str, server_name: str) -> None:
-        await self._producer.publish(self._topics.phase_events, request_id, PhaseEvent(
-            request_id=request_id, phase=Phase.STOPPED, service="launcher", server_name=server_name,
-            message=f"Server {server_name} stopped\n"))
+        await self._report.report(request_id, Phase.STOPPED, server_name=server_name,
+                                  message=f"Server {server_name} stopped\n")
 
-    async def handle(self, delivery: Delivery[HubLaunchRequested]) -> None:
+    async def handle(self, delivery: Delivery[HubLaunchRequested]) -> list[Outgoing]:
         req = delivery.value
         if req.request_id in self._in_flight:
-            return  # a second delivery while the first is launching: the first answers
+            return []  # a second delivery while the first is launching: the first answers
         self._in_flight.add(req.request_id)
         started = time.monotonic()
         retries = "-1"  # BinderHub's label: the attempt index on success, -1 otherwise
         try:
             with metrics.INPROGRESS_LAUNCHES.track_inprogress():
-                retries = str(await self._launch(req) - 1)
-        except LaunchFailed as exc:
-            log.info("launch %s failed: %s", req.request_id, exc.cause)
-            await self.emit(req, Phase.FAILED, message=str(exc).rstrip("\n") + "\n", failure_cause=exc.cause,
-                            status_code=exc.status, image_name=req.image_name)
+                attempt, ready = await self._launch(req)
+            retries = str(attempt - 1)
+            return [ready]
         except HubError as exc:
-            await self.emit(req, Phase.FAILED, message=f"Launching failed: {exc}\n", failure_cause=exc.cause,
-                            status_code=exc.status, image_name=req.image_name)
+            raise LaunchFailed(f"Launching failed: {exc}", exc.cause, exc.status) from exc
         finally:
             self._in_flight.discard(req.request_id)
             status = "failure" if retries == "-1" else "success"
             metrics.LAUNCH_TIME.labels(status=status, retries=retries).observe(time.monotonic() - started)
 
-    async def _launch(self, req: HubLaunchRequested) -> int:
-        """Start (or find) the server and report it ready; returns the attempt that started it."""
+    async def _launch(self, req: HubLaunchRequested) -> tuple[int, Outgoing]:
+        """Start (or find) the server; the attempt that started it, and its ``ready`` event."""
         started = time.monotonic()
         user = req.hub_user or user_name(req.repo_url, req.request_id)
         server = "binder-" + hashlib.sha256(req.request_id.encode()).hexdigest()[:10]
         await self._check_shared_quotas(req)
-        await self.emit(req, Phase.LAUNCHING, message="Launching server...\n", image_name=req.image_name)
+        await self._report.report(req, Phase.LAUNCHING, message="Launching server...\n", image_name=req.image_name)
         if req.hub_user is None:
             await self._hub.create_user(user)  # exists already if this request was delivered before
         model = await self._hub.user(user)
@@ -143,14 +138,14 @@ class Launcher:
         """A logged-in user's servers: the hub's (fresh) model of the user, plus those being started here."""
         if not self._s.servers_per_user:
             return
-        theirs = (set((model.get("servers") or {})) | self._starting.get(hub_user, set())) - {server}
+        theirs = (set(model.get("servers") or {}) | self._starting.get(hub_user, set())) - {server}
         if len(theirs) >= self._s.servers_per_user:
             raise LaunchFailed(f"You already have {len(theirs)} servers running, and this Binder allows "
                                f"{self._s.servers_per_user} per user. Stop one in the hub's control panel "
                                "(File > Hub Control Panel), then launch again.", "user_quota", 429)
 
     async def _start(self, req: HubLaunchRequested, user: str, server: str, state: dict[str, Any] | None,
-                     started: float) -> int:
+                     started: float) -> tuple[int, Outgoing]:
         options = {"image": req.image_name, "repo_url": req.repo_url, "binder_ref_url": req.ref_url,
                    "binder_launch_host": req.launch_host, "binder_request": f"v2/{req.provider}/{req.spec}",
                    "binder_persistent_request": f"v2/{req.provider}/{req.resolved_spec}",
@@ -167,15 +162,17 @@ class Launcher:
         # The token is sealed for this request, with the URL it opens: the gateway hands it only to
         # this request's stream, and sends the browser only to this URL.
         sealed = self._sealer.seal(token, request_id=req.request_id, url=url)
-        await self.emit(req, Phase.READY, message=f"server running at {url}\n", url=url, sealed_token=sealed,
-                        image_name=req.image_name, repo_url=req.repo_url, ref_url=req.ref_url, resolved_spec=req.resolved_spec,
-                        launch_host=req.launch_host, server_name=f"{user}/{server}", ref=req.ref)
-        return attempt
+        ready = self._report.event(req, Phase.READY, message=f"server running at {url}\n", url=url, sealed_token=sealed,
+                                   image_name=req.image_name, repo_url=req.repo_url, ref_url=req.ref_url,
+                                   resolved_spec=req.resolved_spec, launch_host=req.launch_host,
+                                   server_name=f"{user}/{server}", ref=req.ref)
+        return attempt, ready
 
     async def _start_with_retries(self, req: HubLaunchRequested, user: str, server: str, options: dict[str, Any],
                                   started: float) -> int:
         delay = self._s.retry_delay_s
-        for attempt in range(1, self._s.retries + 1):
+        attempt = 1
+        while True:
             try:
                 refused = await self._hub.start_server(user, server, options)
                 if refused is not None:
@@ -183,13 +180,13 @@ class Launcher:
                 await self._follow(req, user, server, started)
                 return attempt
             except LaunchFailed as exc:
-                if exc.cause in ("image_missing", "launch_timeout") or attempt == self._s.retries:
-                    await self._hub.stop_server(user, server)
-                    raise
-                await self.emit(req, Phase.LAUNCHING, message=f"Launch attempt {attempt} failed, retrying...\n")
                 await self._hub.stop_server(user, server)
-                await asyncio.sleep(delay)
-                delay *= 2
+                if exc.cause in ("image_missing", "launch_timeout") or attempt >= self._s.retries:
+                    raise
+            await self._report.report(req, Phase.LAUNCHING, message=f"Launch attempt {attempt} failed, retrying...\n")
+            await asyncio.sleep(delay)
+            delay *= 2
+            attempt += 1
 
     async def _follow(self, req: HubLaunchRequested, user: str, server: str, started: float) -> None:
         """Relay the hub's spawn progress as launching events until the server is ready."""
@@ -201,7 +198,7 @@ class Launcher:
                     message = event.get("message", "the server failed to start")
                     raise LaunchFailed(f"The server failed to start: {message}", classify(message))
                 if event.get("message"):
-                    await self.emit(req, Phase.LAUNCHING, message=event["message"].rstrip("\n") + "\n")
+                    await self._report.report(req, Phase.LAUNCHING, message=event["message"].rstrip("\n") + "\n")
                 if event.get("ready"):
                     return
             raise LaunchFailed("The hub ended the spawn progress before the server was ready.", "spawn_failed")

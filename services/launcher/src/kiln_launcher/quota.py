@@ -3,7 +3,9 @@
 Listing every active user costs the hub more the busier it is, and at a few launch requests a
 second the listings alone kept it from answering the servers it was starting (found by the load
 test: spawns timed out). The listing is asked at most every ``max_age_s`` by one request that
-concurrent callers share, and launches this launcher started since then are added to it.
+concurrent callers share, and launches this launcher started since then are added to it. That
+request runs as a background task of the count's own (a caller that gives up does not end it for
+the others), which ``aclose`` ends.
 
 The listing gives the total quota its count, and the per-client quota (anonymous launches) its
 count per client address: each server's user options carry the address it was launched from
@@ -21,6 +23,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from kilnbus.tasks import Tasks
 
 
 def client_key(address: str) -> str:
@@ -71,12 +75,17 @@ class RunningCount:
         self._started_since = 0
         self._started_per_client: Counter[str] = Counter()
         self._asked_at: float | None = None
-        self._asking: asyncio.Future[None] | None = None
+        self._asking: asyncio.Task[None] | None = None
+        self._tasks = Tasks("quota count")
+
+    async def aclose(self) -> None:
+        """End a listing still being asked for."""
+        await self._tasks.aclose()
 
     async def _fresh(self) -> None:
         if self._asked_at is None or time.monotonic() - self._asked_at >= self._max_age_s:
             if self._asking is None or self._asking.done():
-                self._asking = asyncio.ensure_future(self._refresh())
+                self._asking = self._tasks.start(self._refresh(), name="hub listing")
             await asyncio.shield(self._asking)  # a caller that gives up does not cancel the others' answer
 
     async def count(self) -> int:

@@ -11,23 +11,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from kiln_launcher.hub import Hub, HubError
 from kilnbus import Phase, PhaseEvent
 from kilnbus.servers import RunningServers
 
-from kiln_launcher.hub import Hub, HubError
-
 log = logging.getLogger(__name__)
-
-
-async def caught_up_or_stopped(caught_up: asyncio.Event, stop: asyncio.Event) -> bool:
-    """Wait until the projection has replayed the log (True) or the service is told to stop (False)."""
-    waits = [asyncio.ensure_future(caught_up.wait()), asyncio.ensure_future(stop.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
-    return caught_up.is_set()
 
 
 class Servers:

@@ -5,39 +5,40 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kilnbus import BusProducer, Topics, ensure_topics, run_service, serve_consumer
-from kilnbus.consumer import Handler
-
+import kilnbus
 from kiln_resolver.handler import Resolver
-from kiln_resolver.policy import Policy
 from kiln_resolver.providers import make_providers
 from kiln_resolver.registry import Registry
 from kiln_resolver.running import RunningServers
 from kiln_resolver.settings import Settings
+from kilnbus import Bus, KafkaBus, Routes, run_service
 
 log = logging.getLogger("kiln_resolver")
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    topics = Topics(settings.topic_prefix)
-    await ensure_topics(settings)
-    running = RunningServers(settings, topics.phase_events)
-    await running.start()
-    registry = Registry(settings.registry_url, settings.registry_username, settings.registry_password,
-                        settings.registry_token_url, settings.registry_not_found_401)
-    providers = make_providers(settings)
-
-    def make_handler(producer: BusProducer, topics: Topics) -> Handler:
-        return Resolver(settings, producer, topics, providers, registry, Policy(settings), running).handle
-
+async def run(bus: Bus, resolver: Resolver, stop: asyncio.Event) -> None:
+    """Serve launch requests on ``bus`` until ``stop``, once the resolver's count of running servers holds the log."""
+    await resolver.running.start()
     try:
         # Quotas counted from half the log under-count: consume launch requests only once it is all in.
-        if not await running.wait_caught_up(stop):
+        if not await resolver.running.wait_caught_up(stop):
             return
         # Resolutions wait on networks (APIs, git servers): several run at once.
-        await serve_consumer(settings, "kiln-resolver", lambda t: [t.launch_requested], make_handler, stop, max_in_flight=16)
+        await kilnbus.serve(bus, "kiln-resolver", Routes({bus.topics.launch_requested: resolver.handle}), stop,
+                            max_in_flight=16)
     finally:
-        await running.stop()
+        await resolver.running.stop()
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """The resolver on Kafka, with the providers and the registry its settings name, until ``stop``."""
+    providers = make_providers(settings)
+    registry = Registry(settings.registry_url, settings.registry_username, settings.registry_password,
+                        settings.registry_token_url, settings.registry_not_found_401)
+    try:
+        async with KafkaBus(settings) as bus:
+            await run(bus, Resolver(settings, bus, providers, registry, RunningServers(bus)), stop)
+    finally:
         await providers.aclose()
         await registry.aclose()
 

@@ -1,8 +1,11 @@
 """Handling a launch request: policy, resolution, image name, registry check, then build or launch.
 
-Every outcome is a phase event: ``resolved`` (Kiln's own, with the commit and image), then
-``built`` for an image already in the registry, or a build request for the builder; or ``failed``
-with a message the user can act on and a machine-readable cause for analytics.
+The handler follows kilnbus' contract. Progress the user should see at once (``resolved``, with
+the commit and image, and the default-branch fallback notice) is reported as it happens; the
+outcome is returned for the bus to publish before the request counts as handled: ``built`` and a
+hub launch request for an image already in the registry, ``ready`` for a build-only request that
+finds one, or a build request for the builder. A refusal is a ``KilnError`` carrying the message
+the user can act on and a machine-readable cause for analytics, which the bus turns into ``failed``.
 """
 
 from __future__ import annotations
@@ -11,17 +14,28 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any
-
-from kilnbus import BuildRequested, BusProducer, Delivery, HubLaunchRequested, LaunchRequested, Phase, PhaseEvent, Topics
 
 from kiln_resolver import metrics
 from kiln_resolver.images import image_name, split_image
 from kiln_resolver.policy import Policy
-from kiln_resolver.providers import RepoProvider, ResolveError, Resolution
+from kiln_resolver.providers import RepoProvider, Resolution, ResolveError
 from kiln_resolver.registry import Registry, RegistryError
 from kiln_resolver.running import RunningServers
 from kiln_resolver.settings import Settings
+from kilnbus import (
+    BadRequest,
+    BuildRequested,
+    Bus,
+    Delivery,
+    HubLaunchRequested,
+    KilnError,
+    LaunchRequested,
+    Outgoing,
+    Phase,
+    PhaseReporter,
+    TooManyRequests,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,80 +57,79 @@ class _Recent:
 
 
 class Resolver:
-    def __init__(self, settings: Settings, producer: BusProducer, topics: Topics, providers: dict[str, RepoProvider],
-                 registry: Registry, policy: Policy, running: RunningServers) -> None:
+    """The launch-request handler; ``running`` is its count of running servers, which it does not start."""
+
+    def __init__(self, settings: Settings, bus: Bus, providers: dict[str, RepoProvider], registry: Registry,
+                 running: RunningServers) -> None:
         self._s = settings
-        self._producer = producer
-        self._topics = topics
+        self._topics = bus.topics
+        self._report = PhaseReporter(bus, bus.topics, "resolver")
         self._providers = providers
         self._registry = registry
-        self._policy = policy
-        self._running = running
+        self._policy = Policy(settings)
+        self.running = running
         self._cache: dict[tuple[str, str], tuple[float, Resolution]] = {}
         self._handled = _Recent()
         self._in_flight: set[str] = set()
         self.resolutions = 0  # provider calls made (cache misses)
 
-    async def handle(self, delivery: Delivery[LaunchRequested]) -> None:
+    async def handle(self, delivery: Delivery[LaunchRequested]) -> list[Outgoing]:
         request = delivery.value
         rid = request.request_id
         if rid in self._handled or rid in self._in_flight:
             log.info("launch request %s delivered again; already handled", rid)
-            return
+            return []
         self._in_flight.add(rid)  # copies are handled concurrently: a second one must see the first
         try:
-            await self._handle(request)
-            self._handled.add(rid)
+            outcome = await self._handle(request)
+        except KilnError as exc:
+            metrics.OUTCOMES.labels(provider=request.provider, outcome=exc.cause).inc()
+            log.info("launch %s of %s/%s failed: %s", rid, request.provider, request.spec, exc.cause)
+            if not exc.retriable:
+                self._handled.add(rid)  # an answer, as much as a build request is
+            raise
         finally:
             self._in_flight.discard(rid)
+        self._handled.add(rid)
+        return outcome
 
-    async def _emit(self, request: LaunchRequested, phase: Phase, **fields: Any) -> None:
-        await self._producer.publish(self._topics.phase_events, request.request_id, PhaseEvent(
-            request_id=request.request_id, phase=phase, service="resolver", provider=request.provider, spec=request.spec,
-            **fields))
-
-    async def _fail(self, request: LaunchRequested, message: str, cause: str, status: int) -> None:
-        metrics.OUTCOMES.labels(provider=request.provider, outcome=cause).inc()
-        log.info("launch %s of %s/%s failed: %s", request.request_id, request.provider, request.spec, cause)
-        await self._emit(request, Phase.FAILED, message=message.rstrip("\n") + "\n", failure_cause=cause, status_code=status)
-
-    async def _handle(self, request: LaunchRequested) -> None:
+    async def _handle(self, request: LaunchRequested) -> list[Outgoing]:
         if refusal := self._policy.refuse_spec(request.provider, request.spec):
-            return await self._fail(request, refusal.message, refusal.cause, refusal.status)
+            raise KilnError(refusal.message, cause=refusal.cause, status=refusal.status)
         provider = self._providers.get(request.provider)
         if provider is None:
-            return await self._fail(request, f"Kiln cannot launch from {request.provider!r} repositories yet.",
-                                    "unsupported_provider", 400)
+            raise BadRequest(f"Kiln cannot launch from {request.provider!r} repositories yet.", cause="unsupported_provider")
         try:
             resolution = await self._resolve(request, provider)
         except ResolveError as exc:
-            return await self._fail(request, f"Error resolving ref for {request.provider}:{request.spec}: {exc}", exc.cause, exc.status)
+            raise KilnError(f"Error resolving ref for {request.provider}:{request.spec}: {exc}", cause=exc.cause,
+                            status=exc.status) from exc
         image = image_name(self._s.image_prefix, resolution.build_slug, resolution.ref)
-        await self._emit(request, Phase.RESOLVED, repo_url=resolution.repo_url, ref=resolution.ref, ref_url=resolution.ref_url,
-                         resolved_spec=resolution.resolved_spec, image_name=image,
-                         message=f"Resolved {request.spec} to {resolution.ref}\n")
+        await self._report.report(request, Phase.RESOLVED, repo_url=resolution.repo_url, ref=resolution.ref,
+                                  ref_url=resolution.ref_url, resolved_spec=resolution.resolved_spec, image_name=image,
+                                  message=f"Resolved {request.spec} to {resolution.ref}\n")
         _, repository, tag = split_image(image)
         try:
             exists = await self._registry.image_exists(repository, tag)
         except RegistryError as exc:
-            return await self._fail(request, f"Kiln cannot check for a built image: {exc}. Please try again shortly.",
-                                    "registry_unreachable", 503)
+            # Told at once, as BinderHub does: retrying the handler would say "resolved" again.
+            raise Unavailable(f"Kiln cannot check for a built image: {exc}. Please try again shortly.",
+                              cause="registry_unreachable", retriable=False) from exc
         quota = 0 if request.build_only else self._policy.quota_for(request.provider, request.spec)
-        if quota and self._running.count(image) >= quota:
-            return await self._fail(request, f"Too many users running {resolution.repo_url}! Try again soon.", "repo_quota", 429)
-        common = dict(request_id=request.request_id, image_name=image, repo_url=resolution.repo_url, ref=resolution.ref,
-                      provider=request.provider, spec=request.spec, ref_url=resolution.ref_url,
-                      resolved_spec=resolution.resolved_spec, hub_user=request.hub_user,
-                      launch_host=request.launch_host, client_ip=request.client_ip)
+        if quota and self.running.count(image) >= quota:
+            raise TooManyRequests(f"Too many users running {resolution.repo_url}! Try again soon.", cause="repo_quota")
+        build = BuildRequested(request_id=request.request_id, image_name=image, repo_url=resolution.repo_url,
+                               ref=resolution.ref, provider=request.provider, spec=request.spec,
+                               ref_url=resolution.ref_url, resolved_spec=resolution.resolved_spec,
+                               launch=not request.build_only, hub_user=request.hub_user,
+                               launch_host=request.launch_host, client_ip=request.client_ip)
         metrics.OUTCOMES.labels(provider=request.provider, outcome="cached" if exists else "build").inc()
-        if exists:
-            if request.build_only:
-                return await self._emit(request, Phase.READY, image_name=image, message="Done! Found built image\n")
-            await self._emit(request, Phase.BUILT, image_name=image, message="Found built image, launching...\n")
-            await self._producer.publish(self._topics.hub_launch_requested, request.request_id, HubLaunchRequested(**common))
-        else:
-            await self._producer.publish(self._topics.build_requested, image,
-                                         BuildRequested(**common, launch=not request.build_only))
+        if not exists:
+            return [Outgoing(self._topics.build_requested, image, build)]
+        if request.build_only:
+            return [self._report.event(request, Phase.READY, image_name=image, message="Done! Found built image\n")]
+        return [self._report.event(request, Phase.BUILT, image_name=image, message="Found built image, launching...\n"),
+                Outgoing(self._topics.hub_launch_requested, request.request_id, HubLaunchRequested.from_build(build))]
 
     async def _resolve(self, request: LaunchRequested, provider: RepoProvider) -> Resolution:
         key = (request.provider, request.spec)
@@ -131,8 +144,8 @@ class Resolver:
             if exc.cause != "ref_not_found" or request.provider != "gh" or ref not in ("master", "main"):
                 raise
             resolution = await self._timed(request.provider, provider.resolve(f"{owner_repo}/HEAD"))
-            await self._emit(request, Phase.WAITING, message=f"Ref {ref!r} not found; using the default branch (HEAD) "
-                             "instead. Please update your links.\n")
+            await self._report.report(request, Phase.WAITING, message=f"Ref {ref!r} not found; using the default branch "
+                                      "(HEAD) instead. Please update your links.\n")
         self.resolutions += 1
         if len(self._cache) > 10_000:
             self._cache.clear()

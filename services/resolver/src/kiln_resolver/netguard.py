@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import SplitResult
 
-from kilnbus.urlguard import UnsafeRepoURL, check_public_host, parse_repo_url
-
 from kiln_resolver.providers.base import ResolveError
+from kilnbus.urlguard import UnsafeRepoURL, check_public_host, parse_repo_url
 
 
 async def check_public(host: str, allowed: list[str]) -> None:

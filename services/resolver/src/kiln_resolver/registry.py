@@ -13,10 +13,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json",
-])
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
+                  "application/vnd.docker.distribution.manifest.v2+json, "
+                  "application/vnd.docker.distribution.manifest.list.v2+json")
 
 
 class RegistryError(Exception):
@@ -29,7 +28,7 @@ class Registry:
     def __init__(self, url: str, username: str = "", password: str = "", token_url: str = "",
                  not_found_401: bool | None = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
-        self._auth = (username, password) if username else None
+        self._auth: tuple[str | bytes, str | bytes] | None = (username, password) if username else None
         self._token_url = token_url
         host = urlsplit(self.url).hostname or ""
         self._not_found_401 = host.endswith(".docker.io") if not_found_401 is None else not_found_401
@@ -47,7 +46,7 @@ class Registry:
         if r.status_code != 200:
             raise RegistryError(f"the registry's token server refused Kiln's credentials ({r.status_code})")
         body = r.json()
-        return body.get("token") or body["access_token"]
+        return str(body.get("token") or body["access_token"])
 
     async def image_exists(self, repository: str, tag: str) -> bool:
         url = f"{self.url}/v2/{repository}/manifests/{tag}"
@@ -60,7 +59,7 @@ class Registry:
                 headers["Authorization"] = f"Bearer {await self._token(base, params)}"
                 r = await self._client.head(url, headers=headers)
             else:
-                r = await self._client.head(url, headers=headers, auth=self._auth)
+                r = await self._client.head(url, headers=headers, auth=self._auth or httpx.USE_CLIENT_DEFAULT)
                 challenge = r.headers.get("www-authenticate", "")
                 if r.status_code == 401 and challenge.lower().startswith("bearer"):
                     fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))

@@ -1,9 +1,10 @@
 """The resolver's projection of running servers, for per-repository quotas.
 
 What counts as a running server is ``kilnbus.servers``' fold; this module only feeds it the phase
-log from its first record at start-up and live from then on, so quotas need no shared database.
-The resolver must not answer launch requests before ``caught_up``: a count made from half the log
-under-counts, and a restarted resolver would let a repository past its quota.
+log from its first record at start-up and live from then on (``kilnbus.LogFollower`` on the
+service's bus, Kafka or memory), so quotas need no shared database. The resolver must not answer
+launch requests before ``wait_caught_up``: a count made from half the log under-counts, and a
+restarted resolver would let a repository past its quota.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kilnbus import BusSettings, PhaseEvent, Topic
+from kilnbus import Bus, PhaseEvent
 from kilnbus.follow import LogFollower
 from kilnbus.servers import RunningServers as ServersFold
 from kilnbus.servers import repo_key
@@ -22,11 +23,10 @@ __all__ = ["RunningServers", "repo_key"]
 
 
 class RunningServers:
-    """Servers running now per repository, kept current by following the phase-event topic."""
+    """Servers running now per repository, kept current by following ``bus``'s phase-event topic."""
 
-    def __init__(self, settings: BusSettings, topic: Topic) -> None:
-        self._settings = settings
-        self._topic = topic
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
         self.fold = ServersFold()
         self._follower: LogFollower | None = None
 
@@ -44,23 +44,16 @@ class RunningServers:
 
     async def start(self) -> None:
         """Start replaying the log; see ``wait_caught_up`` before serving."""
-        self._follower = LogFollower(self._settings, self._topic, self.apply)  # type: ignore[arg-type]
+        self._follower = LogFollower(self._bus, self._bus.topics.phase_events, self.apply)  # type: ignore[arg-type]
         await self._follower.start()
 
     async def wait_caught_up(self, stop: asyncio.Event) -> bool:
         """Wait until every record the log held at ``start`` is folded in; False if ``stop`` came first."""
         assert self._follower is not None, "start() first"
-        caught_up = asyncio.ensure_future(self._follower.caught_up.wait())
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait((caught_up, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            caught_up.cancel()
-            stopping.cancel()
-        if self._follower.caught_up.is_set():
-            log.info("running servers replayed from the log: %d running", self.total)
-            return True
-        return False
+        if not await self._follower.wait_caught_up(stop):
+            return False
+        log.info("running servers replayed from the log: %d running", self.total)
+        return True
 
     async def stop(self) -> None:
         if self._follower is not None:

@@ -6,7 +6,7 @@ import re
 from urllib.parse import quote, unquote
 
 from kiln_resolver.netguard import check_public, check_shape
-from kiln_resolver.providers.base import ResolveError, Resolution
+from kiln_resolver.providers.base import Resolution, ResolveError
 from kiln_resolver.providers.gitcli import ls_remote
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")

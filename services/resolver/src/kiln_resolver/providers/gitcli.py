@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from kilnbus.urlguard import git_safety_args
-
 from kiln_resolver.providers.base import ResolveError
+from kilnbus.urlguard import git_safety_args
 
 _ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
 

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import httpx
 
-from kiln_resolver.providers.base import ResolveError, Resolution
 from kiln_resolver.metrics import GITHUB_RATE_LIMIT
+from kiln_resolver.providers.base import Resolution, ResolveError
 
 
 class _ETagCache:

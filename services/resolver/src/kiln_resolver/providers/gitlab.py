@@ -6,7 +6,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 
-from kiln_resolver.providers.base import ResolveError, Resolution
+from kiln_resolver.providers.base import Resolution, ResolveError
 
 
 class GitLabProvider:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 
-from kilnbus.providers import check_implemented
-
 from kiln_resolver.providers.base import RepoProvider
 from kiln_resolver.providers.git import GitProvider
 from kiln_resolver.providers.github import GistProvider, GitHubAPI, GitHubProvider
 from kiln_resolver.providers.gitlab import GitLabProvider
 from kiln_resolver.settings import Settings
+from kilnbus.providers import check_implemented
 
 
 class Providers(dict[str, RepoProvider]):
