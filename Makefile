@@ -20,13 +20,13 @@ images:      ## build each service's container image and push it to the local re
 	@deploy/local/images.sh
 
 lint:        ## ruff and mypy (strict) over the library, the services, the tests and the benchmarks
-	@deploy/local/venv.sh
+	@deploy/local/install-system.sh && deploy/local/venv.sh
 	@.venv/bin/ruff check lib services tests bench deploy
 	@.venv/bin/mypy lib/kilnbus/src services/*/src
 
-test:        ## bring the whole stack up, then run every suite (the end-to-end one included)
+test: lint   ## lint, bring the whole stack up, then run every suite (the end-to-end one included)
 	@KILN_WITH_BROWSER=1 deploy/local/up.sh
-	@$(PY) -m pytest
+	@$(PY) -m pytest --durations=15
 
 test-e2e:    ## the end-to-end suite alone, against the running stack
 	@KILN_WITH_BROWSER=1 deploy/local/up.sh

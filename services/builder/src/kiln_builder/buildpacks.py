@@ -293,7 +293,7 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     prefix = "" if rel == "." else rel + "/"
     root_dockerfile = repo / "Dockerfile"
     if files.present(root_dockerfile) and re.search(r"^\s*FROM\s+andrewosh/binder-base", files.read_text(root_dockerfile),
-                                                    re.M | re.I):
+                                                    re.MULTILINE | re.IGNORECASE):
         raise BuildpackError("This Dockerfile builds on andrewosh/binder-base, which Binder stopped supporting in 2020.")
     if files.present(cfg / "Dockerfile"):
         return Plan(kind="dockerfile", dockerfile_path=cfg / "Dockerfile", dockerfile_text=files.read_text(cfg / "Dockerfile"),
@@ -355,8 +355,8 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
         env_lines.append(f"COPY --chown={NB_UID}:{NB_UID} . /tmp/kiln-env/")
     if apt:
         env_lines += ["USER root",
-                      "RUN apt-get update -qq && xargs -a /tmp/kiln-env/apt.txt apt-get install -y -qq --no-install-recommends"
-                      " && apt-get clean && rm -rf /var/lib/apt/lists/*", f"USER {NB_USER}"]
+                      ("RUN apt-get update -qq && xargs -a /tmp/kiln-env/apt.txt apt-get install -y -qq --no-install-recommends"
+                      " && apt-get clean && rm -rf /var/lib/apt/lists/*"), f"USER {NB_USER}"]
     env_lines += [f"RUN {step}" for step in env_steps]
     env_lines.append(f'ENV PYTHONUNBUFFERED=1\nLABEL org.kiln.env="{env_key}"')
 
