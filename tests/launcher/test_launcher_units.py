@@ -1,9 +1,10 @@
 """The launcher's handling of launch requests against a stand-in hub, on the in-memory bus.
 
 ``kiln_launcher.__main__.run`` serves the launcher on a ``MemoryBus`` (the same dispatcher, failed
-events and projection of running servers as on Kafka). ``FakeHub`` answers the few calls the
-launcher makes as JupyterHub's REST API would (users and their named servers, with the user options
-they were started with); servers are ready at once unless told otherwise. The same calls against
+events and projection of running servers as on Kafka). ``FakeHub`` (tests/support/hub.py, shared
+with tests/chain) answers the few calls the launcher makes as JupyterHub's REST API would (users
+and their named servers, with the user options they were started with); servers are ready at once
+unless told otherwise. The same calls against
 the real hub, on Kafka, are in ``test_launcher.py``.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import types
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Self
 
 import pytest
@@ -25,50 +26,9 @@ from kiln_launcher.settings import Settings
 from kilnbus import HubLaunchRequested, MemoryBus, Phase, PhaseEvent
 from kilnbus.sealing import Sealer, SealError, new_key
 
+from ..support.hub import FakeHub
+
 PUBLIC = "http://127.0.0.1:8000"
-
-
-class FakeHub:
-    """Users and servers in memory, shaped as JupyterHub's API returns them."""
-
-    def __init__(self, refusals: list[str] | None = None) -> None:
-        self.users: dict[str, dict[str, dict[str, Any]]] = {}  # user -> server name -> server model
-        self.listings = 0
-        self.refusals = list(refusals or [])  # what the hub answers the next start requests with
-        self.starts = 0
-        self.stops = 0
-
-    async def create_user(self, name: str) -> bool:
-        created = name not in self.users
-        self.users.setdefault(name, {})
-        return created
-
-    async def user(self, name: str) -> dict[str, Any] | None:
-        if name not in self.users:
-            return None
-        return {"name": name, "servers": {k: dict(v) for k, v in self.users[name].items()}}
-
-    async def start_server(self, user: str, server: str, options: dict[str, Any]) -> str | None:
-        self.starts += 1
-        await asyncio.sleep(0.01)  # the hub takes a moment: concurrent launches overlap
-        if self.refusals:
-            return self.refusals.pop(0)
-        self.users.setdefault(user, {})[server] = {"name": server, "ready": True, "user_options": dict(options)}
-        return None
-
-    async def stop_server(self, user: str, server: str, remove: bool = True) -> None:
-        self.stops += 1
-        self.users.get(user, {}).pop(server, None)
-
-    async def progress(self, user: str, server: str) -> AsyncIterator[dict[str, Any]]:
-        yield {"progress": 100, "ready": True, "message": "Server ready"}
-
-    async def token(self, user: str, server: str, lifetime_s: int) -> str:
-        return f"token-for-{user}/{server}"
-
-    async def active_servers(self) -> Listing:
-        self.listings += 1
-        return Listing.from_users([{"name": u, "servers": s} for u, s in self.users.items() if s])
 
 
 class Launching:

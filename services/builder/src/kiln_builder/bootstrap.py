@@ -2,14 +2,16 @@
 
 ``run`` makes the executor (the Docker engine, or build pods on Kubernetes, with the registry's push
 credentials), the git fetcher and the Kafka bus, hands them to ``Builder`` and serves its routes
-until ``stop``; on the way out it stops the builds still running (while the bus can still report
-them), then closes the bus and the executor.
+with ``run_on`` until ``stop``; on the way out it stops the builds still running (while the bus can
+still report them), then closes the bus and the executor. ``run_on`` takes any bus and builder, so
+the fast tier (tests/chain) serves the same routes the same way on a ``MemoryBus`` with fake ports.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from kiln_builder.executor import BuildExecutor, DockerExecutor
 from kiln_builder.fetch import FetchPolicy, GitFetcher
@@ -17,7 +19,7 @@ from kiln_builder.handler import Builder
 from kiln_builder.kube_executor import KubernetesExecutor, PodSettings
 from kiln_builder.service import GROUP, SERVE_OPTIONS, routes
 from kiln_builder.settings import Settings
-from kilnbus import KafkaBus, PhaseReporter, serve
+from kilnbus import Bus, KafkaBus, PhaseReporter, serve
 
 
 def make_executor(settings: Settings) -> BuildExecutor:
@@ -48,6 +50,15 @@ def make_fetcher(settings: Settings) -> GitFetcher:
     return GitFetcher(policy, Path(settings.work_dir) / "git-cache")
 
 
+async def run_on(bus: Bus, builder: Builder, stop: asyncio.Event, **options: Any) -> None:
+    """Serve ``builder``'s routes on ``bus`` (started) until ``stop``, then stop the builds no handler
+    waits for any more, while ``bus`` can still report them. ``options`` override ``SERVE_OPTIONS``."""
+    try:
+        await serve(bus, GROUP, routes(bus.topics, builder), stop, **{**SERVE_OPTIONS, **options})
+    finally:
+        await builder.aclose()
+
+
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Serve build requests until ``stop`` is set."""
     executor = make_executor(settings)
@@ -55,10 +66,6 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         async with KafkaBus(settings) as bus:
             # The producer itself, not the bus: log lines are queued with send(), not published one by one.
             reporter = PhaseReporter(bus.producer, bus.topics, "builder")
-            builder = Builder(settings, reporter, bus.topics, executor, make_fetcher(settings))
-            try:
-                await serve(bus, GROUP, routes(bus.topics, builder), stop, **SERVE_OPTIONS)
-            finally:
-                await builder.aclose()  # builds no handler waits for any more, while the producer is open
+            await run_on(bus, Builder(settings, reporter, bus.topics, executor, make_fetcher(settings)), stop)
     finally:
         await executor.aclose()  # the Kubernetes API client it made
