@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
-
 from kiln_analytics.table import RequestTable
 from kiln_builder.errors import BuildFailed
 from kilnbus import Phase
@@ -123,9 +121,6 @@ async def test_two_launches_of_an_uncached_image_share_one_build(chain: Chain) -
     assert view_b[1:built + 2] == view_a[:built + 1]
 
 
-@pytest.mark.xfail(strict=True, reason="kiln_builder.builds.Builds.submit adds a follower to the build's subscribers "
-                   "before replaying the log so far to it, so events the build emits during the replay reach it "
-                   "before older replayed lines")
 async def test_a_follower_gets_the_builds_log_in_order_while_the_build_goes_on(chain: Chain) -> None:
     image = chain.image()
     gate = chain.executor.gates[image] = asyncio.Event()

@@ -61,6 +61,9 @@ class Job:
     lines: list[str] = field(default_factory=list)
     env_image_to_push: str | None = None
     task: asyncio.Task[None] | None = None  # the build, once submitted (owned by Builds)
+    # Held while an event goes out and while a late request joins and is sent the log so far, so the
+    # joiner gets the old lines first and nothing the build says meanwhile comes before them.
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Builds:
@@ -91,9 +94,10 @@ class Builds:
             fields = {**fields, "message": limit_lines(fields["message"], self._max_line_chars)}
             job.lines.append(fields["message"])
             del job.lines[:-DIAGNOSE_LINES]
-        if phase in REPLAYED_PHASES:
-            self._keep(job, phase, fields)
-        await asyncio.gather(*(self._emit_one(req, phase, fields) for req in list(job.subscribers.values())))
+        async with job.sending:
+            if phase in REPLAYED_PHASES:
+                self._keep(job, phase, fields)
+            await asyncio.gather(*(self._emit_one(req, phase, fields) for req in list(job.subscribers.values())))
 
     def _keep(self, job: Job, phase: Phase, fields: dict[str, Any]) -> None:
         """Add an event to ``job``'s history, dropping the oldest ones past the byte bound."""
@@ -108,14 +112,15 @@ class Builds:
         """The job building ``request.image_name``: an existing one (attached to) or a new one."""
         job = self._jobs.get(request.image_name)
         if job is not None:
-            job.subscribers[request.request_id] = request
-            await self._emit_one(request, Phase.WAITING, {"message": "Another launch is already building this image; "
-                                                                     "following its build.\n"})
-            if job.history_dropped:
-                await self._emit_one(request, Phase.BUILDING, {"message": f"[Kiln: the first {job.history_dropped} "
-                                                                          "lines of this build's log are not kept]\n"})
-            for phase, fields in list(job.history):
-                await self._emit_one(request, phase, fields)
+            async with job.sending:
+                job.subscribers[request.request_id] = request
+                await self._emit_one(request, Phase.WAITING, {"message": "Another launch is already building this "
+                                                                         "image; following its build.\n"})
+                if job.history_dropped:
+                    await self._emit_one(request, Phase.BUILDING, {"message": f"[Kiln: the first {job.history_dropped} "
+                                                                              "lines of this build's log are not kept]\n"})
+                for phase, fields in list(job.history):
+                    await self._emit_one(request, phase, fields)
             return job
         job = Job(request.image_name, request, {request.request_id: request})
         self._jobs[job.image] = job
