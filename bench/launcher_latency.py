@@ -24,7 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kiln_launcher.__main__ import serve
+from kiln_launcher.bootstrap import run as serve
 from kiln_launcher.settings import Settings
 from kilnbus import BusProducer, BusSettings, Delivery, HubLaunchRequested, Phase, PhaseEvent, Topics, ensure_topics
 from kilnbus.sealing import new_key

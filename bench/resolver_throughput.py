@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kiln_resolver.__main__ import serve
+from kiln_resolver.bootstrap import run as serve
 from kiln_resolver.settings import Settings
 from kilnbus import BusProducer, BusSettings, Delivery, LaunchRequested, PhaseEvent, Topics, ensure_topics
 from tests.bus.helpers import start_consumer

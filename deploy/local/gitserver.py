@@ -75,7 +75,8 @@ def serve(root: Path, port: int = 0, handler: type[GitHttpHandler] = GitHttpHand
     """Start serving ``root`` on 127.0.0.1:``port`` (0: any free port) in a background thread."""
     handler_class = type("BoundGitHttpHandler", (handler,), {"root": root})
     httpd = ThreadingHTTPServer(("127.0.0.1", port), handler_class)
-    threading.Thread(target=httpd.serve_forever, name="git-http", daemon=True).start()
+    # A short poll: shutdown() waits for the loop to look, and tests start and stop many servers.
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="git-http", daemon=True).start()
     return httpd
 
 

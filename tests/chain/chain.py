@@ -3,10 +3,10 @@
 Each service runs as its entry point runs it, only on another bus and with other ports:
 
     client --GET /build/gh/...--> gateway (kiln_gateway.app over its memory ports, tests/gateway/memory.py)
-      --launch-requested--> resolver (kiln_resolver.__main__.run; its real GitHub provider asks a loopback git host)
+      --launch-requested--> resolver (kiln_resolver.bootstrap.run_on; its real GitHub provider asks a loopback git host)
       --build-requested--> builder (kiln_builder.bootstrap.run_on; the real git fetcher, buildpacks and queue,
                                     a fake executor and registry: tests/builder/fakes.py)
-      --hub-launch-requested--> launcher (kiln_launcher.__main__.run; a fake hub: tests/support/hub.py)
+      --hub-launch-requested--> launcher (kiln_launcher.bootstrap.run_on; a fake hub: tests/support/hub.py)
       --phase-events--> the gateway's router (the client's SSE stream), analytics' fold, kilnbus.servers
 
 Only what lies outside Kiln is faked: the git host is a real git server on 127.0.0.1 with a
@@ -34,9 +34,9 @@ from kiln_builder.handler import Builder
 from kiln_builder.settings import Settings as BuilderSettings
 from kiln_gateway.projection import CLIENT_PHASES
 from kiln_gateway.settings import Settings as GatewaySettings
-from kiln_launcher.__main__ import run as run_launcher
+from kiln_launcher.bootstrap import run_on as run_launcher
 from kiln_launcher.settings import Settings as LauncherSettings
-from kiln_resolver.__main__ import run as run_resolver
+from kiln_resolver.bootstrap import run_on as run_resolver
 from kiln_resolver.handler import Resolver
 from kiln_resolver.images import image_name, split_image
 from kiln_resolver.providers import make_providers

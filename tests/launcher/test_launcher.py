@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln_launcher.__main__ import serve
+from kiln_launcher.bootstrap import run as serve
 from kiln_launcher.settings import Settings
 from kilnbus import BusSettings, HubLaunchRequested, KafkaBus, Phase, PhaseEvent
 from kilnbus.sealing import Sealer, new_key

@@ -1,6 +1,6 @@
 """The launcher's handling of launch requests against a stand-in hub, on the in-memory bus.
 
-``kiln_launcher.__main__.run`` serves the launcher on a ``MemoryBus`` (the same dispatcher, failed
+``kiln_launcher.bootstrap.run_on`` serves the launcher on a ``MemoryBus`` (the same dispatcher, failed
 events and projection of running servers as on Kafka). ``FakeHub`` (tests/support/hub.py, shared
 with tests/chain) answers the few calls the launcher makes as JupyterHub's REST API would (users
 and their named servers, with the user options they were started with); servers are ready at once
@@ -19,7 +19,7 @@ from typing import Any, Self
 import pytest
 
 from kiln_launcher import quota
-from kiln_launcher.__main__ import run
+from kiln_launcher.bootstrap import run_on as run
 from kiln_launcher.hub import Hub
 from kiln_launcher.quota import Listing, RunningCount, client_key
 from kiln_launcher.settings import Settings

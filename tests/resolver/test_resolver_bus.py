@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from kiln_resolver import running
-from kiln_resolver.__main__ import serve
+from kiln_resolver.bootstrap import run as serve
 from kiln_resolver.images import image_name
 from kiln_resolver.settings import Settings
 from kilnbus import BuildRequested, BusSettings, KafkaBus, LaunchRequested, LogFollower, Phase, PhaseEvent

@@ -1,6 +1,6 @@
 """The resolver's handling of launch requests, served as the service serves them, on the in-memory bus.
 
-No broker and no registry: ``kiln_resolver.__main__.run`` runs the resolver on a ``MemoryBus``
+No broker and no registry: ``kiln_resolver.bootstrap.run_on`` runs the resolver on a ``MemoryBus``
 (the same dispatcher, failed events and projection as on Kafka), its providers resolve real
 repositories on the loopback git host (tests/support/githost.py), and the registry is a set of
 image names. The real registry and broker are in test_resolver_bus.py.
@@ -15,7 +15,7 @@ from typing import Any, Self
 
 import pytest
 
-from kiln_resolver.__main__ import run
+from kiln_resolver.bootstrap import run_on as run
 from kiln_resolver.handler import Resolver
 from kiln_resolver.images import split_image
 from kiln_resolver.providers import make_providers
