@@ -50,3 +50,18 @@ async def test_resolver_follows_no_redirect(githost: GitHost, tmp_path: Path) ->
     finally:
         server.shutdown()
     assert (await provider.resolve(f"{quote(url, safe='')}/HEAD")).ref == ref  # control: the target itself resolves
+
+
+def test_git_never_sees_kilns_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """git runs against strangers' remotes: Kiln's settings (passwords, keys) stay out of its environment."""
+    from kilnbus.urlguard import git_env
+
+    monkeypatch.setenv("KILN_KAFKA_PASSWORD", "s3cret")
+    monkeypatch.setenv("KILN_TOKEN_SEAL_KEYS", "k3y")
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+    env = git_env()
+    assert not {k for k in env if k.startswith("KILN_")}, env
+    assert "s3cret" not in env.values() and "k3y" not in env.values()
+    # Control: what git needs to run and reach hosts is passed on.
+    assert env["PATH"] and env["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"
+    assert env["GIT_TERMINAL_PROMPT"] == "0" and env["GIT_CONFIG_GLOBAL"] == "/dev/null"

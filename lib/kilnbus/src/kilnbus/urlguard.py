@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import re
 import socket
 from urllib.parse import SplitResult, urlsplit
@@ -132,3 +133,17 @@ def git_safety_args(schemes: list[str]) -> list[str]:
         if scheme in ("http", "https", "git", "ssh"):
             args += ["-c", f"protocol.{scheme}.allow=always"]
     return args
+
+
+# What git needs from the service's environment to run and reach hosts (CA bundle, proxies); the
+# rest (KILN_* settings: passwords, keys) is none of a stranger's remote's or hooks' business.
+_GIT_PASSED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO",
+               "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+def git_env() -> dict[str, str]:
+    """The environment for git run against an untrusted remote: never prompting, no config but Kiln's."""
+    env = {k: v for k, v in os.environ.items() if k in _GIT_PASSED}
+    return env | {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+                  # The service's own git configuration is not the repository's business.
+                  "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}

@@ -25,12 +25,10 @@ from typing import Protocol
 
 from kiln_builder.errors import FetchFailed
 from kiln_builder.executor import LineSink
-from kilnbus.urlguard import UnsafeRepoURL, check_repo_url, git_safety_args, public_addresses, redact
+from kilnbus.urlguard import UnsafeRepoURL, check_repo_url, git_env, git_safety_args, public_addresses, redact
 
 _PROGRESS = re.compile(r"\d+% \(\d+/\d+\)")
-_ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
-        # The builder's own git configuration is not the repository's business.
-        "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
+_ENV = git_env()
 # A commit, tag or branch name; never something git could read as an option.
 _REF = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._/-]{0,254}$")
 _GIT_LINE_LIMIT = 500  # git's own lines (and a hostile server's "remote:" lines) shown in the log

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 from kiln_resolver.providers.base import ResolveError
-from kilnbus.urlguard import git_safety_args
+from kilnbus.urlguard import git_env, git_safety_args
 
-_ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+_ENV = git_env()
 
 
 async def ls_remote(url: str, ref: str, timeout: float) -> str | None:
