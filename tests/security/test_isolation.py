@@ -190,9 +190,11 @@ async def test_root_build_steps_keep_only_what_apt_needs(repos: Path) -> None:
     process limit of its own; apt still installs a package. The control builds the same step on the
     engine without the builds' cgroup, where Docker's defaults apply and the probe finds them."""
     step = ROOT_STEP.replace("\n", "\\n").replace('"', '\\"')
-    dockerfile = (f"FROM kiln/base:latest\nUSER root\nRUN printf \"{step}\" > /tmp/step.py && python3 /tmp/step.py\n"
+    # The unique line first: a step the engine has cached prints nothing, and the probe's line is read from the log.
+    dockerfile = (f"FROM kiln/base:latest\nUSER root\nRUN echo {uuid.uuid4().hex}\n"
+                  f"RUN printf \"{step}\" > /tmp/step.py && python3 /tmp/step.py\n"
                   "RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends tree >/dev/null && tree --version\n"
-                  f"RUN echo {uuid.uuid4().hex}\nUSER 1000\n")
+                  "USER 1000\n")
     name = f"rootstep{uuid.uuid4().hex[:6]}"
     make_repo(repos, name, {"Dockerfile": dockerfile})
     events = await launch(spec_for(repos, name))
