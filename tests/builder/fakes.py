@@ -143,17 +143,25 @@ class FakeFetcher:
 
 class LossyPublisher:
     """The bus, with sends that do not wait (as a BusProducer's); the next send for a key in
-    ``lose_for`` is lost: its acknowledgement fails."""
+    ``lose_for`` is lost: its acknowledgement fails. A key in ``hold_after`` has that many sends
+    go through, then the next ones wait (as a slow or full producer would) until ``released`` is set."""
 
     def __init__(self, bus: MemoryBus) -> None:
         self.bus = bus
         self.lose_for: set[str] = set()
+        self.hold_after: dict[str, int] = {}
+        self.released = asyncio.Event()
 
     async def publish(self, topic: Topic, key: str | None, record: Record) -> Any:
         return await self.bus.publish(topic, key, record)
 
     async def send(self, topic: Topic, key: str | None, record: Record) -> asyncio.Future[Any]:
         ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if key in self.hold_after:
+            if self.hold_after[key] > 0:
+                self.hold_after[key] -= 1
+            else:
+                await self.released.wait()
         if key in self.lose_for:
             self.lose_for.discard(key)
             ack.set_exception(ConnectionResetError(f"send for {key} lost"))

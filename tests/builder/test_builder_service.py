@@ -191,6 +191,57 @@ async def test_a_lost_log_line_fails_its_own_build_and_no_other(tmp_path: Path) 
         assert [launch.request_id for launch in h.launches()] == [b.request_id]
 
 
+async def test_a_joiners_lost_send_fails_that_request_alone_and_the_shared_build_goes_on(tmp_path: Path) -> None:
+    async with served(tmp_path) as h:
+        url, ref = h.repo({"Dockerfile": "FROM 127.0.0.1:5000/kiln/base:latest\n"})
+        image = "reg.example.org/shared-lost:1"
+        h.executor.gates[image] = asyncio.Event()
+        first = await h.request(url, ref, image=image, request_id="first")
+        await h.until(lambda: image in h.executor.started, "the build started")
+        h.publisher.lose_for.add("joiner")  # the joiner's first send (while it is sent the log so far) is lost
+        joiner = await h.request(url, ref, image=image, request_id="joiner")
+        await h.until(lambda: "Step 2/2 : RUN make" in h.log(joiner.request_id), "the joiner was sent the log so far")
+        h.executor.gates[image].set()
+        joined = await h.outcome(joiner.request_id)
+        assert (joined.phase, joined.failure_cause) == (Phase.FAILED, "internal_error"), "its lost send fails it"
+        assert joined.message.startswith("The builder hit an unexpected error.")
+        # Control: the build went on, once, for the request whose events were delivered.
+        assert (await h.outcome(first.request_id)).phase is Phase.BUILT
+        await h.drained()
+        assert [launch.request_id for launch in h.launches()] == [first.request_id]
+        assert len(h.executor.built(image)) == 1 and h.registry.pushes == [image]
+
+
+async def test_a_joiners_replay_does_not_hold_back_the_build_or_other_joiners(tmp_path: Path) -> None:
+    async with served(tmp_path) as h:
+        h.executor.log_lines = [f"line {i}\n" for i in range(300)]
+        url, ref = h.repo({"Dockerfile": "FROM 127.0.0.1:5000/kiln/base:latest\n"})
+        image = "reg.example.org/shared-slow:1"
+        h.executor.gates[image] = asyncio.Event()
+        first = await h.request(url, ref, image=image, request_id="first")
+        await h.until(lambda: "line 299\n" in h.log(first.request_id), "the build printed its log")
+        h.publisher.hold_after["slow"] = 10  # the slow joiner's publisher stalls ten events into its replay
+        slow = await h.request(url, ref, image=image, request_id="slow")
+        await h.until(lambda: len(h.events(slow.request_id)) == 10, "the slow joiner's replay under way")
+        quick = await h.request(url, ref, image=image, request_id="quick")
+        await h.until(lambda: "line 299\n" in h.log(quick.request_id), "another joiner's replay, beside the stalled one")
+        h.executor.gates[image].set()
+        # The build's new events reach the others while the slow joiner's replay is still stalled.
+        assert (await h.outcome(first.request_id)).phase is Phase.BUILT
+        assert (await h.outcome(quick.request_id)).phase is Phase.BUILT
+        assert len(h.events(slow.request_id)) == 10 and h.final(slow.request_id) is None, "control: still stalled"
+        h.publisher.released.set()
+        assert (await h.outcome(slow.request_id)).phase is Phase.BUILT
+        await h.drained()
+        before = [(e.phase, e.message) for e in h.events(first.request_id)]
+        for joiner in (slow, quick):
+            got = [(e.phase, e.message) for e in h.events(joiner.request_id)]
+            assert got[0] == (Phase.WAITING, "Another launch is already building this image; following its build.\n")
+            # The log so far, then what the build said meanwhile, in order: nothing lost, nothing twice.
+            assert got[1:] == before, joiner.request_id
+        assert sorted(launch.request_id for launch in h.launches()) == ["first", "quick", "slow"]
+
+
 async def test_a_request_delivered_twice_while_it_builds_is_answered_once(tmp_path: Path) -> None:
     async with served(tmp_path) as h:
         url, ref = h.repo({"Dockerfile": "FROM 127.0.0.1:5000/kiln/base:latest\n"})

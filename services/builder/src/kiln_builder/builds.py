@@ -1,8 +1,12 @@
 """One build per image: requests for an image already building attach to it; the rest queue.
 
 Every request of a build gets every event of it: one that attaches late is first sent the log so
-far. Builds beyond ``concurrent_builds`` wait, and their requests are told their place in the queue
-whenever it changes.
+far, then what the build said meanwhile (held for it while the old lines go out, so the build does
+not wait for the replay), then the live events. Builds beyond ``concurrent_builds`` wait, and their
+requests are told their place in the queue whenever it changes.
+
+A request whose events cannot be sent (a lost send) is dropped from its build and its own handler
+fails; the build and its other requests carry on.
 
 A build's output is the repository's to choose, so what the builder keeps of it is bounded: each
 log line is cut at ``max_line_chars`` (with a marker saying so), and the log kept for requests that
@@ -47,22 +51,49 @@ def limit_lines(message: str, max_chars: int) -> str:
     return "".join(out)
 
 
+class RequestDropped(Exception):
+    """A request's events could not be sent, so it was dropped from its build (which goes on)."""
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """A request following a build: the build's outcome for it, and the events held back for it."""
+
+    request: BuildRequested
+    job: Job
+    # The build's outcome for this request; RequestDropped when its events could not be sent.
+    outcome: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # While a late request is sent the log so far, the build's new events wait here (None: live).
+    backlog: deque[tuple[Phase, dict[str, Any]]] | None = None
+    backlog_bytes: int = 0
+    dropped: bool = False
+
+    def drop(self, exc: BaseException) -> None:
+        """Take this request off its build, failing its handler with ``exc``."""
+        self.dropped = True
+        if self.job.subscribers.get(self.request.request_id) is self:
+            del self.job.subscribers[self.request.request_id]
+        if not self.outcome.done():
+            error = RequestDropped(f"events for request {self.request.request_id} could not be sent: {exc!r}")
+            error.__cause__ = exc
+            self.outcome.set_exception(error)
+
+
 @dataclass
 class Job:
     """A build of one image and the requests waiting for it."""
 
     image: str
     first: BuildRequested
-    subscribers: dict[str, BuildRequested] = field(default_factory=dict)
+    subscribers: dict[str, Subscriber] = field(default_factory=dict)
     history: deque[tuple[Phase, dict[str, Any]]] = field(default_factory=deque)
     history_bytes: int = 0
     history_dropped: int = 0  # events dropped from the front of history to stay within its bound
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     lines: list[str] = field(default_factory=list)
     env_image_to_push: str | None = None
     task: asyncio.Task[None] | None = None  # the build, once submitted (owned by Builds)
-    # Held while an event goes out and while a late request joins and is sent the log so far, so the
-    # joiner gets the old lines first and nothing the build says meanwhile comes before them.
+    # Held while an event goes out to the live requests, so two events cannot overtake each other. Not
+    # held while a late request is sent the log so far: that request's new events wait in its backlog.
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -95,9 +126,30 @@ class Builds:
             job.lines.append(fields["message"])
             del job.lines[:-DIAGNOSE_LINES]
         async with job.sending:
+            # No await from here until the sends: a request joining now either finds this event in the
+            # history it is sent or gets it in its backlog, never both nor neither.
             if phase in REPLAYED_PHASES:
                 self._keep(job, phase, fields)
-            await asyncio.gather(*(self._emit_one(req, phase, fields) for req in list(job.subscribers.values())))
+            live = []
+            for sub in list(job.subscribers.values()):
+                if sub.backlog is None:
+                    live.append(sub)
+                    continue
+                sub.backlog.append((phase, fields))
+                sub.backlog_bytes += len(fields.get("message") or "") + _EVENT_OVERHEAD
+                if sub.backlog_bytes > self._history_bytes:  # its replay stalled: it must not hold the log twice over
+                    log.warning("request %s dropped from the build of %s: its replay fell behind",
+                                sub.request.request_id, job.image)
+                    sub.drop(RuntimeError("the request fell behind its build's log"))
+            results = await asyncio.gather(*(self._emit_one(sub.request, phase, fields) for sub in live),
+                                           return_exceptions=True)
+        for sub, result in zip(live, results, strict=True):
+            if isinstance(result, Exception):
+                # One request's lost send is its own failure, not its build's nor the other requests'.
+                log.warning("request %s dropped from the build of %s: %r", sub.request.request_id, job.image, result)
+                sub.drop(result)
+            elif isinstance(result, BaseException):
+                raise result
 
     def _keep(self, job: Job, phase: Phase, fields: dict[str, Any]) -> None:
         """Add an event to ``job``'s history, dropping the oldest ones past the byte bound."""
@@ -108,26 +160,54 @@ class Builds:
             job.history_bytes -= len(old.get("message") or "") + _EVENT_OVERHEAD
             job.history_dropped += 1
 
-    async def submit(self, request: BuildRequested) -> Job:
-        """The job building ``request.image_name``: an existing one (attached to) or a new one."""
+    async def submit(self, request: BuildRequested) -> Subscriber:
+        """``request`` following the build of its image: an existing one (attached to) or a new one.
+
+        A request attaching late is sent the log so far before this returns; if that fails, its
+        ``outcome`` holds the RequestDropped."""
         job = self._jobs.get(request.image_name)
         if job is not None:
-            async with job.sending:
-                job.subscribers[request.request_id] = request
-                await self._emit_one(request, Phase.WAITING, {"message": "Another launch is already building this "
-                                                                         "image; following its build.\n"})
-                if job.history_dropped:
-                    await self._emit_one(request, Phase.BUILDING, {"message": f"[Kiln: the first {job.history_dropped} "
-                                                                              "lines of this build's log are not kept]\n"})
-                for phase, fields in list(job.history):
-                    await self._emit_one(request, phase, fields)
-            return job
-        job = Job(request.image_name, request, {request.request_id: request})
+            # Registered with a snapshot of the history, without awaiting between the two (see emit);
+            # the build's lock is not taken, so its new lines go on to the others during the replay.
+            sub = Subscriber(request, job, backlog=deque())
+            job.subscribers[request.request_id] = sub
+            history, dropped = list(job.history), job.history_dropped
+            try:
+                await self._replay(sub, history, dropped)
+            except asyncio.CancelledError:
+                await self.abandon(job, request.request_id)
+                raise
+            except Exception as exc:  # noqa: BLE001 - a lost send: this request's failure alone
+                log.warning("request %s could not be sent the log of %s: %r", request.request_id, job.image, exc)
+                sub.drop(exc)
+            return sub
+        job = Job(request.image_name, request)
+        sub = Subscriber(request, job)
+        job.subscribers[request.request_id] = sub
         self._jobs[job.image] = job
         self._queue.append(job)
         await self._tell_positions()
         job.task = self._tasks.start(self._execute(job), name=f"build {job.image}")
-        return job
+        return sub
+
+    async def _replay(self, sub: Subscriber, history: list[tuple[Phase, dict[str, Any]]], dropped: int) -> None:
+        """Send a late request the log so far, then what the build said meanwhile; then it is live."""
+        request = sub.request
+        await self._emit_one(request, Phase.WAITING, {"message": "Another launch is already building this "
+                                                                 "image; following its build.\n"})
+        if dropped:
+            await self._emit_one(request, Phase.BUILDING, {"message": f"[Kiln: the first {dropped} "
+                                                                      "lines of this build's log are not kept]\n"})
+        for phase, fields in history:
+            if sub.dropped:
+                return
+            await self._emit_one(request, phase, fields)
+        assert sub.backlog is not None
+        while sub.backlog and not sub.dropped:
+            phase, fields = sub.backlog.popleft()
+            sub.backlog_bytes -= len(fields.get("message") or "") + _EVENT_OVERHEAD
+            await self._emit_one(request, phase, fields)
+        sub.backlog = None  # the backlog is empty and nothing was awaited since: the next event goes out live
 
     async def abandon(self, job: Job, request_id: str) -> None:
         """``request_id`` no longer waits for ``job`` (its handler was cancelled: the consumer is stopping
@@ -151,6 +231,7 @@ class Builds:
             await self.emit(job, Phase.WAITING, message=message, queue_position=position)
 
     async def _execute(self, job: Job) -> None:
+        outcome: BaseException | None = None
         try:
             async with self._slots:
                 # Only now is this record's build running: a crash from here on counts against it; the
@@ -159,15 +240,23 @@ class Builds:
                 self._queue.remove(job)
                 await self._tell_positions()
                 await self._run(job, self)
-            job.done.set_result(None)
-        except asyncio.CancelledError:
-            job.done.cancel()  # whoever still waits for it is told, rather than left waiting
+        except asyncio.CancelledError as exc:
+            outcome = exc  # whoever still waits for it is told, rather than left waiting
             raise
         except Exception as exc:
             if not isinstance(exc, BuildFailed):  # an outcome: each waiting handler reports it to its request
                 log.exception("build of %s failed unexpectedly", job.image)
-            job.done.set_exception(exc)
+            outcome = exc
         finally:
             self._jobs.pop(job.image, None)
             if job in self._queue:
                 self._queue.remove(job)
+            for sub in list(job.subscribers.values()):
+                if sub.outcome.done():
+                    continue
+                if outcome is None:
+                    sub.outcome.set_result(None)
+                elif isinstance(outcome, asyncio.CancelledError):
+                    sub.outcome.cancel()
+                else:
+                    sub.outcome.set_exception(outcome)

@@ -26,6 +26,9 @@ LineSink = Callable[[str], Awaitable[None]]
 _RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 ProgressSink = Callable[[dict[str, Any]], Awaitable[None]]
+# Chunks of an engine stream read ahead of the event loop at most: past them the reading thread waits,
+# so a slow consumer (the bus) slows the engine's stream instead of piling its output up in memory.
+STREAM_READ_AHEAD = 256
 __all__ = ["BuildExecutor", "BuildFailed", "DockerExecutor", "LineSink", "ProgressSink"]  # BuildFailed: kept importable here
 
 
@@ -129,19 +132,32 @@ class DockerExecutor:
         ``params`` are added to the call's query string.
         """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue()  # bounded by ``room``: chunks, plus the end and an error
+        room = threading.Semaphore(STREAM_READ_AHEAD)
+        stopped = threading.Event()
         client = self._client()
         client.params.update(params or {})
         done = object()
 
+        def hand_over(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:
+                pass  # the loop is closed: nobody reads any more
+
         def pump() -> None:
             try:
                 for chunk in start(client):
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    room.acquire()  # waits while STREAM_READ_AHEAD chunks are not taken yet
+                    if stopped.is_set():
+                        return
+                    hand_over(chunk)
             except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                if not stopped.is_set():
+                    hand_over(exc)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+                if not stopped.is_set():
+                    hand_over(done)
 
         threading.Thread(target=pump, daemon=True, name="docker-stream").start()
         deadline = time.monotonic() + timeout_s
@@ -157,8 +173,11 @@ class DockerExecutor:
                     if isinstance(item, (APIError, DockerException)):
                         raise BuildFailed(f"the Docker engine refused: {item}", "engine_error") from None
                     raise item
+                room.release()
                 await sink(item)
         finally:
+            stopped.set()
+            room.release()  # a pump waiting for room wakes, sees it is stopped, and ends
             client.close()  # a build still running is cancelled by the engine when its connection closes
 
     async def build(self, context: dict[str, bytes] | Path, dockerfile: str, tag: str, on_line: LineSink,

@@ -26,7 +26,7 @@ from typing import Any
 
 from kiln_builder import metrics
 from kiln_builder.buildpacks import ENTRYPOINT_SCRIPT, NB_UID, NB_USER, REPO_SUBDIR, BuildpackError, plan
-from kiln_builder.builds import Builds, Job
+from kiln_builder.builds import Builds, Job, RequestDropped
 from kiln_builder.diagnose import diagnose
 from kiln_builder.dockerfile_guard import DockerfileRefused, check_dockerfile, registry_host
 from kiln_builder.errors import BuildFailed, BuildTimedOut
@@ -48,7 +48,8 @@ INTERNAL_ERROR = "The builder hit an unexpected error. Please try again; if it p
 
 class PendingSends:
     """Log-line sends not yet acknowledged, per request: each request waits only for its own, so a
-    send that failed for one build fails that build and no other running beside it."""
+    send that failed for one request fails that request alone (``Builds`` drops it from its build, which
+    goes on for the others), and no build running beside it."""
 
     PRUNE_AT = 1000
 
@@ -115,14 +116,19 @@ class Builder:
             return None  # delivered twice while its build runs: the first delivery answers
         self._in_flight.add(request.request_id)
         try:
-            job = await self.builds.submit(request)
+            followed = await self.builds.submit(request)
             try:
-                await asyncio.shield(job.done)
+                await asyncio.shield(followed.outcome)
                 outcome = self._succeeded(request)
             except BuildFailed as exc:
                 outcome = [self._failed(request, exc)]
+            except RequestDropped:
+                # Its own events could not be sent: it fails alone; the build goes on for the others.
+                log.exception("request %s was dropped from the build of %s", request.request_id, request.image_name)
+                self._pending.drop(request.request_id)  # the lost send is told above; the others are moot
+                outcome = [self._failed(request, BuildFailed(INTERNAL_ERROR, "internal_error"))]
             except asyncio.CancelledError:
-                await self.builds.abandon(job, request.request_id)
+                await self.builds.abandon(followed.job, request.request_id)
                 raise
             try:
                 await self._pending.flush(request.request_id)  # its log so far goes out before its outcome
