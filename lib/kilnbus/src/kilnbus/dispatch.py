@@ -11,13 +11,14 @@ returns are published in order, each acknowledged, before the record counts as h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import BrokerResponseError, KafkaError, RecordTooLargeError
 
 from kilnbus import metrics
 from kilnbus.codec import AvroCodec, DecodeError
@@ -76,8 +77,22 @@ class RawRecord(Protocol):
 
 INTERNAL_ERROR_MESSAGE = ("Kiln hit an internal error while handling this launch ({service}). The operators can see what "
                           "happened; please try again later.")
+UNDELIVERABLE_MESSAGE = ("This launch failed, and Kiln could not deliver the reason ({service}). The operators can see "
+                         "what happened; please try again later.")
+FAILURE_MESSAGE_CHARS = 4000  # a failure event's message past this is cut in its middle, with a marker
 CRASH_MESSAGE = ("The {service} stopped unexpectedly {count} times while handling this launch (for example, it ran out "
                  "of memory), so the launch has been set aside instead of being tried again.")
+
+
+def cut_message(message: str, limit: int = FAILURE_MESSAGE_CHARS) -> str:
+    """``message``, or if longer than ``limit`` its start and end around a marker saying how much was cut
+    (a failure's start says what failed, its end often why: a log's last lines)."""
+    if len(message) <= limit:
+        return message
+    marker = f"\n[Kiln: {len(message) - limit} characters of this message cut]\n"
+    head = (limit - len(marker)) // 3
+    tail = limit - len(marker) - head
+    return message[:head] + marker + message[-tail:]
 
 
 def failure_event(value: Record, service: str, message: str, cause: str, status: int = 500) -> PhaseEvent | None:
@@ -87,7 +102,8 @@ def failure_event(value: Record, service: str, message: str, cause: str, status:
     request_id = getattr(value, "request_id", None)
     if not request_id:
         return None
-    return PhaseEvent(request_id=request_id, phase=Phase.FAILED, service=service, message=message.rstrip("\n") + "\n",
+    message = cut_message(message.rstrip("\n")) + "\n"
+    return PhaseEvent(request_id=request_id, phase=Phase.FAILED, service=service, message=message,
                       failure_cause=cause, status_code=status, provider=getattr(value, "provider", None),
                       spec=getattr(value, "spec", None), image_name=getattr(value, "image_name", None))
 
@@ -208,9 +224,20 @@ class Dispatcher:
             event = failure_event(value, self.service, exc.message, exc.cause, exc.status)
             if not exc.retriable:
                 # A decision about the request (bad spec, quota): the user hears it; nothing is poison.
-                log.info("%s: %s@%d failed: %s (%s)", self.group, raw.topic, raw.offset, exc.cause, exc.message)
+                log.info("%s: %s@%d failed: %s (%s)", self.group, raw.topic, raw.offset, exc.cause, cut_message(exc.message))
                 if event is not None and self._failure_events is not None:
-                    await self._publish(self._failure_events, event.request_id, event, retry=_worth_retrying)
+                    try:
+                        await self._publish(self._failure_events, event.request_id, event, retry=_worth_retrying)
+                    except Exception as refused:  # only a permanent refusal gets here
+                        if not _refused_for_good(refused):
+                            raise
+                        # The broker will never take this event (too large, not allowed): the user gets a
+                        # short one, the record goes aside with why, and the partition moves on.
+                        log.error("%s: the broker refused the failed event for %s@%d: %r; set aside",
+                                  self.group, raw.topic, raw.offset, refused)
+                        await self.set_aside(raw, f"failed event refused by the broker ({refused!r}) for: {exc!r}",
+                                             "failure_event_refused", self._undeliverable(value, exc.cause, exc.status))
+                        return
                     self.failures_reported += 1
                 self.handled += 1
                 metrics.HANDLED.labels(self.group, raw.topic).inc()
@@ -224,6 +251,31 @@ class Dispatcher:
             event = failure_event(value, self.service, INTERNAL_ERROR_MESSAGE.format(service=self.service),
                                   "internal_error")
         await self.set_aside(raw, "".join(traceback.format_exception_only(exc)).strip(), "handler_failed", event)
+
+    def _undeliverable(self, value: Record, cause: str, status: int) -> PhaseEvent | None:
+        """A short ``failed`` event for when the broker refused the one that said why."""
+        return failure_event(value, self.service, UNDELIVERABLE_MESSAGE.format(service=self.service), cause, status)
+
+    async def _tell(self, event: PhaseEvent) -> None:
+        """Publish the ``failed`` event ``event``; if the broker refuses it for good, a short generic one."""
+        assert self._failure_events is not None
+        try:
+            await self._publish(self._failure_events, event.request_id, event, retry=_worth_retrying)
+        except Exception as refused:  # only a permanent refusal gets here
+            if not _refused_for_good(refused):
+                raise
+            log.error("%s: the broker refused a failed event for request %s (%r); sending a short one",
+                      self.group, event.request_id, refused)
+            short = dataclasses.replace(event, message=UNDELIVERABLE_MESSAGE.format(service=self.service) + "\n")
+            try:
+                await self._publish(self._failure_events, event.request_id, short, retry=_worth_retrying)
+            except Exception as again:
+                if not _refused_for_good(again):
+                    raise
+                log.error("%s: the broker refused the short failed event for request %s too (%r)",
+                          self.group, event.request_id, again)
+                return
+        self.failures_reported += 1
 
     async def set_aside_crashed(self, raw: RawRecord, value: Record, crashes: int) -> None:
         """``raw`` was in hand during ``crashes`` crashes of its consumer: fail it without running it again."""
@@ -240,15 +292,43 @@ class Dispatcher:
             consumer_group=self.group, error=error[:4000], key=raw.key, value=raw.value,
         )
         if self._failure_events is not None and event is not None:
-            await self._publish(self._failure_events, event.request_id, event, retry=_worth_retrying)
-            self.failures_reported += 1
-        await self._publish(self._dead_letter, raw.key.decode(errors="replace") if raw.key else None, letter,
-                            retry=_worth_retrying)
+            await self._tell(event)
+        key = raw.key.decode(errors="replace") if raw.key else None
+        try:
+            await self._publish(self._dead_letter, key, letter, retry=_worth_retrying)
+        except Exception as refused:  # only a permanent refusal gets here
+            if not _refused_for_good(refused):
+                raise
+            # The letter without the original message (it stays in its topic, at the offset the letter names).
+            log.error("%s: the broker refused the dead letter for %s[%d]@%d (%r); writing it without the message",
+                      self.group, raw.topic, raw.partition, raw.offset, refused)
+            letter = DeadLetter(source_topic=raw.topic, source_partition=raw.partition, source_offset=raw.offset,
+                                consumer_group=self.group, error=f"{error[:1000]} [letter refused: {refused!r}]")
+            try:
+                await self._publish(self._dead_letter, key, letter, retry=_worth_retrying)
+            except Exception as again:
+                if not _refused_for_good(again):
+                    raise
+                # Retrying for ever would hold the partition's commit point for ever; the log keeps it.
+                log.critical("%s: the broker refuses dead letters (%r); %s[%d]@%d passed over without one",
+                             self.group, again, raw.topic, raw.partition, raw.offset)
+                metrics.DEAD_LETTERED.labels(self.group, raw.topic, "refused").inc()
+                return
         self.dead_lettered += 1
         metrics.DEAD_LETTERED.labels(self.group, raw.topic, reason).inc()
 
 
+def _refused_for_good(exc: BaseException) -> bool:
+    """The broker answered, and will answer the same again: the record is too large, the client not
+    allowed to write there, a policy refuses it. Retrying cannot help."""
+    if isinstance(exc, KafkaError) and exc.retriable:
+        return False
+    return isinstance(exc, (BrokerResponseError, RecordTooLargeError))
+
+
 def _worth_retrying(exc: BaseException) -> bool:
-    # Setting aside never gives up on the broker (any KafkaError, as before): the record must not
-    # count as handled until the user was told and the letter written.
-    return isinstance(exc, KafkaError) or is_transient(exc)
+    # Telling the user and setting aside wait out the broker being away (retriable and connection
+    # errors, and the client's own states such as a producer closing on shutdown): the record must not
+    # count as handled until the user was told and the letter written. A permanent refusal is not
+    # retried: it would hold a consumer slot and the partition's commit point for ever.
+    return (isinstance(exc, KafkaError) and not _refused_for_good(exc)) or is_transient(exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, runtime_checkable
 
-from kilnbus.dispatch import Outgoing, Publisher
+from kilnbus.dispatch import Outgoing, Publisher, cut_message
 from kilnbus.records import Phase, PhaseEvent, Record
 from kilnbus.topics import Topic, Topics
 
@@ -46,6 +46,9 @@ class PhaseReporter:
             request_id = request.request_id
             # What the request names travels with each event, unless the caller says otherwise.
             named = {name: value for name in ("provider", "spec") if (value := getattr(request, name, None)) is not None}
+        if phase is Phase.FAILED and isinstance(fields.get("message"), str):
+            # What a failure says may quote a log or an answer at length; the broker takes only so much.
+            fields = {**fields, "message": cut_message(fields["message"])}
         record = PhaseEvent(request_id=request_id, phase=phase, service=self.service, **{**named, **fields})
         return Outgoing(self._topic, request_id, record)
 
