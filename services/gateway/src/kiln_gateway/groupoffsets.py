@@ -10,13 +10,16 @@ thousands of topics takes seconds. After an error they are dropped (``reset``) a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from kilnbus import BusSettings
+
+log = logging.getLogger(__name__)
 
 
 class GroupLag(Protocol):
@@ -52,13 +55,23 @@ class KafkaGroupLag:
                 for name, offsets in zip(names, committed, strict=True)}
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        # A client whose start() fails or is cancelled (``/health`` gives the check a few seconds) is
+        # closed here: it is not kept yet, so ``reset`` would not know of it, and its connections leak.
         if self._admin is None:
             admin = AIOKafkaAdminClient(**self._settings.client_kwargs(), request_timeout_ms=self._request_timeout_ms)
-            await admin.start()
+            try:
+                await admin.start()
+            except BaseException:
+                await _quietly(admin.close())
+                raise
             self._admin = admin
         if self._ends is None:
             consumer = AIOKafkaConsumer(**self._settings.client_kwargs(), group_id=None)
-            await consumer.start()
+            try:
+                await consumer.start()
+            except BaseException:
+                await _quietly(consumer.stop())
+                raise
             self._ends = consumer
         return self._admin, self._ends
 
@@ -71,3 +84,11 @@ class KafkaGroupLag:
 
     async def aclose(self) -> None:
         await self.reset()
+
+
+async def _quietly(closing: Awaitable[object]) -> None:
+    """Close a client that failed to start; the close goes on even if the caller is cancelled again."""
+    try:
+        await asyncio.shield(closing)
+    except Exception as exc:  # noqa: BLE001 - the start's own error is the one to raise
+        log.debug("closing a Kafka client that did not start: %r", exc)
