@@ -65,3 +65,29 @@ def test_git_never_sees_kilns_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     # Control: what git needs to run and reach hosts is passed on.
     assert env["PATH"] and env["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"
     assert env["GIT_TERMINAL_PROMPT"] == "0" and env["GIT_CONFIG_GLOBAL"] == "/dev/null"
+
+
+def test_git_reads_no_credentials_of_the_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Neither git (curl: ~/.netrc) nor ssh (~/.ssh) may hand a stranger's remote the service's credentials."""
+    import os
+    import stat
+
+    from kilnbus.urlguard import git_env
+
+    service_home = tmp_path / "service-home"
+    (service_home / ".ssh").mkdir(parents=True)
+    (service_home / ".netrc").write_text("machine git.example.org login kiln password s3cret\n")
+    monkeypatch.setenv("HOME", str(service_home))
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.example.org:3128")
+    monkeypatch.setenv("all_proxy", "http://proxy.example.org:3128")
+    env = git_env()
+    home = Path(env["HOME"])
+    assert home != service_home and home.is_dir() and list(home.iterdir()) == [], "an empty HOME of git's own"
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700 and home.stat().st_uid == os.getuid()
+    assert str(service_home) not in " ".join(env.values())
+    ssh = env["GIT_SSH_COMMAND"].split()
+    assert ssh[:3] == ["ssh", "-F", "/dev/null"] and "IdentitiesOnly=yes" in ssh and "IdentityFile=/dev/null" in ssh
+    assert "BatchMode=yes" in ssh
+    # Control: the proxies the service is told to use still reach git.
+    assert env["ALL_PROXY"] == env["all_proxy"] == "http://proxy.example.org:3128"
+    assert git_env()["HOME"] != env["HOME"], "each caller gets its own"

@@ -13,10 +13,13 @@ operator allowed them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ipaddress
 import os
 import re
+import shutil
 import socket
+import tempfile
 from urllib.parse import SplitResult, urlsplit
 
 # git reads "<helper>::<address>" as "run git-remote-<helper>"; ext:: runs an arbitrary command.
@@ -137,13 +140,22 @@ def git_safety_args(schemes: list[str]) -> list[str]:
 
 # What git needs from the service's environment to run and reach hosts (CA bundle, proxies); the
 # rest (KILN_* settings: passwords, keys) is none of a stranger's remote's or hooks' business.
-_GIT_PASSED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO",
-               "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+_GIT_PASSED = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO",
+               "http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+# ssh reads ~/.ssh from the account's home, not $HOME: no configuration, no keys, no agent, no prompt.
+GIT_SSH_COMMAND = "ssh -F /dev/null -o IdentitiesOnly=yes -o IdentityFile=/dev/null -o BatchMode=yes"
 
 
 def git_env() -> dict[str, str]:
-    """The environment for git run against an untrusted remote: never prompting, no config but Kiln's."""
+    """The environment for git run against an untrusted remote: never prompting, no config but Kiln's.
+
+    HOME is an empty directory made for git alone (private, removed at exit), so neither git nor curl
+    under it reads the service's ``~/.netrc``, ``~/.gitconfig`` or ``~/.config/git``: a remote cannot
+    be sent credentials the service happens to hold.
+    """
+    home = tempfile.mkdtemp(prefix="kiln-git-home-")  # mode 0700
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k in _GIT_PASSED}
-    return env | {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+    return env | {"HOME": home, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "GIT_SSH_COMMAND": GIT_SSH_COMMAND,
                   # The service's own git configuration is not the repository's business.
                   "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
