@@ -77,3 +77,24 @@ async def test_a_stopped_stream_lets_its_reader_end(monkeypatch: pytest.MonkeyPa
     assert seen == 3 and client.closed  # control: it streamed until the sink stopped it
     assert await asyncio.to_thread(ended.wait, 10), "the reading thread, waiting for room, ended"
 
+
+
+async def test_an_engine_refusal_is_told_without_the_engines_words(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from docker.errors import APIError
+
+    executor = DockerExecutor()
+    monkeypatch.setattr(executor, "_client", FakeClient)
+
+    def refused(_: Any) -> Iterator[dict[str, Any]]:
+        raise APIError("500 Server Error for http+docker://localhost/v1.45/build: mkdir /var/lib/docker/tmp: no space")
+
+    async def sink(_: dict[str, Any]) -> None:
+        raise AssertionError("nothing to pass on")
+
+    with pytest.raises(BuildFailed) as failed:
+        await executor._stream(refused, sink, timeout_s=30)
+    assert failed.value.cause == "engine_error"
+    assert str(failed.value).startswith("The build service's container engine refused the build.")
+    assert "/var/lib/docker" not in str(failed.value) and "http+docker" not in str(failed.value)
+    assert "/var/lib/docker/tmp" in caplog.text, "control: the details are in the log"

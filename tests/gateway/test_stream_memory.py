@@ -339,3 +339,23 @@ async def test_the_lifespan_closes_every_port(settings: Settings) -> None:
     async with running(gw.app):
         assert gw.router.healthy and not ports.hub_http.is_closed
     assert not gw.router.healthy and ports.hub_http.is_closed and ports.group_lag.closed
+
+
+async def test_a_resume_the_log_cannot_serve_says_so_without_kafkas_details(
+        gateway: Gateway, seal_key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from aiokafka.errors import KafkaError
+
+    async with scripted_services(gateway.bus, answer(lambda req: full_launch(seal_key, req))):
+        _, events = await gateway.events(limit=2)
+
+    async def unreachable(*_: Any, **__: Any) -> None:
+        raise KafkaError("no leader for kiln.phase-events-2 at kafka-0.kiln.internal:9092")
+
+    monkeypatch.setattr(gateway.router, "replay", unreachable)
+    status, refused = await gateway.events(headers={"Last-Event-ID": events[-1]["id"]})
+    assert status == 503
+    assert refused[0]["data"]["message"] == "Cannot resume this stream right now; please try again shortly.\n"
+    assert "kafka-0.kiln.internal" in caplog.text, "control: the details are in the log"
+    monkeypatch.undo()
+    status, _ = await gateway.events(headers={"Last-Event-ID": events[-1]["id"]})
+    assert status == 200, "control: the log serving again, the same id resumes"

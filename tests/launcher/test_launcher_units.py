@@ -226,7 +226,8 @@ async def test_an_unreachable_hub_fails_the_launch_after_its_retries() -> None:
     finally:
         await hub.aclose()
     assert (failed.phase, failed.failure_cause, failed.status_code) == (Phase.FAILED, "hub_unreachable", 503)
-    assert failed.message.startswith("Launching failed: JupyterHub cannot be reached")
+    assert failed.message.startswith("Launching failed: JupyterHub cannot be reached right now")
+    assert "127.0.0.1:9" not in failed.message, "the hub's address is the log's"
     assert h.bus.records(h.bus.topics.dead_letter) == []
 
 
@@ -298,3 +299,28 @@ async def test_aclose_ends_a_hub_listing_its_callers_gave_up_on() -> None:
     assert not cancelled.is_set(), "control: a caller giving up does not end the listing others may share"
     await running.aclose()
     assert cancelled.is_set(), "cancelled and awaited by its owner"
+
+
+async def test_a_hub_refusal_is_told_without_the_hubs_answer(caplog: pytest.LogCaptureFixture) -> None:
+    import httpx
+
+    from kiln_launcher.hub import HubError
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/users/alice"):
+            return httpx.Response(403, text="token realm http://hub.kiln.internal:8081 refuses scope admin:users")
+        return httpx.Response(201, json={})
+
+    hub = Hub("http://hub.kiln.internal:8081/hub/api", "token", retries=1, retry_delay_s=0)
+    await hub.aclose()
+    hub._client = httpx.AsyncClient(base_url="http://hub.kiln.internal:8081/hub/api", transport=httpx.MockTransport(answer))
+    try:
+        with pytest.raises(HubError) as refused:
+            await hub.create_user("alice")
+        assert (refused.value.cause, refused.value.status) == ("hub_error", 403)
+        assert str(refused.value).startswith("JupyterHub refused Kiln's request (HTTP 403).")
+        assert "hub.kiln.internal" not in str(refused.value) and "/users/alice" not in str(refused.value)
+        assert "refuses scope admin:users" in caplog.text, "control: the hub's answer is in the log"
+        assert await hub.create_user("bob") is True  # control: an accepted call goes through
+    finally:
+        await hub.aclose()

@@ -179,15 +179,16 @@ async def test_failures_say_what_to_do(resolving: Resolving, provider: str, spec
     assert resolving.bus.records(resolving.bus.topics.dead_letter) == [], "an answer for the user, not poison"
 
 
-async def test_an_unreachable_registry_fails_the_launch_after_resolving(resolving: Resolving,
-                                                                       registry: FakeRegistry) -> None:
+async def test_an_unreachable_registry_fails_the_launch_after_resolving(resolving: Resolving, registry: FakeRegistry,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
     registry.down = True
     rid = await resolving.launch("gh", "org/demo/main")
     phases = [e.phase for e in resolving.events(rid)]
     failed = resolving.outcome(rid)
     assert phases == [Phase.RESOLVED, Phase.FAILED], "the user heard the commit, then the failure, each once"
     assert (failed.failure_cause, failed.status_code) == ("registry_unreachable", 503)
-    assert "Kiln cannot check for a built image" in failed.message and "could not be reached" in failed.message
+    assert failed.message == "Kiln cannot reach its image registry right now; please try again shortly.\n"
+    assert "could not be reached" in caplog.text, "control: the details are in the log"
     assert resolving.builds() == [] and resolving.bus.records(resolving.bus.topics.dead_letter) == []
 
 

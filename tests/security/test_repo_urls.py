@@ -91,3 +91,17 @@ def test_git_reads_no_credentials_of_the_service(monkeypatch: pytest.MonkeyPatch
     # Control: the proxies the service is told to use still reach git.
     assert env["ALL_PROXY"] == env["all_proxy"] == "http://proxy.example.org:3128"
     assert git_env()["HOME"] != env["HOME"], "each caller gets its own"
+
+
+async def test_a_private_host_is_refused_without_telling_its_address(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from kilnbus.urlguard import public_addresses
+
+    caplog.set_level(logging.INFO, logger="kilnbus.urlguard")
+    with pytest.raises(UnsafeRepoURL) as refused:
+        await public_addresses("localhost", [])
+    assert str(refused.value) == "The git host 'localhost' is on a private network; this Binder does not launch from there."
+    assert refused.value.cause == "private_host" and refused.value.status == 403
+    assert "127.0.0.1" in caplog.text or "::1" in caplog.text, "control: the address it resolved to is in the log"
+    assert await public_addresses("localhost", ["localhost"]), "control: an allowed host resolves"

@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import ipaddress
+import logging
 import os
 import re
 import shutil
 import socket
 import tempfile
 from urllib.parse import SplitResult, urlsplit
+
+log = logging.getLogger(__name__)
 
 # git reads "<helper>::<address>" as "run git-remote-<helper>"; ext:: runs an arbitrary command.
 _REMOTE_HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
@@ -102,7 +105,9 @@ async def public_addresses(host: str, allowed: list[str]) -> list[str]:
     for info in infos:
         addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if host not in allowed and str(addr) not in allowed and _is_internal(addr):
-            raise UnsafeRepoURL(f"The git host {host!r} is on a private network ({addr}); this Binder does not launch from there.",
+            # Which address it resolved to would tell the user about Kiln's own network: that goes to the log.
+            log.info("git host %r refused: it resolves to the internal address %s", host, addr)
+            raise UnsafeRepoURL(f"The git host {host!r} is on a private network; this Binder does not launch from there.",
                                 "private_host", 403)
         if str(addr) not in addresses:
             addresses.append(str(addr))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import re
 import tarfile
 import threading
@@ -22,6 +23,7 @@ from docker.errors import APIError, DockerException, ImageNotFound
 
 from kiln_builder.errors import BuildFailed, BuildTimedOut
 
+log = logging.getLogger(__name__)
 LineSink = Callable[[str], Awaitable[None]]
 _RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -171,7 +173,10 @@ class DockerExecutor:
                     return
                 if isinstance(item, BaseException):
                     if isinstance(item, (APIError, DockerException)):
-                        raise BuildFailed(f"the Docker engine refused: {item}", "engine_error") from None
+                        # The engine's words (socket paths, internal names) go to the log, not to the user.
+                        log.warning("the Docker engine refused a call: %s", item)
+                        raise BuildFailed("The build service's container engine refused the build. Please try again; if it "
+                                          "persists, tell this Binder's operators.", "engine_error") from None
                     raise item
                 room.release()
                 await sink(item)

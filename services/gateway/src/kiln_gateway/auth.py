@@ -8,6 +8,7 @@ HTTP client it talks to the hub with is the composition root's (``kiln_gateway.b
 
 from __future__ import annotations
 
+import logging
 import secrets
 from urllib.parse import urlencode
 
@@ -16,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from kiln_gateway.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class HubAuth:
@@ -61,7 +64,10 @@ class HubAuth:
                                        headers={"Authorization": f"Bearer {token.json()['access_token']}"})
             who.raise_for_status()
         except (httpx.HTTPError, KeyError, ValueError) as exc:
-            return Response(f"JupyterHub did not confirm the login: {exc}\n", status_code=502, media_type="text/plain")
+            # The hub's answer (its internal URL, its error) goes to the log, not to the browser.
+            log.warning("the hub did not confirm an OAuth login: %r", exc)
+            return Response("JupyterHub did not confirm the login. Please try again; if it persists, tell this "
+                            "Binder's operators.\n", status_code=502, media_type="text/plain")
         request.session["hub_user"] = who.json()["name"]
         target = request.session.pop("next", None) or self._s.base_url
         return RedirectResponse(target if target.startswith("/") and not target.startswith("//") else self._s.base_url,

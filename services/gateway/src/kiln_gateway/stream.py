@@ -191,7 +191,8 @@ class LaunchStreams:
             seen = await self.router.replay(sub, event_id.partition, event_id.offset)
         except (KafkaError, ValueError) as exc:
             self.router.unsubscribe(sub)
-            return failure(f"Cannot resume this stream: {exc}", 503)
+            log.warning("resuming the stream of %s failed: %r", event_id.request_id, exc)
+            return failure("Cannot resume this stream right now; please try again shortly.", 503)
         if seen is not None and seen.is_terminal:
             self.router.unsubscribe(sub)
             return Response(status_code=204)  # the stream had ended; 204 tells EventSource not to reconnect

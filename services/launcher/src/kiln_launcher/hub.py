@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class HubError(Exception):
-    """The hub refused or could not be reached; ``cause`` and ``status`` say which."""
+    """The hub refused or could not be reached; ``cause`` and ``status`` say which. Its message is
+    shown to the user: the hub's answer, addresses and paths go to the log, not into it."""
 
     def __init__(self, message: str, cause: str = "hub_error", status: int = 500) -> None:
         super().__init__(message)
@@ -45,14 +46,21 @@ class Hub:
                 r = await self._client.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 if attempt == self._retries:
-                    raise HubError(f"JupyterHub cannot be reached ({exc!r}).", "hub_unreachable", 503) from None
+                    # The details (the hub's internal address, the error) are the operators', in the log.
+                    log.warning("hub %s %s: cannot reach the hub: %r", method, path, exc)
+                    raise HubError("JupyterHub cannot be reached right now; please try again shortly.",
+                                   "hub_unreachable", 503) from None
             else:
                 if r.status_code < 500:
                     if r.status_code in ok:
                         return r
-                    raise HubError(f"JupyterHub answered {r.status_code} to {method} {path}: {r.text[:300]}", "hub_error", r.status_code)
+                    log.warning("hub %s %s answered %d: %s", method, path, r.status_code, r.text[:1000])
+                    raise HubError(f"JupyterHub refused Kiln's request (HTTP {r.status_code}). Please try again; if it "
+                                   "persists, tell this Binder's operators.", "hub_error", r.status_code)
                 if attempt == self._retries:
-                    raise HubError(f"JupyterHub answered {r.status_code}: {r.text[:300]}", "hub_error", 503)
+                    log.warning("hub %s %s answered %d: %s", method, path, r.status_code, r.text[:1000])
+                    raise HubError(f"JupyterHub is not working properly right now (HTTP {r.status_code}); please try "
+                                   "again shortly.", "hub_error", 503)
             log.warning("hub %s %s failed (attempt %d); retrying in %.1fs", method, path, attempt, delay)
             await asyncio.sleep(delay)
             delay *= 2
@@ -117,9 +125,13 @@ class Hub:
         try:
             async with self._client.stream("GET", f"/users/{quote(user)}/servers/{quote(server)}/progress", timeout=None) as r:
                 if r.status_code != 200:
-                    raise HubError(f"JupyterHub answered {r.status_code} for the spawn progress", "hub_error", 503)
+                    log.warning("hub progress of %s/%s answered %d", user, server, r.status_code)
+                    raise HubError(f"JupyterHub did not report the server's progress (HTTP {r.status_code}); please "
+                                   "try again shortly.", "hub_error", 503)
                 async for line in r.aiter_lines():
                     if line.startswith("data:"):
                         yield json.loads(line[5:])
         except httpx.TransportError as exc:
-            raise HubError(f"JupyterHub went away during the launch ({exc!r}).", "hub_unreachable", 503) from None
+            log.warning("hub progress of %s/%s: the connection failed: %r", user, server, exc)
+            raise HubError("JupyterHub went away during the launch; please try again shortly.", "hub_unreachable",
+                           503) from None

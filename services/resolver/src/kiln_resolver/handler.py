@@ -113,7 +113,9 @@ class Resolver:
             exists = await self._registry.image_exists(repository, tag)
         except RegistryError as exc:
             # Told at once, as BinderHub does: retrying the handler would say "resolved" again.
-            raise Unavailable(f"Kiln cannot check for a built image: {exc}. Please try again shortly.",
+            # What failed (the registry's address, its token server) is the operators' business: the log's.
+            log.warning("cannot ask the registry for %s:%s: %s", repository, tag, exc)
+            raise Unavailable("Kiln cannot reach its image registry right now; please try again shortly.",
                               cause="registry_unreachable", retriable=False) from exc
         quota = 0 if request.build_only else self._policy.quota_for(request.provider, request.spec)
         if quota and self.running.count(image) >= quota:
