@@ -61,6 +61,7 @@ def faust_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.topic_replication,
         consumer_auto_offset_reset="earliest",  # a new group reads the whole log
         table_standby_replicas=0,
+        broker_session_timeout=settings.analytics_session_timeout_s,
         key_serializer="raw",
         value_serializer="raw",
     )

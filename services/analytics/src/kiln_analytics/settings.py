@@ -20,5 +20,8 @@ class Settings(BusSettings):
                                     "there with the memory store).")
     analytics_batch: int = Field(1000, ge=1, description="Events folded per batch (one table write per request per batch).")
     analytics_batch_wait_s: float = Field(0.2, gt=0, description="Longest wait to fill a batch; bounds how stale the numbers are.")
+    analytics_session_timeout_s: float = Field(15.0, gt=0, description="How long the group waits for a silent "
+                                               "member (a crashed replica) before its partitions move to another; "
+                                               "faust's own default is 60 s.")
     analytics_top_repos: int = Field(10, ge=1, le=1000, description="Repositories listed on the dashboard.")
     analytics_public_url: str = Field("", description="Where people reach the dashboard, for links; empty: as requested.")
