@@ -140,7 +140,10 @@ async def raw_run(n: int, rate: float | None, avro: bool = False) -> tuple[list[
 
 # -- kilnbus ---------------------------------------------------------------------------------------
 
-async def kiln_run(n: int, rate: float | None) -> tuple[list[float], float]:
+async def kiln_run(n: int, rate: float | None, max_crashes: int = 0) -> tuple[list[float], float]:
+    """kilnbus's producer and consumer. ``max_crashes`` 0: the delivery path alone (the like-for-like
+    row); above 0 the consumer also commits a crash marker before each record (what the services run
+    with: one more broker round trip per record, worth it on request topics, measured separately)."""
     settings = BusSettings(kafka_bootstrap=BOOTSTRAP, topic_prefix=f"bench-kiln-{uuid.uuid4().hex[:8]}.", topic_partitions=1)
     topics = Topics(settings.topic_prefix)
     await ensure_topics(settings, [topics.phase_events, topics.dead_letter])
@@ -157,7 +160,7 @@ async def kiln_run(n: int, rate: float | None) -> tuple[list[float], float]:
 
     async with BusProducer(settings) as producer:
         consumer = BusConsumer(settings, topics.phase_events.name, [topics.phase_events], handle,
-                               producer=producer, dead_letter=topics.dead_letter)
+                               producer=producer, dead_letter=topics.dead_letter, max_crashes=max_crashes)
         await consumer.start()
         stop = asyncio.Event()
         task = asyncio.create_task(consumer.run(stop))
@@ -197,6 +200,7 @@ async def main() -> None:
         "raw aiokafka, bytes": lambda n, rate: raw_run(n, rate, avro=False),
         "raw aiokafka, Avro by hand": lambda n, rate: raw_run(n, rate, avro=True),
         "kilnbus helpers": kiln_run,
+        "kilnbus + crash markers": lambda n, rate: kiln_run(n, rate, max_crashes=3),
     }
     rows: dict[str, dict[str, float]] = {}
     for name, run in runs.items():

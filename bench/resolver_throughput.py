@@ -58,8 +58,11 @@ async def main() -> None:
         bus = BusSettings(kafka_bootstrap=bootstrap, topic_prefix=f"bench-res-{uuid.uuid4().hex[:8]}.")
         topics = Topics(bus.topic_prefix)
         await ensure_topics(bus)
+        # The local registry wants credentials (token auth): the resolver's own pull account, as services.sh gives it.
+        puller = Path(__file__).resolve().parents[1] / ".state" / "secrets" / "registry-puller"
+        login = {"registry_username": "puller", "registry_password": puller.read_text().strip()} if puller.exists() else {}
         settings = Settings(**bus.model_dump(), allowed_private_hosts=["127.0.0.1"], resolve_cache_s=3600,
-                            image_prefix=f"127.0.0.1:5000/bench{uuid.uuid4().hex[:6]}/binder-")
+                            image_prefix=f"127.0.0.1:5000/bench{uuid.uuid4().hex[:6]}/binder-", **login)
         stop = asyncio.Event()
         resolver = asyncio.create_task(serve(settings, stop))
         first_seen: dict[str, float] = {}
