@@ -19,7 +19,7 @@ dev:         ## install the project into .venv
 images:      ## build each service's container image and push it to the local registry
 	@deploy/local/images.sh
 
-lint:        ## ruff and mypy (strict) over the library, the services, the tests and the benchmarks
+lint:        ## ruff over everything, mypy (strict) over the library and the services
 	@deploy/local/install-system.sh && deploy/local/venv.sh
 	@.venv/bin/ruff check lib services tests bench deploy
 	@.venv/bin/mypy lib/kilnbus/src services/*/src
@@ -34,7 +34,7 @@ test-e2e:    ## the end-to-end suite alone, against the running stack
 
 test-fast:   ## tests that need no infrastructure at all (no broker, engine, hub or browser)
 	@deploy/local/venv.sh
-	@$(PY) -m pytest -m "not kafka and not docker and not hub and not e2e and not browser"
+	@$(PY) -m pytest -m "not kafka and not docker and not hub and not e2e and not browser" $(T)
 
 bench:       ## benchmarks (print their figures; see bench/README.md)
 	@deploy/local/up.sh infra
