@@ -87,8 +87,11 @@ async def main() -> None:
                 done[d.value.request_id] = time.perf_counter()
                 arrived.set()
 
+        # The local registry wants credentials (token auth): the builder's own push account, as services.sh gives it.
+        secret = Path(__file__).resolve().parents[1] / ".state" / "secrets" / "registry-builder"
+        login = {"registry_username": "builder", "registry_password": secret.read_text().strip()} if secret.exists() else {}
         settings = Settings(**bus.model_dump(), base_image=BASE, env_image_prefix=f"{prefix}env", work_dir=str(root / "work"),
-                            allowed_private_hosts=["127.0.0.1"])  # the benchmark's git host is on loopback
+                            allowed_private_hosts=["127.0.0.1"], **login)  # the benchmark's git host is on loopback
         stop = asyncio.Event()
         builder = asyncio.create_task(run(settings, stop))
         async with BusProducer(bus) as producer:
