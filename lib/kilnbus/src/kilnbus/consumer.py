@@ -237,6 +237,9 @@ class BusConsumer:
         self._last_commit = 0.0
         self._progress: dict[TopicPartition, _PartitionProgress] = {}
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        # Markers of records begun while a commit is in flight share the next commit (_begin).
+        self._marker_flush: dict[TopicPartition, tuple[asyncio.Future[bool], list[int]]] = {}
+        self._marker_tasks: set[asyncio.Task[None]] = set()
         self._consumer = AIOKafkaConsumer(
             **settings.client_kwargs(),
             group_id=group_id,
@@ -311,6 +314,8 @@ class BusConsumer:
                 task.cancel()  # their offsets stay uncommitted and will be redelivered
             if pending:
                 await asyncio.wait(pending)
+        if self._marker_tasks:
+            await asyncio.gather(*self._marker_tasks, return_exceptions=True)
         await self._commit()
         await self._consumer.stop()  # leaves the group, so partitions move at once
 
@@ -447,14 +452,42 @@ class BusConsumer:
         """Count an attempt at ``offset`` and commit that before its handler runs; return the attempts before."""
         before = self._ledger.begin(tp, offset)
         self._begun.add((tp, offset))
-        async with self._commit_lock:
-            progress = self._progress.setdefault(tp, _PartitionProgress())
-            at = progress.committable()
-            at = offset if at is None else min(at, offset)  # never past a record not yet handled
-            state = (at, self._ledger.metadata(tp, at))
-            if not await self._write_offsets({tp: OffsetAndMetadata(*state)}):
-                log.warning("%s: attempt marker for %s@%d not recorded; handling it anyway", self.group_id, tp, offset)
+        # One commit at a time carries markers; records begun meanwhile join the next one rather than
+        # each waiting for a commit of its own (with many in hand, one round trip each queued them up).
+        pending = self._marker_flush.get(tp)
+        if pending is None:
+            pending = (asyncio.get_running_loop().create_future(), [offset])
+            self._marker_flush[tp] = pending
+            task = asyncio.create_task(self._flush_markers(tp, pending))
+            self._marker_tasks.add(task)
+            task.add_done_callback(self._marker_tasks.discard)
+        else:
+            pending[1].append(offset)
+        if not await asyncio.shield(pending[0]):
+            log.warning("%s: attempt marker for %s@%d not recorded; handling it anyway", self.group_id, tp, offset)
         return before
+
+    async def _flush_markers(self, tp: TopicPartition, pending: tuple[asyncio.Future[bool], list[int]]) -> None:
+        """Commit the markers of every record that joined ``pending`` (and any already recorded)."""
+        done, offsets = pending
+        try:
+            async with self._commit_lock:
+                if self._marker_flush.get(tp) is pending:
+                    del self._marker_flush[tp]  # records begun from now on wait for the next commit
+                progress = self._progress.setdefault(tp, _PartitionProgress())
+                at = progress.committable()
+                low = min(offsets)
+                at = low if at is None else min(at, low)  # never past a record not yet handled
+                state = (at, self._ledger.metadata(tp, at))
+                written = await self._write_offsets({tp: OffsetAndMetadata(*state)})
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+            raise
+        done.set_result(written)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._revoked |= revoked
