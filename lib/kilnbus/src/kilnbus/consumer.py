@@ -48,6 +48,7 @@ from kilnbus.dispatch import (
     CRASH_MESSAGE,
     INTERNAL_ERROR_MESSAGE,
     Delivery,
+    DispatchCounts,
     Dispatcher,
     Handler,
     Publisher,
@@ -183,7 +184,7 @@ class _PartitionProgress:
         return self.next_offset
 
 
-class BusConsumer:
+class BusConsumer(DispatchCounts):
     """A consumer-group member that decodes, handles, retries, dead-letters and commits.
 
     ``run(stop)`` returns after ``stop`` is set and the records in hand are finished (or the
@@ -247,18 +248,6 @@ class BusConsumer:
             auto_offset_reset=overrides.pop("auto_offset_reset", "earliest"),
             **overrides,
         )
-
-    @property
-    def handled(self) -> int:
-        return self.dispatcher.handled
-
-    @property
-    def dead_lettered(self) -> int:
-        return self.dispatcher.dead_lettered
-
-    @property
-    def failures_reported(self) -> int:
-        return self.dispatcher.failures_reported
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -332,3 +332,21 @@ def _worth_retrying(exc: BaseException) -> bool:
     # count as handled until the user was told and the letter written. A permanent refusal is not
     # retried: it would hold a consumer slot and the partition's commit point for ever.
     return (isinstance(exc, KafkaError) and not _refused_for_good(exc)) or is_transient(exc)
+
+
+class DispatchCounts:
+    """What a consumer's dispatcher has done so far, read off it (both buses' consumers show these)."""
+
+    dispatcher: Dispatcher
+
+    @property
+    def handled(self) -> int:
+        return self.dispatcher.handled
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.dispatcher.dead_lettered
+
+    @property
+    def failures_reported(self) -> int:
+        return self.dispatcher.failures_reported

@@ -25,7 +25,7 @@ from aiokafka.partitioner import murmur2
 
 from kilnbus.bus import Routes, as_routes
 from kilnbus.codec import AvroCodec, default_codec
-from kilnbus.dispatch import Dispatcher, Handler
+from kilnbus.dispatch import DispatchCounts, Dispatcher, Handler
 from kilnbus.reader import CatchUp, LogRecord, Position, Start, topic_names
 from kilnbus.records import Record
 from kilnbus.settings import BusSettings
@@ -197,7 +197,7 @@ class MemoryBus:
         return MemoryLogReader(self, topic_names(topics), start)
 
 
-class MemoryConsumer:
+class MemoryConsumer(DispatchCounts):
     """One member of a group on a ``MemoryBus``: BusConsumer's semantics, without a broker."""
 
     def __init__(self, bus: MemoryBus, group: str, routes: Routes, *, failure_events: Any = _DEFAULT,
@@ -223,18 +223,6 @@ class MemoryConsumer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._group: _Group | None = None
         self._turn = 0
-
-    @property
-    def handled(self) -> int:
-        return self.dispatcher.handled
-
-    @property
-    def dead_lettered(self) -> int:
-        return self.dispatcher.dead_lettered
-
-    @property
-    def failures_reported(self) -> int:
-        return self.dispatcher.failures_reported
 
     async def start(self) -> None:
         self._group = self.bus._join(self)
