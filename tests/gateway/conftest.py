@@ -41,26 +41,12 @@ class Gateway:
 
     async def events(self, path: str, headers: dict[str, str] | None = None, limit: int = 100,
                      timeout: float = 30) -> tuple[int, list[dict[str, Any]], httpx.Headers]:
-        """Read a /build stream to its end; return (status, parsed events with their ids, headers)."""
-        import json
+        """Read a /build stream to its end (or ``limit`` events); return (status, events as ``read_events``, headers)."""
+        from .memory import read_events  # the SSE parsing is the in-memory tests' own: one parser for both
 
-        out: list[dict[str, Any]] = []
         async with self.client.stream("GET", path, headers={"Accept": "text/event-stream", **(headers or {})},
                                       timeout=timeout) as r:
-            current: dict[str, Any] = {}
-            async for line in r.aiter_lines():
-                if line.startswith("id: "):
-                    current["id"] = line[4:]
-                elif line.startswith("data: "):
-                    current["data"] = json.loads(line[6:])
-                elif line.startswith(":"):
-                    out.append({"comment": line})
-                elif line == "" and current:
-                    out.append(current)
-                    current = {}
-                    if len(out) >= limit:
-                        break
-            return r.status_code, out, r.headers
+            return r.status_code, await read_events(r, limit), r.headers
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ so it cannot read a live event stream, nor disconnect from one).
 
 ``scripted_services`` stands in for the resolver, builder and launcher: a consumer of
 launch-requested on the bus whose handler returns the phase events a test scripts, through the
-handler contract every service uses (``kilnbus.serve`` over ``Routes``).
+handler contract every service uses (``kilnbus.serve`` over ``Routes``). ``MemoryGateway`` puts
+them together: the application over its own bus, clients from any address, and what was published.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from starlette.applications import Starlette
@@ -25,6 +26,9 @@ from kiln_gateway.ports import GatewayPorts
 from kiln_gateway.router import EventRouter
 from kiln_gateway.settings import Settings
 from kilnbus import Delivery, LaunchRequested, MemoryBus, Outgoing, PhaseEvent, Routes, serve
+
+SSE = {"Accept": "text/event-stream"}
+PEER = "203.0.113.50"  # a documentation address (TEST-NET-3): the client's own, not a proxy's
 
 
 class MemoryGroupLag:
@@ -76,7 +80,7 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
     """Runs the app per request and hands its body over as it is sent; closing the response is a
     disconnect (the app's ``receive`` answers ``http.disconnect``), and waits for the app to finish."""
 
-    def __init__(self, app: Any, client: tuple[str, int] = ("203.0.113.50", 40000)) -> None:
+    def __init__(self, app: Any, client: tuple[str, int] = (PEER, 40000)) -> None:
         self.app = app
         self.client = client
 
@@ -159,7 +163,69 @@ async def read_events(response: httpx.Response, limit: int = 100) -> list[dict[s
     return out
 
 
+def memory_settings(seal_key: str, **overrides: Any) -> Settings:
+    """Settings for a gateway in memory: no rate limit unless asked, three partitions, tokens sealed with ``seal_key``."""
+    return Settings(**({"rate_limit": 0, "token_seal_keys": [seal_key], "topic_partitions": 3} | overrides))
+
+
+class Stream(NamedTuple):
+    """What a client read from an event stream: the status, the events (as ``read_events``) and the headers."""
+
+    status: int
+    events: list[dict[str, Any]]
+    headers: httpx.Headers
+
+
+class MemoryGateway:
+    """The application in memory, its bus, clients from any address, and the launch requests it published.
+
+    Not started: enter ``started()`` (or ``running(gw.app)``) to run its lifespan.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bus = MemoryBus(settings)
+        self.app = memory_app(settings, self.bus)
+
+    @property
+    def router(self) -> Any:
+        return self.app.state.router
+
+    @contextlib.asynccontextmanager
+    async def started(self) -> AsyncIterator[MemoryGateway]:
+        async with running(self.app):
+            yield self
+
+    def client(self, peer: str = PEER) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=StreamingASGITransport(self.app, client=(peer, 40000)),
+                                 base_url="http://testserver")
+
+    async def stream(self, path: str = "/build/gh/org/repo/main", headers: dict[str, str] | None = None,
+                     limit: int = 100, peer: str = PEER) -> Stream:
+        """Read a stream until it ends (or ``limit`` events), then disconnect."""
+        async with self.client(peer) as c, c.stream("GET", path, headers={**SSE, **(headers or {})}) as r:
+            return Stream(r.status_code, await read_events(r, limit), r.headers)
+
+    async def events(self, path: str = "/build/gh/org/repo/main", headers: dict[str, str] | None = None,
+                     limit: int = 100, peer: str = PEER) -> tuple[int, list[dict[str, Any]]]:
+        """``stream`` without the headers, which most tests do not look at."""
+        status, events, _ = await self.stream(path, headers, limit, peer)
+        return status, events
+
+    def launches(self) -> list[str]:
+        """The spec of every launch request published so far, in order. The gateway answers a launch
+        only after publishing its request, so this misses none the client was answered for."""
+        return [r.spec for r in self.bus.records(self.bus.topics.launch_requested) if isinstance(r, LaunchRequested)]
+
+
 Script = Callable[[LaunchRequested], Awaitable[list[PhaseEvent]]]
+
+
+def answer(events: Callable[[LaunchRequested], Iterable[PhaseEvent]]) -> Script:
+    """A script that answers every request with ``events(request)`` at once."""
+    async def script(req: LaunchRequested) -> list[PhaseEvent]:
+        return list(events(req))
+    return script
 
 
 @dataclass

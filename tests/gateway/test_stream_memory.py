@@ -9,19 +9,26 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from kiln_gateway.eventids import EventIds, holder_name
 from kiln_gateway.settings import Settings
 from kilnbus import LaunchRequested, LayerProgress, MemoryBus, Phase, PhaseEvent
-from kilnbus.sealing import Sealer, new_key
+from kilnbus.sealing import Sealer
 
-from .memory import ScriptedServices, StreamingASGITransport, memory_app, read_events, running, scripted_services
+from .memory import (
+    PEER,
+    SSE,
+    MemoryGateway,
+    ScriptedServices,
+    answer,
+    memory_settings,
+    read_events,
+    running,
+    scripted_services,
+)
 
-SSE = {"Accept": "text/event-stream"}
 SERVER = "http://127.0.0.1:8000/user/u/"
-PEER = "203.0.113.50"
 
 
 def full_launch(seal_key: str, req: LaunchRequested) -> list[PhaseEvent]:
@@ -45,55 +52,19 @@ def full_launch(seal_key: str, req: LaunchRequested) -> list[PhaseEvent]:
     ]
 
 
-class Gateway:
-    """The application in memory, its bus, and clients from any address."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.bus = MemoryBus(settings)
-        self.app = memory_app(settings, self.bus)
-
-    @property
-    def router(self) -> Any:
-        return self.app.state.router
-
-    def client(self, peer: str = PEER) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=StreamingASGITransport(self.app, client=(peer, 40000)),
-                                 base_url="http://testserver")
-
-    async def events(self, path: str = "/build/gh/org/repo/main", headers: dict[str, str] | None = None,
-                     limit: int = 100, peer: str = PEER) -> tuple[int, list[dict[str, Any]]]:
-        """Read a stream until it ends (or ``limit`` events), then disconnect."""
-        async with self.client(peer) as c, c.stream("GET", path, headers={**SSE, **(headers or {})}) as r:
-            return r.status_code, await read_events(r, limit)
-
-
-@pytest.fixture
-def seal_key() -> str:
-    return new_key()
-
-
 @pytest.fixture
 def settings(seal_key: str, request: pytest.FixtureRequest) -> Settings:
-    return Settings(rate_limit=0, token_seal_keys=[seal_key], topic_partitions=3, **getattr(request, "param", {}))
+    return memory_settings(seal_key, **getattr(request, "param", {}))
 
 
 @pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    gw = Gateway(settings)
-    async with running(gw.app):
+async def gateway(settings: Settings) -> AsyncIterator[MemoryGateway]:
+    async with MemoryGateway(settings).started() as gw:
         yield gw
 
 
-def answer(events: Any) -> Any:
-    """A script that answers every request with ``events(request)`` at once."""
-    async def script(req: LaunchRequested) -> list[PhaseEvent]:
-        return list(events(req))
-    return script
-
-
 async def test_a_build_request_publishes_its_launch_and_streams_the_phases_in_order(
-        gateway: Gateway, seal_key: str, settings: Settings) -> None:
+        gateway: MemoryGateway, seal_key: str, settings: Settings) -> None:
     async with (scripted_services(gateway.bus, answer(lambda req: full_launch(seal_key, req))) as services,
                 gateway.client() as c, c.stream("GET", "/build/gh/org/repo/main", headers=SSE) as r):
         assert r.status_code == 200
@@ -124,7 +95,7 @@ async def test_a_build_request_publishes_its_launch_and_streams_the_phases_in_or
     assert gateway.router.open_streams == 0, "the route is removed when the stream ends"
 
 
-async def test_failed_ends_the_stream_and_nothing_after_it_is_sent(gateway: Gateway) -> None:
+async def test_failed_ends_the_stream_and_nothing_after_it_is_sent(gateway: MemoryGateway) -> None:
     def events(req: LaunchRequested) -> list[PhaseEvent]:
         return [PhaseEvent(request_id=req.request_id, phase=Phase.FAILED, service="resolver", status_code=404,
                            message="Could not resolve ref for gh:org/nope/main.\n", failure_cause="repo_not_found"),
@@ -141,7 +112,7 @@ async def test_failed_ends_the_stream_and_nothing_after_it_is_sent(gateway: Gate
 
 
 @pytest.mark.parametrize("settings", [{"heartbeat_interval_s": 0.02}], indirect=True)
-async def test_an_idle_stream_sends_heartbeats_until_its_end(gateway: Gateway) -> None:
+async def test_an_idle_stream_sends_heartbeats_until_its_end(gateway: MemoryGateway) -> None:
     gate = asyncio.Event()
 
     async def slow(req: LaunchRequested) -> list[PhaseEvent]:
@@ -157,7 +128,7 @@ async def test_an_idle_stream_sends_heartbeats_until_its_end(gateway: Gateway) -
     assert rest[-1]["data"]["phase"] == "failed"
 
 
-async def test_resume_replays_what_was_missed_then_goes_on_live(gateway: Gateway, seal_key: str) -> None:
+async def test_resume_replays_what_was_missed_then_goes_on_live(gateway: MemoryGateway, seal_key: str) -> None:
     """The client drops after 3 events; 2 more happen meanwhile; it resumes and gets those from the log,
     then the rest live, each once and in order."""
     more, last = asyncio.Event(), asyncio.Event()
@@ -201,7 +172,7 @@ async def wait_for_phase(bus: MemoryBus, phase: Phase) -> None:
         await asyncio.wait_for(bus.changed.wait_for(seen), 5)
 
 
-async def test_live_events_arriving_during_the_replay_come_after_it_once(gateway: Gateway) -> None:
+async def test_live_events_arriving_during_the_replay_come_after_it_once(gateway: MemoryGateway) -> None:
     """Events published while the replay runs are held back, then delivered after it, without duplicates."""
     rid = "ab" * 16
     topic = gateway.bus.topics.phase_events
@@ -234,7 +205,7 @@ async def test_live_events_arriving_during_the_replay_come_after_it_once(gateway
     gateway.router.unsubscribe(sub)
 
 
-async def test_a_ready_copied_into_another_stream_hands_over_no_token(gateway: Gateway, seal_key: str) -> None:
+async def test_a_ready_copied_into_another_stream_hands_over_no_token(gateway: MemoryGateway, seal_key: str) -> None:
     """Someone who can write phase events copies request A's sealed token into request B's stream:
     B's client gets a failed event, not A's token; A's own client gets it (the control)."""
     launched: list[str] = []
@@ -255,7 +226,7 @@ async def test_a_ready_copied_into_another_stream_hands_over_no_token(gateway: G
     assert "token-of-a" not in str(b)
 
 
-async def test_a_resume_with_a_tampered_position_is_refused(gateway: Gateway, seal_key: str) -> None:
+async def test_a_resume_with_a_tampered_position_is_refused(gateway: MemoryGateway, seal_key: str) -> None:
     async with scripted_services(gateway.bus, answer(lambda req: full_launch(seal_key, req))):
         _, events = await gateway.events(limit=2)
     rid, partition, offset, issued, holder, signature = events[-1]["id"].split(".")
@@ -271,7 +242,7 @@ async def test_a_resume_with_a_tampered_position_is_refused(gateway: Gateway, se
 
 @pytest.mark.parametrize("settings", [{"trusted_proxies": ["127.0.0.0/8"]}], indirect=True)
 async def test_a_resume_from_another_client_replays_nothing_and_the_launcher_resumes(
-        gateway: Gateway, seal_key: str) -> None:
+        gateway: MemoryGateway, seal_key: str) -> None:
     """Through the router's replay: an id copied to another client (another address behind the trusted
     proxy) is refused; the client that launched resumes and gets its token."""
     gate = asyncio.Event()
@@ -295,7 +266,7 @@ async def test_a_resume_from_another_client_replays_nothing_and_the_launcher_res
         assert status == 200 and rest[-1]["data"]["token"] == "the-server-token"
 
 
-async def test_concurrent_streams_each_get_only_their_own_events(gateway: Gateway) -> None:
+async def test_concurrent_streams_each_get_only_their_own_events(gateway: MemoryGateway) -> None:
     def events(req: LaunchRequested) -> list[PhaseEvent]:
         return [PhaseEvent(request_id=req.request_id, phase=Phase.BUILDING, service="t", message=f"{req.spec}\n"),
                 PhaseEvent(request_id=req.request_id, phase=Phase.FAILED, service="t", message=f"end {req.spec}\n")]
@@ -306,7 +277,7 @@ async def test_concurrent_streams_each_get_only_their_own_events(gateway: Gatewa
         assert [e["data"]["message"] for e in got] == [f"org/repo{i}/main\n", f"end org/repo{i}/main\n"]
 
 
-async def test_a_client_that_disconnects_is_cleaned_up(gateway: Gateway) -> None:
+async def test_a_client_that_disconnects_is_cleaned_up(gateway: MemoryGateway) -> None:
     async def never_ends(req: LaunchRequested) -> list[PhaseEvent]:
         return [PhaseEvent(request_id=req.request_id, phase=Phase.WAITING, service="t", message="queued\n")]
 
@@ -318,7 +289,7 @@ async def test_a_client_that_disconnects_is_cleaned_up(gateway: Gateway) -> None
         assert gateway.router.open_streams == 0
 
 
-async def test_health_reports_the_bus_the_hub_and_the_router(gateway: Gateway) -> None:
+async def test_health_reports_the_bus_the_hub_and_the_router(gateway: MemoryGateway) -> None:
     async with scripted_services(gateway.bus, answer(lambda req: [
             PhaseEvent(request_id=req.request_id, phase=Phase.FAILED, service="resolver")])):
         await gateway.events()
@@ -334,7 +305,7 @@ async def test_health_reports_the_bus_the_hub_and_the_router(gateway: Gateway) -
 
 
 async def test_the_lifespan_closes_every_port(settings: Settings) -> None:
-    gw = Gateway(settings)
+    gw = MemoryGateway(settings)
     ports = gw.app.state.ports
     async with running(gw.app):
         assert gw.router.healthy and not ports.hub_http.is_closed
@@ -342,7 +313,7 @@ async def test_the_lifespan_closes_every_port(settings: Settings) -> None:
 
 
 async def test_a_resume_the_log_cannot_serve_says_so_without_kafkas_details(
-        gateway: Gateway, seal_key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        gateway: MemoryGateway, seal_key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from aiokafka.errors import KafkaError
 
     async with scripted_services(gateway.bus, answer(lambda req: full_launch(seal_key, req))):
