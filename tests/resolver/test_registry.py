@@ -1,22 +1,12 @@
-"""Registry checks: the real local registry with htpasswd auth, and the bearer-token flow.
-
-The token flow runs against a small registry-and-token server this test starts (a real registry
-with token auth needs a PKI the local stack does not have); it answers with the same challenge and
-token shapes Docker Hub and GCR use.
-"""
+"""Registry checks against a real local registry with htpasswd auth (the token flow: test_registry_tokens.py)."""
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import os
 import subprocess
 import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
@@ -62,68 +52,3 @@ async def test_htpasswd_registry(auth_registry: str) -> None:
 async def test_unreachable_registry_is_an_error_not_a_miss() -> None:
     with pytest.raises(RegistryError, match="could not be reached"):
         await Registry(f"http://127.0.0.1:{free_port()}").image_exists("kiln/x", "y")
-
-
-@pytest.fixture
-def token_registry() -> Iterator[dict[str, Any]]:
-    """Registry API answering a Bearer challenge, plus its token server (basic auth kiln:pw)."""
-    state: dict[str, Any] = {"token_requests": [], "images": {"kiln/binder-a:1"}}
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            if self.path.startswith("/token"):
-                state["token_requests"].append(self.path)
-                auth = self.headers.get("Authorization", "")
-                if not auth:  # as Docker Hub: anyone gets a token, good only for public repositories
-                    return self._send(200, json.dumps({"access_token": "anonymous"}).encode())
-                if auth != "Basic " + base64.b64encode(b"kiln:pw").decode():
-                    return self._send(401)
-                return self._send(200, json.dumps({"token": "granted"}).encode())
-            self._send(404)
-
-        def do_HEAD(self) -> None:
-            parts = self.path.split("/")  # /v2/<repo...>/manifests/<tag>
-            repo, tag = "/".join(parts[2:-2]), parts[-1]
-            if self.headers.get("Authorization") != "Bearer granted":
-                realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-                return self._send(401, headers={"WWW-Authenticate":
-                                                f'Bearer realm="{realm}",service="test-registry",scope="repository:{repo}:pull"'})
-            self._send(200 if f"{repo}:{tag}" in state["images"] else 404)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    state["url"] = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield state
-    httpd.shutdown()
-
-
-@pytest.mark.parametrize("configured", [False, True], ids=["challenge", "token_url"])
-async def test_bearer_token_flow(token_registry: dict[str, Any], configured: bool) -> None:
-    token_url = token_registry["url"] + "/token?service=test-registry" if configured else ""
-    registry = Registry(token_registry["url"], "kiln", "pw", token_url=token_url)
-    assert await registry.image_exists("kiln/binder-a", "1") is True
-    assert await registry.image_exists("kiln/binder-a", "2") is False
-    assert all("service=test-registry" in r and "scope=repository%3Akiln%2Fbinder-a%3Apull" in r
-               for r in token_registry["token_requests"])
-    with pytest.raises(RegistryError, match="token server refused"):
-        await Registry(token_registry["url"], "kiln", "bad", token_url=token_url).image_exists("kiln/binder-a", "1")
-
-
-async def test_docker_hub_401_means_not_found(token_registry: dict[str, Any]) -> None:
-    """Docker Hub answers 401 for repositories that do not exist; with not_found_401 that is a miss."""
-    token_url = token_registry["url"] + "/token?service=x"
-    assert await Registry(token_registry["url"], not_found_401=True, token_url=token_url).image_exists("kiln/none", "1") is False
-    with pytest.raises(RegistryError, match="refused"):
-        await Registry(token_registry["url"], not_found_401=False, token_url=token_url).image_exists("kiln/none", "1")
