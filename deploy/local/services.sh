@@ -40,6 +40,9 @@ write_env() {
       export KILN_KAFKA_SASL_USERNAME=$s KILN_KAFKA_SASL_PASSWORD="$(cat "$KILN_STATE/secrets/kafka-$s")"
     fi
     export KILN_KAFKA_BOOTSTRAP="$KILN_KAFKA_BOOTSTRAP_EFFECTIVE"
+    # One instance of each service here, always under the same name: a static group member, so one
+    # restarted after a crash (--restart=on-failure) takes its partitions back at once.
+    export KILN_KAFKA_GROUP_INSTANCE_ID="${KILN_KAFKA_GROUP_INSTANCE_ID:-kiln-$s}"
     # On the local registry the builder may push and the resolver only pull (deploy/local/registry.sh);
     # the other services need no account.
     if [[ -z ${KILN_REGISTRY_URL:-} && ${KILN_REGISTRY_AUTH:-token} == token && -s $KILN_STATE/secrets/registry-builder ]]; then

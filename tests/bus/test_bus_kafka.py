@@ -191,6 +191,57 @@ async def test_sigterm_finishes_the_event_in_hand_and_commits(
     assert await committed(bus_settings, "sigterm-group", topics.phase_events.name) == 2
 
 
+STATIC_MEMBER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from kilnbus import BusConsumer, BusProducer, BusSettings, Topics, run_service
+
+    settings = BusSettings(kafka_bootstrap=sys.argv[1], topic_prefix=sys.argv[2], topic_partitions=3,
+                           kafka_group_instance_id="static-member-1")
+    topics = Topics(settings.topic_prefix)
+    out = open(sys.argv[3], "a", buffering=1)
+
+    async def main(stop):
+        async with BusProducer(settings) as producer:
+            async def handle(d):
+                out.write(f"handled {d.value.request_id}\\n")
+            consumer = BusConsumer(settings, "static-group", [topics.phase_events], handle, producer=producer,
+                                   dead_letter=topics.dead_letter, session_timeout_ms=60000, heartbeat_interval_ms=3000)
+            await consumer.start()
+            await consumer.run(stop)
+
+    run_service(main)
+    """
+)
+
+
+async def test_a_static_member_killed_and_restarted_takes_its_partitions_back_at_once(
+    bus_settings: BusSettings, topics: Topics, producer: BusProducer, tmp_path: Path
+) -> None:
+    """With ``kafka_group_instance_id`` (as the local stack runs each service) a member killed with
+    SIGKILL and started again is handed its partitions without waiting out the dead one's session
+    (60 s here): the record published while it was down is handled well within that."""
+    script, out = tmp_path / "consumer.py", tmp_path / "out.txt"
+    script.write_text(STATIC_MEMBER_SCRIPT)
+    out.touch()
+    command = [sys.executable, str(script), bus_settings.kafka_bootstrap, bus_settings.topic_prefix, str(out)]
+    await producer.publish(topics.phase_events, "k", PhaseEvent(request_id="before", phase=Phase.WAITING, service="t"))
+    first = subprocess.Popen(command)
+    try:
+        await wait_until(lambda: "handled before" in out.read_text(), 60, "the first member to handle a record")
+    finally:
+        first.kill()
+        await asyncio.to_thread(first.wait, 30)
+    await producer.publish(topics.phase_events, "k", PhaseEvent(request_id="after", phase=Phase.WAITING, service="t"))
+    second = subprocess.Popen(command)
+    try:
+        # A dynamic member would wait for the dead member's 60-s session to end before any assignment.
+        await wait_until(lambda: "handled after" in out.read_text(), 30, "the restarted member to handle the next record")
+    finally:
+        second.terminate()
+        await asyncio.to_thread(second.wait, 30)
+
+
 @pytest.fixture
 def fault_broker(repo_root: Path) -> Any:
     """A broker of its own (ports 19092/19093, its own data) that a test may stop and start."""

@@ -29,7 +29,9 @@ CRASHING_CONSUMER = textwrap.dedent(
     import asyncio, os, sys
     from kilnbus import BusConsumer, BusProducer, BusSettings, Topics, run_service
 
-    settings = BusSettings(kafka_bootstrap=sys.argv[1], topic_prefix=sys.argv[2], topic_partitions=3)
+    # A static member, as the local stack runs each service: each restart takes the partition back at once.
+    settings = BusSettings(kafka_bootstrap=sys.argv[1], topic_prefix=sys.argv[2], topic_partitions=3,
+                           kafka_group_instance_id="poisoned-builder")
     topics = Topics(settings.topic_prefix)
     out = open(sys.argv[3], "a", buffering=1)
 

@@ -246,6 +246,7 @@ class BusConsumer(DispatchCounts):
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset=overrides.pop("auto_offset_reset", "earliest"),
+            group_instance_id=overrides.pop("group_instance_id", settings.kafka_group_instance_id),
             **overrides,
         )
 

@@ -29,6 +29,12 @@ class BusSettings(BaseSettings):
     handler_max_crashes: int = Field(3, ge=0, description="A request in hand during this many crashes of the service "
                                      "handling it (OOM kill, SIGKILL) is set aside with a failed event instead of being "
                                      "tried again; 0: never.")
+    kafka_group_instance_id: str | None = Field(
+        None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
+        description="Static group membership (Kafka's group.instance.id): a name unique to this instance that "
+                    "stays the same when it restarts, so a crashed and restarted instance takes its partitions "
+                    "back at once instead of after the session timeout. A stopped static member does not leave its "
+                    "group: its partitions wait for it up to the session timeout. Unset: dynamic membership.")
     metrics_host: str = Field("127.0.0.1", description="Address of the /metrics server of services without a web app.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Port of that /metrics server; unset: none.")
 
