@@ -83,12 +83,14 @@ async def test_200_clients_for_two_minutes(repos: Path, kiln_services: KilnServi
     specs = []
     for i in range(3):
         make_repo(repos, f"load{i}", {"README.md": uuid.uuid4().hex})
-        spec = spec_for(repos, f"load{i}")
-        assert (await launch(spec))[-1]["phase"] == "ready"  # built once: every launch below is a cache hit
-        specs.append(spec)
+        specs.append(spec_for(repos, f"load{i}"))
+    # Built once, side by side: every launch below is a cache hit.
+    for events in await asyncio.gather(*(launch(spec) for spec in specs)):
+        assert events[-1]["phase"] == "ready", events[-3:]
     # The quota a public Binder configures, and no per-address rate limit (every client here is 127.0.0.1).
-    kiln_services.restart("launcher", {"KILN_TOTAL_QUOTA": str(QUOTA)})
-    kiln_services.restart("gateway", {"KILN_RATE_LIMIT": "0"})
+    # The hub, slowed by the storm, is retried as in production (4 s, doubling), not as the suite's other tests do.
+    kiln_services.restart_many({"launcher": {"KILN_TOTAL_QUOTA": str(QUOTA), "KILN_RETRY_DELAY_S": "4"},
+                                "gateway": {"KILN_RATE_LIMIT": "0"}})
     token = (ROOT / ".state" / "hub" / "launcher-token").read_text().strip()
     tally = Tally()
     try:
@@ -101,8 +103,7 @@ async def test_200_clients_for_two_minutes(repos: Path, kiln_services: KilnServi
             await asyncio.wait_for(asyncio.gather(*clients), DURATION_S / 2 + STREAM_LIMIT_S + 30)
             end = memory_mb(kiln_services)
     finally:
-        kiln_services.restart("launcher")
-        kiln_services.restart("gateway")
+        kiln_services.restart_many({"launcher": None, "gateway": None})
     print(f"\nload: {tally.ready} ready, {tally.quota} refused by the quota, {tally.lost} lost, "
           f"{len(tally.other)} other; memory MB middle {middle} end {end}")
     assert tally.lost == 0 and tally.other == [], tally.other[:5]

@@ -17,15 +17,37 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from kiln_gateway.settings import Settings
 
 from ..support.site import Site
-from .conftest import free_port, serving
+from .conftest import CHROMIUM_FLAGS, free_port, serving
 from .memory import memory_app
 
-pytestmark = [pytest.mark.browser,
+# One Chromium for the module (its start and stop were most of each case's time), so every test and
+# fixture here runs on the module's event loop; each test still gets a fresh browser context.
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module"),
               pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make test installs it)")]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        yield b
+        await b.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(chromium: Any) -> AsyncIterator[Any]:
+    """A context of its own per test (cookies, storage, routes), closed with its pages afterwards."""
+    context = await chromium.new_context()
+    yield context
+    await context.close()
+
 
 @pytest.fixture
 def sites() -> Iterator[tuple[Site, Site]]:
@@ -35,7 +57,7 @@ def sites() -> Iterator[tuple[Site, Site]]:
     evil.httpd.shutdown()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def gateway_url() -> AsyncIterator[str]:
     settings = Settings(gateway_port=free_port(), rate_limit=0)
     async with serving(memory_app(settings), settings.gateway_port, lifespan="off") as url:  # its stream is faked

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Forks until the limit stops it, then keeps the step busy, as a real attack would.
 BOMB = "#!/bin/bash\nbomb() { bomb | bomb & }\nbomb\nwhile true; do sleep 1; done\n"
 LIMIT = 300
+# Long enough for a user's container to start beside the bomb; the bomb outlives it otherwise.
+BUILD_TIMEOUT_S = 12
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ async def test_a_fork_bomb_fails_the_build_and_the_machine_stays_responsive(
         builder: BuildHarness, bomb_cgroup: Path) -> None:  # noqa: F811 (the imported fixture)
     processes = lambda: int((bomb_cgroup / "pids.current").read_text())
     await builder.stop_builders()
-    await builder.start_builder(build_timeout_s=25, build_cpus=1, build_cgroup_parent=f"/kiln-builds/{bomb_cgroup.name}")
+    await builder.start_builder(build_timeout_s=BUILD_TIMEOUT_S, build_cpus=1, build_cgroup_parent=f"/kiln-builds/{bomb_cgroup.name}")
     try:
         url, ref = builder.serve_repo("forkbomb", {"postBuild": BOMB})
         rid, _ = await builder.request(url, ref)
@@ -72,7 +74,7 @@ async def test_a_fork_bomb_fails_the_build_and_the_machine_stays_responsive(
         # Either the bomb's own shell gives up (forks keep failing) or the time limit stops the build:
         # both say so in words, not a stack trace.
         assert (failed.failure_cause == "postbuild_failed" and "postBuild" in failed.message
-                or failed.failure_cause == "build_timeout" and "longer than the limit of 25 seconds" in failed.message), failed
+                or failed.failure_cause == "build_timeout" and f"longer than the limit of {BUILD_TIMEOUT_S} seconds" in failed.message), failed
         assert "Traceback" not in failed.message
         # Nothing of the bomb is left once the build is stopped.
         await wait_until(lambda: processes() == 0, 60, "the bomb's processes to be gone")

@@ -258,7 +258,7 @@ async def test_git_follows_no_redirect(githost: GitHost, tmp_path: Path) -> None
     url, ref = make_hostile_repo(githost, "moved", {"index.ipynb": "{}"})
     handler = type("H", (_Redirect,), {"target": githost.url})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         redirecting = f"http://127.0.0.1:{server.server_address[1]}/t/moved"
         with pytest.raises(BuildFailed) as refused:

@@ -42,7 +42,7 @@ def test_an_ssh_account_name_is_not_a_credential() -> None:
 async def test_resolver_follows_no_redirect(githost: GitHost, tmp_path: Path) -> None:
     url, ref = make_hostile_repo(githost, "moved", {"index.ipynb": "{}"})
     server = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Redirect,), {"target": githost.url}))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     provider = GitProvider(SCHEMES, ["127.0.0.1"], 10)
     try:
         with pytest.raises(ResolveError):
