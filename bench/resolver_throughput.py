@@ -24,8 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kiln_resolver.bootstrap import run as serve
 from kiln_resolver.settings import Settings
-from kilnbus import BusProducer, BusSettings, Delivery, LaunchRequested, PhaseEvent, Topics, ensure_topics
-from tests.bus.helpers import start_consumer
+from kilnbus import (
+    BusProducer,
+    BusSettings,
+    KafkaLogReader,
+    LaunchRequested,
+    PhaseEvent,
+    Topics,
+    default_codec,
+    ensure_topics,
+)
 from tests.support.githost import make_repo, start_githost
 from tests.support.stack import use_local_kafka_admin
 
@@ -69,14 +77,20 @@ async def main() -> None:
         answered = asyncio.Event()
         target = 0
 
-        async def on_event(d: Delivery[PhaseEvent]) -> None:
-            if d.value.request_id not in first_seen:
-                first_seen[d.value.request_id] = time.perf_counter()
-                if len(first_seen) >= target:
-                    answered.set()
+        codec = default_codec()
 
-        async with BusProducer(bus) as producer:
-            watcher = await start_consumer(bus, topics, [topics.phase_events], on_event, producer, group="bench-watch")
+        async def watch(reader: KafkaLogReader) -> None:
+            # Group-less, as the gateway's router reads phase events: the time an event can reach a user.
+            async for record in reader:
+                event = codec.decode(record.value, expect=PhaseEvent)
+                assert isinstance(event, PhaseEvent)
+                if event.request_id not in first_seen:
+                    first_seen[event.request_id] = time.perf_counter()
+                    if len(first_seen) >= target:
+                        answered.set()
+
+        async with BusProducer(bus) as producer, KafkaLogReader(bus, [topics.phase_events], start="end") as reader:
+            watcher = asyncio.create_task(watch(reader))
             await asyncio.sleep(3)
 
             async def run(n: int, paced: bool) -> dict[str, float]:
@@ -101,7 +115,7 @@ async def main() -> None:
             start = time.perf_counter()
             sent = await run(args.requests, paced=False)
             rate = args.requests / (max(first_seen[r] for r in sent) - start)
-            await watcher.close()
+            watcher.cancel()
         stop.set()
         await resolver
         host.server.shutdown()
