@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import statistics
 import subprocess
@@ -35,6 +36,8 @@ from tests.support.githost import commit, git, make_repo, start_githost
 from tests.support.stack import use_local_kafka_admin
 
 use_local_kafka_admin()  # the local broker wants its admin
+# The hand-written baseline pushes with the docker CLI, as the local registry's admin (deploy/local/registry.sh).
+os.environ.setdefault("DOCKER_CONFIG", str(Path(__file__).resolve().parents[1] / ".state" / "docker" / "admin"))
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = (ROOT / ".state" / "base-image").read_text().strip()
@@ -71,7 +74,8 @@ async def main() -> None:
     marker = uuid.uuid4().hex[:8]  # new requirements each run, so nothing is cached from before
     # A typical Binder repository: the scientific Python stack and a notebook.
     requirements = f"# benchmark {marker}\nnumpy==2.3.5\npandas==2.3.3\nmatplotlib==3.10.7\n"
-    prefix = f"127.0.0.1:5000/bench-{marker}/"
+    # Under the names the builder's registry account may push (kiln/binder-*, kiln/env*).
+    prefix = f"127.0.0.1:5000/kiln/binder-bench{marker}-"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         repo = make_repo(root / "git", "org/ref", {"requirements.txt": requirements, "index.ipynb": NOTEBOOK % 0})
@@ -90,48 +94,51 @@ async def main() -> None:
         # The local registry wants credentials (token auth): the builder's own push account, as services.sh gives it.
         secret = Path(__file__).resolve().parents[1] / ".state" / "secrets" / "registry-builder"
         login = {"registry_username": "builder", "registry_password": secret.read_text().strip()} if secret.exists() else {}
-        settings = Settings(**bus.model_dump(), base_image=BASE, env_image_prefix=f"{prefix}env", work_dir=str(root / "work"),
+        settings = Settings(**bus.model_dump(), base_image=BASE, env_image_prefix=f"127.0.0.1:5000/kiln/env-bench{marker}", work_dir=str(root / "work"),
                             allowed_private_hosts=["127.0.0.1"], **login)  # the benchmark's git host is on loopback
         stop = asyncio.Event()
         builder = asyncio.create_task(run(settings, stop))
         async with BusProducer(bus) as producer:
             reader = await start_consumer(bus, topics, [topics.phase_events], collect, producer, group="bench-reader")
-            await asyncio.sleep(3)
+            try:
+                await asyncio.sleep(3)
 
-            async def build(repo_path: Path, url: str, image: str, copies: int = 1) -> tuple[float, list[str]]:
-                ref = git(repo_path, "rev-parse", "HEAD")
-                rids = [uuid.uuid4().hex for _ in range(copies)]
-                t = time.perf_counter()
-                for rid in rids:
-                    await producer.publish(topics.build_requested, f"{image}:{ref}", BuildRequested(
-                        request_id=rid, image_name=f"{image}:{ref}", repo_url=url, ref=ref, provider="git", spec=url))
-                while not all(r in done for r in rids):
-                    arrived.clear()
-                    await arrived.wait()
-                failed = [p.message for r in rids for p in phases[r] if p.phase is Phase.FAILED]
-                assert not failed, failed
-                return max(done[r] for r in rids) - t, rids
+                async def build(repo_path: Path, url: str, image: str, copies: int = 1) -> tuple[float, list[str]]:
+                    ref = git(repo_path, "rev-parse", "HEAD")
+                    rids = [uuid.uuid4().hex for _ in range(copies)]
+                    t = time.perf_counter()
+                    for rid in rids:
+                        await producer.publish(topics.build_requested, f"{image}:{ref}", BuildRequested(
+                            request_id=rid, image_name=f"{image}:{ref}", repo_url=url, ref=ref, provider="git", spec=url))
+                    while not all(r in done for r in rids):
+                        arrived.clear()
+                        await arrived.wait()
+                    failed = [p.message for r in rids for p in phases[r] if p.phase is Phase.FAILED]
+                    assert not failed, failed
+                    return max(done[r] for r in rids) - t, rids
 
-            cold, _ = await build(repo, f"{host.url}/org/ref", f"{prefix}ref")
-            # Notebook-only commits, several: at half a second each, one sample is mostly noise.
-            rebuilds = []
-            for n in range(REBUILDS):
-                commit(repo, {"index.ipynb": NOTEBOOK % (100 + n)}, "notebook only")
-                seconds, rebuild_rids = await build(repo, f"{host.url}/org/ref", f"{prefix}ref")
-                rebuilds.append(seconds)
-            rebuild = statistics.median(rebuilds)
-            if "--profile" in sys.argv:
-                t0 = phases[rebuild_rids[0]][0].timestamp
-                for e in phases[rebuild_rids[0]]:
-                    print(f"    +{(e.timestamp - t0).total_seconds() * 1000:5.0f} ms {e.phase.value:9} {e.message.strip()[:70]}")
-            second, _ = await build(other, f"{host.url}/org/same-reqs", f"{prefix}same")
-            commit(repo, {"requirements.txt": requirements + "# concurrent\n"}, "new environment")
-            crowd, rids = await build(repo, f"{host.url}/org/ref", f"{prefix}crowd", copies=20)
-            containers = [set(re.findall(r"Running in ([0-9a-f]{12})", "".join(p.message for p in phases[r]))) for r in rids]
-            one_build = all(c == containers[0] and c for c in containers)
-            await reader.close()
-        stop.set()
-        await builder
+                cold, _ = await build(repo, f"{host.url}/org/ref", f"{prefix}ref")
+                # Notebook-only commits, several: at half a second each, one sample is mostly noise.
+                rebuilds = []
+                for n in range(REBUILDS):
+                    commit(repo, {"index.ipynb": NOTEBOOK % (100 + n)}, "notebook only")
+                    seconds, rebuild_rids = await build(repo, f"{host.url}/org/ref", f"{prefix}ref")
+                    rebuilds.append(seconds)
+                rebuild = statistics.median(rebuilds)
+                if "--profile" in sys.argv:
+                    t0 = phases[rebuild_rids[0]][0].timestamp
+                    for e in phases[rebuild_rids[0]]:
+                        print(f"    +{(e.timestamp - t0).total_seconds() * 1000:5.0f} ms {e.phase.value:9} {e.message.strip()[:70]}")
+                second, _ = await build(other, f"{host.url}/org/same-reqs", f"{prefix}same")
+                commit(repo, {"requirements.txt": requirements + "# concurrent\n"}, "new environment")
+                crowd, rids = await build(repo, f"{host.url}/org/ref", f"{prefix}crowd", copies=20)
+                containers = [set(re.findall(r"Running in ([0-9a-f]{12})", "".join(p.message for p in phases[r]))) for r in rids]
+                one_build = all(c == containers[0] and c for c in containers)
+            finally:
+                await reader.close()
+                # Stopped in order on failure too: cancelled mid-commit, the builder's consumer waits out its request timeout.
+                stop.set()
+                await builder
 
         # The same work by hand, in the same run.
         ctx = root / "hand"
