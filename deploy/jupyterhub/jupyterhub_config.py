@@ -18,6 +18,8 @@ Read by deploy/local/hub.sh. Settings come from the environment, with the local 
   KILN_SERVER_MEM_LIMIT       memory limit of each server (2G, as mybinder.org)
   KILN_SERVER_CPU_LIMIT       CPU limit of each server, in cores (1)
   KILN_SERVER_PIDS_LIMIT      processes and threads each server may have at once (1024)
+  KILN_SERVER_ALLOW_ORIGIN    origins whose pages may use a server's API and kernels (Thebe, Jupyter Book,
+                              MyST); default: the gateway's KILN_CORS_ALLOW_ORIGIN, as BinderHub does; empty: none
 """
 
 import asyncio
@@ -156,6 +158,11 @@ c.Spawner.http_timeout = 60
 c.Spawner.default_url = "/lab"
 # Binder links carry ?token=; JupyterHub 6 servers refuse that unless told otherwise.
 c.Spawner.environment = {"JUPYTERHUB_ALLOW_TOKEN_IN_URL": "1"}
+# Pages on other sites (Thebe, Jupyter Book, MyST) start kernels on a Binder server: its Jupyter
+# server must allow their origin. BinderHub gives servers its own CORS origin when one is set.
+allow_origin = os.environ.get("KILN_SERVER_ALLOW_ORIGIN", os.environ.get("KILN_CORS_ALLOW_ORIGIN", ""))
+if allow_origin:
+    c.Spawner.args = [f"--ServerApp.allow_origin={allow_origin}"]
 
 token_file = Path(os.environ.get("KILN_LAUNCHER_TOKEN_FILE", state / "launcher-token"))
 c.JupyterHub.services = [

@@ -18,7 +18,7 @@ export DOCKER_BUILDKIT=0  # Debian's engine has no BuildKit/buildx
 [[ -r $CA ]] || die "the extra CA bundle $CA cannot be read" "set KILN_EXTRA_CA_CERTS to a PEM file, or to /dev/null if you need none"
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer" "run deploy/local/docker.sh start (make up does)"
 
-inputs_hash=$(cat "$SRC/Dockerfile" "$SRC/requirements.txt" "$CA" | sha256sum | cut -c1-12)
+inputs_hash=$(cat "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/kiln-environment.sh" "$CA" | sha256sum | cut -c1-12)
 IMAGE="$REGISTRY/kiln/base:$SUITE-$inputs_hash"
 
 # Asked through the docker client, which logs in to a registry that wants credentials (DOCKER_CONFIG).
@@ -59,7 +59,7 @@ if ! docker image inspect "$ROOTFS_IMAGE" >/dev/null 2>&1; then
 fi
 
 ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
-cp "$SRC/Dockerfile" "$SRC/requirements.txt" "$ctx/"
+cp "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/kiln-environment.sh" "$ctx/"
 cp "$CA" "$ctx/extra-ca-certificates.crt"
 step "building $IMAGE (a few minutes the first time)"
 docker build -q --network host --build-arg ROOTFS="$ROOTFS_IMAGE" -t "$IMAGE" -t kiln/base:latest "$ctx" >"$KILN_LOGS/base-image.log" 2>&1 \

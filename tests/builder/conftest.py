@@ -142,9 +142,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_in(image: str, command: str, timeout: float = 120) -> str:
-    """Run ``command`` in a fresh container of ``image`` (through its entrypoint) and return its output."""
-    out = subprocess.run(["docker", "run", "--rm", "--network", "host", image, "sh", "-c", command],
+def run_in(image: str, command: str, timeout: float = 120, login: bool = False) -> str:
+    """Run ``command`` in a fresh container of ``image`` (through its entrypoint) and return its output;
+    with ``login``, in a login shell (``bash -lc``), as JupyterLab's terminal runs one."""
+    shell = ["bash", "-lc"] if login else ["sh", "-c"]
+    out = subprocess.run(["docker", "run", "--rm", "--network", "host", image, *shell, command],
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()

@@ -47,6 +47,12 @@ async def test_repository_builds_and_its_server_answers(builder: BuildHarness, r
     assert [launch.request_id for launch in builder.launches if launch.request_id == rid] == [rid]
     command, expected = BUILDS[repo]
     assert run_in(image, command) == expected
+    if repo != "dockerfile":  # the repository's own image: its shells are its business
+        # A login shell (JupyterLab's terminal is one) starts from /etc/profile's PATH: the
+        # environment must still come first, with its packages.
+        assert run_in(image, command, login=True) == expected, "the environment is lost in a login shell"
+        assert run_in(image, "command -v python pip jupyter", login=True).split() == [
+            "/srv/venv/bin/python", "/srv/venv/bin/pip", "/srv/venv/bin/jupyter"]
     assert run_in(image, "id -u") == "1000"
     if repo != "dockerfile":
         assert labels(image)["repo2docker.repo"] == url and labels(image)["repo2docker.ref"] == ref

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from ..support.githost import make_repo
+from ..support.terminal import terminal_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +57,10 @@ async def test_requirements_repository_cold_then_from_cache(repos: Path) -> None
     assert phases[-1] == "ready", cold[-3:]
     assert {"waiting", "fetching", "building", "pushing", "built", "launching"} <= set(phases)
     server_answers(cold[-1])
+    # JupyterLab's terminal on the launched server (a login shell): the repository's Python and its package.
+    printed = await terminal_run(cold[-1]["url"], cold[-1]["token"],
+                                 "python -c 'import sys, toolz; print(sys.executable, toolz.__version__)'; command -v jupyter")
+    assert printed.split() == ["/srv/venv/bin/python", "0.12.1", "/srv/venv/bin/jupyter"], printed
     again = await launch(spec_for(repos, "reqs"))
     assert [e["phase"] for e in again if e["phase"] in ("built", "ready")] == ["built", "ready"]
     assert again[0]["message"] == "Found built image, launching...\n", "the second launch skips the build"
