@@ -1,41 +1,28 @@
 #!/usr/bin/env bash
-# Builds Kiln's base image for user environments without Docker Hub and pushes it to the registry.
+# Builds Kiln's base images for user environments without Docker Hub and pushes them to the registry,
+# one per Debian suite, so that runtime.txt can choose a Python (bookworm: 3.11, trixie: 3.13):
 #   1. debootstrap a minimal Debian root from the machine's Debian mirror, `docker import` it;
 #   2. build deploy/images/base on it (legacy builder, host networking);
-#   3. push it as $REGISTRY/kiln/base:<hash of its inputs>; write that name to .state/base-image.
-# A second run with the same inputs finds the image in the registry and does nothing.
-# Settings: KILN_REGISTRY_HOST (127.0.0.1:5000), KILN_EXTRA_CA_CERTS (a PEM bundle trusted in images;
-# default: this machine's bundle), KILN_DEBIAN_MIRROR (default: the mirror apt uses here).
+#   3. push it as $REGISTRY/kiln/base:<suite>-<hash of its inputs>.
+# The first suite's image is the default (.state/base-image); .state/base-images lists each image with
+# its Python version, for the builder. A second run with the same inputs finds the images in the
+# registry and does nothing.
+# Settings: KILN_BASE_SUITES ("bookworm trixie"; the first is the default), KILN_REGISTRY_HOST
+# (127.0.0.1:5000), KILN_EXTRA_CA_CERTS (a PEM bundle trusted in images; default: this machine's
+# bundle), KILN_DEBIAN_MIRROR (default: the mirror apt uses here).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 REGISTRY=${KILN_REGISTRY_HOST:-127.0.0.1:5000}
-SUITE=bookworm
-ROOTFS_IMAGE=kiln/debian-rootfs:$SUITE
+SUITES=${KILN_BASE_SUITES:-bookworm trixie}
 SRC="$KILN_ROOT/deploy/images/base"
 CA=${KILN_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}
 export DOCKER_BUILDKIT=0  # Debian's engine has no BuildKit/buildx
 
 [[ -r $CA ]] || die "the extra CA bundle $CA cannot be read" "set KILN_EXTRA_CA_CERTS to a PEM file, or to /dev/null if you need none"
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer" "run deploy/local/docker.sh start (make up does)"
-
-inputs_hash=$(cat "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/kiln-environment.sh" "$CA" | sha256sum | cut -c1-12)
-IMAGE="$REGISTRY/kiln/base:$SUITE-$inputs_hash"
-
-# Asked through the docker client, which logs in to a registry that wants credentials (DOCKER_CONFIG).
-if docker manifest inspect --insecure "$IMAGE" >/dev/null 2>&1; then
-  docker image inspect "$IMAGE" >/dev/null 2>&1 || docker pull -q "$IMAGE" >/dev/null
-  echo "$IMAGE" >"$KILN_STATE/base-image"
-  ok "base image $IMAGE present"
-  exit 0
-fi
-
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then
-  # Built before (an earlier checkout on this machine) but not in this registry: push, do not rebuild.
-  docker push -q "$IMAGE" >>"$KILN_LOGS/base-image.log" 2>&1 || die "pushing $IMAGE failed (log: $KILN_LOGS/base-image.log)" "check the registry: deploy/local/registry.sh status"
-  echo "$IMAGE" >"$KILN_STATE/base-image"
-  ok "base image $IMAGE pushed"
-  exit 0
-fi
+for suite in $SUITES; do
+  [[ $suite =~ ^[a-z]+$ ]] || die "KILN_BASE_SUITES names '$suite'" "use Debian suite names such as bookworm or trixie"
+done
 
 mirror() {
   if [[ -n ${KILN_DEBIAN_MIRROR:-} ]]; then echo "$KILN_DEBIAN_MIRROR"; return; fi
@@ -45,25 +32,57 @@ mirror() {
   echo "${m:-http://deb.debian.org/debian}"
 }
 
-if ! docker image inspect "$ROOTFS_IMAGE" >/dev/null 2>&1; then
+# rootfs SUITE: a minimal Debian root file system as the image kiln/debian-rootfs:SUITE.
+rootfs() {
+  local suite=$1 image=kiln/debian-rootfs:$1
+  docker image inspect "$image" >/dev/null 2>&1 && return
   command -v debootstrap >/dev/null || die "debootstrap is not installed" "apt-get install debootstrap (make up does this when run as root)"
-  root="$KILN_STATE/rootfs/$SUITE"
+  local root="$KILN_STATE/rootfs/$suite"
   rm -rf "$root"; mkdir -p "$root"
-  step "debootstrap $SUITE from $(mirror) (about a minute)"
-  debootstrap --variant=minbase "$SUITE" "$root" "$(mirror)" >"$KILN_LOGS/debootstrap.log" 2>&1 \
-    || die "debootstrap failed (log: $KILN_LOGS/debootstrap.log)" "check that the Debian mirror is reachable, or set KILN_DEBIAN_MIRROR"
+  step "debootstrap $suite from $(mirror) (about a minute)"
+  debootstrap --variant=minbase "$suite" "$root" "$(mirror)" >"$KILN_LOGS/debootstrap-$suite.log" 2>&1 \
+    || die "debootstrap $suite failed (log: $KILN_LOGS/debootstrap-$suite.log)" "check that the Debian mirror is reachable and has $suite, or set KILN_DEBIAN_MIRROR"
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-  tar -C "$root" -c . | docker import - "$ROOTFS_IMAGE" >/dev/null
+  tar -C "$root" -c . | docker import - "$image" >/dev/null
   rm -rf "$root"
-  ok "imported $ROOTFS_IMAGE"
-fi
+  ok "imported $image"
+}
 
-ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
-cp "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/kiln-environment.sh" "$ctx/"
-cp "$CA" "$ctx/extra-ca-certificates.crt"
-step "building $IMAGE (a few minutes the first time)"
-docker build -q --network host --build-arg ROOTFS="$ROOTFS_IMAGE" -t "$IMAGE" -t kiln/base:latest "$ctx" >"$KILN_LOGS/base-image.log" 2>&1 \
-  || { tail -n 30 "$KILN_LOGS/base-image.log" >&2; die "building the base image failed (log: $KILN_LOGS/base-image.log)" "read the log above"; }
-docker push -q "$IMAGE" >>"$KILN_LOGS/base-image.log" 2>&1 || die "pushing $IMAGE failed (log: $KILN_LOGS/base-image.log)" "check the registry: deploy/local/registry.sh status"
-echo "$IMAGE" >"$KILN_STATE/base-image"
-ok "base image $IMAGE built and pushed"
+# base SUITE: build (or find) the base image of SUITE; prints its name.
+base() {
+  local suite=$1 hash image log="$KILN_LOGS/base-image-$1.log"
+  hash=$(cat "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/kiln-environment.sh" "$CA" | sha256sum | cut -c1-12)
+  image="$REGISTRY/kiln/base:$suite-$hash"
+  # Asked through the docker client, which logs in to a registry that wants credentials (DOCKER_CONFIG).
+  if docker manifest inspect --insecure "$image" >/dev/null 2>&1; then
+    docker image inspect "$image" >/dev/null 2>&1 || docker pull -q "$image" >/dev/null
+    ok "base image $image present" >&2
+  elif docker image inspect "$image" >/dev/null 2>&1; then
+    docker push -q "$image" >>"$log" 2>&1 || die "pushing $image failed (log: $log)" "check the registry: deploy/local/registry.sh status"
+    ok "base image $image pushed" >&2
+  else
+    rootfs "$suite" >&2
+    local ctx; ctx=$(mktemp -d)
+    cp "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/kiln-environment.sh" "$ctx/"
+    cp "$CA" "$ctx/extra-ca-certificates.crt"
+    step "building $image (a few minutes the first time)" >&2
+    docker build -q --network host --build-arg ROOTFS="kiln/debian-rootfs:$suite" -t "$image" "$ctx" >"$log" 2>&1 \
+      || { rm -rf "$ctx"; tail -n 30 "$log" >&2; die "building the base image failed (log: $log)" "read the log above"; }
+    rm -rf "$ctx"
+    docker push -q "$image" >>"$log" 2>&1 || die "pushing $image failed (log: $log)" "check the registry: deploy/local/registry.sh status"
+    ok "base image $image built and pushed" >&2
+  fi
+  echo "$image"
+}
+
+listing=""
+first=""
+for suite in $SUITES; do
+  image=$(base "$suite")
+  python=$(docker run --rm --network none --entrypoint python3 "$image" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+    || die "the base image $image does not run python3" "see $KILN_LOGS/base-image-$suite.log"
+  [[ -n $first ]] || { first=$image; docker tag "$image" kiln/base:latest; }
+  listing+="$python $image"$'\n'
+done
+echo "$first" >"$KILN_STATE/base-image"
+printf '%s' "$listing" >"$KILN_STATE/base-images"

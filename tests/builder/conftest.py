@@ -120,7 +120,10 @@ async def builder(tmp_path_factory: Any) -> AsyncIterator[BuildHarness]:
     topics = Topics(bus.topic_prefix)
     root = tmp_path_factory.mktemp("git")
     host = start_githost(root)
+    # The base images make up built, one per Python ("VERSION IMAGE" lines, the default first).
+    listed = [line.split() for line in (ROOT / ".state" / "base-images").read_text().splitlines() if line.strip()]
     settings = Settings(**bus.model_dump(), base_image=(ROOT / ".state" / "base-image").read_text().strip(),
+                        base_images=dict(listed), offered_pythons=[version for version, _ in listed],
                         work_dir=str(tmp_path_factory.mktemp("work")),
                         allowed_private_hosts=["127.0.0.1"])  # the test git host is on loopback
     async with BusProducer(bus) as producer:

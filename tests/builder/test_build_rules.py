@@ -25,6 +25,8 @@ BUILDS = {
     "pyproject": ("cd /tmp && python -c 'import kilnproj; print(kilnproj.VALUE)'", "installed from pyproject.toml"),
     "pipfile": ("python -c 'import six; print(six.__version__)'", "1.16.0"),
     "environment_yml": ("python -c 'import six, sys; print(six.__version__, sys.version_info[:2])'", "1.16.0 (3, 11)"),
+    # runtime.txt's Python from the base image of the Debian suite that carries it.
+    "runtime_313": ("python -c 'import six, sys; print(six.__version__, sys.version_info[:2])'", "1.16.0 (3, 13)"),
     "apt": ("echo '{\"a\": 1}' | jq .a", "1"),
     "postbuild": ("cat ~/postbuild-ran", "postBuild ran as jovyan"),
     "start": ("echo started=$KILN_STARTED", "started=yes"),

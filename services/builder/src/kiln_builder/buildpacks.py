@@ -25,10 +25,13 @@ import json
 import os
 import re
 import stat
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 NB_USER, NB_UID = "jovyan", 1000
 REPO_SUBDIR = "repo"  # where the repository sits in the build context, beside Kiln's own files
@@ -256,10 +259,9 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> tuple[
                 raise BuildpackError(f"{path.name}: the entries under 'pip:' must be requirement strings.")
             pip.extend(dep["pip"] or [])
         elif isinstance(dep, str):
-            name = re.split(r"[=<>! ]", dep.split("::")[-1], maxsplit=1)[0]
+            name, spec = _split_conda_spec(dep)
             if name == "python":
-                m = re.search(r"=\s*(\d+(?:\.\d+)?)", dep)
-                version = m.group(1) if m else None
+                version = _python_from_conda_spec(spec, offered, path.name)
             elif name != "pip":
                 other.append(dep)
         else:
@@ -267,9 +269,66 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> tuple[
     if other:
         raise BuildpackError(f"{path.name} asks for {len(other)} conda package(s) Kiln cannot install. Kiln builds from "
                              "PyPI and Debian only: list them under 'pip:' (or in requirements.txt) if they are on PyPI.")
-    if version and version not in offered and version != "3":  # version matched \d+(\.\d+)?: safe to repeat
-        raise BuildpackError(f"{path.name} asks for Python {version}; this Binder offers Python {', '.join(offered)}.")
     return version, pip
+
+
+def _split_conda_spec(dep: str) -> tuple[str, str]:
+    """(name, version spec) of a conda match spec: ``conda-forge::python >=3.9,<3.12`` -> ("python", ">=3.9,<3.12")."""
+    dep = dep.split("::")[-1].strip()
+    m = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)$", dep)
+    return (m.group(1).lower(), m.group(2).strip()) if m else (dep, "")
+
+
+def _python_from_conda_spec(spec: str, offered: list[str], source: str) -> str | None:
+    """The offered Python an environment.yml's ``python`` entry means, as conda reads its spec.
+
+    ``python=3.11``, ``python 3.11``, ``python=3.11.*`` and ``python==3.11.4`` ask for 3.11;
+    ``python=3`` for any Python 3 (the default); a range (``>=3.8``, ``>=3.9,<3.12``) for the newest
+    offered Python inside it. No spec: the default.
+    """
+    spec = spec.split("[", 1)[0].strip()  # a bracketed part ([build=...]) says nothing of the version
+    if not spec:
+        return None
+    if m := re.fullmatch(r"(?:==?)?\s*(\d+)(?:\.(\d+))?(?:\.[0-9*]+)*(?:\.\*)?", spec):
+        wanted = m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
+        if wanted == "3":
+            return None
+        if wanted in offered:
+            return wanted
+        # Digits only, so it is safe to repeat.
+        raise BuildpackError(f"{source} asks for Python {wanted}; this Binder offers Python {', '.join(offered)}.")
+    try:
+        allowed = SpecifierSet(spec.replace(" ", ""))
+    except InvalidSpecifier:
+        raise BuildpackError(f"{source}: the version given for python is not one Kiln understands; write e.g. "
+                             f"python={offered[0]} or python>=3.10.") from None
+    fitting = [v for v in offered if allowed.contains(v)]
+    if not fitting:
+        raise BuildpackError(f"{source} asks for a Python no version offered here satisfies; this Binder offers "
+                             f"Python {', '.join(offered)}.")
+    return max(fitting, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def _pipfile_python(env_files: dict[str, bytes], offered: list[str]) -> str | None:
+    """The Python a Pipfile.lock (first) or Pipfile names in its ``requires`` section, if any."""
+    wanted = None
+    try:
+        if "Pipfile.lock" in env_files:
+            meta = json.loads(env_files["Pipfile.lock"]).get("_meta", {}).get("requires", {})
+            wanted = meta.get("python_version") or meta.get("python_full_version")
+        if not wanted and "Pipfile" in env_files:
+            requires = tomllib.loads(env_files["Pipfile"].decode("utf-8-sig")).get("requires", {})
+            wanted = requires.get("python_version") or requires.get("python_full_version")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None  # pipenv says what is wrong with the file, in the build's log
+    if not isinstance(wanted, str) or not (m := re.fullmatch(r"(\d+)(?:\.(\d+))?(?:\.\d+)?", wanted.strip())):
+        return None
+    version = m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
+    if version == "3":
+        return None
+    if version not in offered:
+        raise BuildpackError(f"The Pipfile asks for Python {version}; this Binder offers Python {', '.join(offered)}.")
+    return version
 
 
 def _installs_package(repo: Path, cfg: Path, files: RepoFiles) -> bool:
@@ -285,8 +344,12 @@ def _installs_package(repo: Path, cfg: Path, files: RepoFiles) -> bool:
 
 
 def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[str, str],
-         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Plan:
-    """Decide how to build ``repo``, following repo2docker's order (Dockerfile first, then Python)."""
+         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, base_images: Mapping[str, str] | None = None) -> Plan:
+    """Decide how to build ``repo``, following repo2docker's order (Dockerfile first, then Python).
+
+    The environment starts from ``base_images[version]`` for the Python chosen (one base image per
+    Debian suite), else from ``base_image``.
+    """
     files = RepoFiles(repo, max_file_bytes)
     cfg = config_dir(repo, files)
     rel = cfg.relative_to(repo).as_posix()
@@ -303,21 +366,27 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     for name in ("postBuild", "start", "setup.py"):
         files.check(cfg / name)
 
-    version = python_version(cfg, offered_pythons, files)
+    env_yml = next((cfg / n for n in ("environment.yml", "environment.yaml") if files.present(cfg / n)), None)
+    pipfile = next((cfg / n for n in ("Pipfile.lock", "Pipfile") if files.present(cfg / n)), None)
+    requirements = cfg / "requirements.txt"
+    # As repo2docker: runtime.txt picks the Python of the pip build only; environment.yml and a
+    # Pipfile name their own (and ignore requirements.txt, runtime.txt and a root setup.py).
+    if env_yml is None and pipfile is None:
+        version = python_version(cfg, offered_pythons, files)
+    else:
+        files.check(cfg / "runtime.txt")
+        version = offered_pythons[0]
     apt = _apt_packages(cfg, files)
     env_files: dict[str, bytes] = {}
     env_steps: list[str] = []
     repo_steps: list[str] = []
-    summary = [f"Python {version} from the base image"]
+    summary: list[str] = []
     if apt:
         env_files["apt.txt"] = ("\n".join(apt) + "\n").encode()
         summary.append(f"apt.txt: {len(apt)} package(s)")
-    env_yml = next((cfg / n for n in ("environment.yml", "environment.yaml") if files.present(cfg / n)), None)
-    pipfile = next((cfg / n for n in ("Pipfile.lock", "Pipfile") if files.present(cfg / n)), None)
-    requirements = cfg / "requirements.txt"
     if env_yml is not None:
         yml_version, pip_reqs = _environment_yml(env_yml, offered_pythons, files)
-        version = yml_version if yml_version and yml_version != "3" else version
+        version = yml_version or version
         if pip_reqs:
             env_files["requirements.txt"] = ("\n".join(pip_reqs) + "\n").encode()
             env_steps.append("pip install --no-cache-dir -r /tmp/kiln-env/requirements.txt")
@@ -326,6 +395,7 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
         for name in ("Pipfile", "Pipfile.lock"):
             if files.present(cfg / name):
                 env_files[name] = files.read_bytes(cfg / name)
+        version = _pipfile_python(env_files, offered_pythons) or version
         locked = "--ignore-pipfile" if files.present(cfg / "Pipfile.lock") else "--skip-lock"
         step = f"cd {{dir}} && PIPENV_VENV_IN_PROJECT=0 pipenv install --system --dev {locked}"
         pipfile_text = env_files["Pipfile"].decode(errors="replace") if "Pipfile" in env_files else ""
@@ -342,9 +412,11 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
             env_files["requirements.txt"] = text.encode()
             env_steps.append("pip install --no-cache-dir -r /tmp/kiln-env/requirements.txt")
         summary.append("requirements.txt")
-    if _installs_package(repo, cfg, files):
+    if env_yml is None and pipfile is None and _installs_package(repo, cfg, files):
         repo_steps.append("pip install --no-cache-dir .")
         summary.append("the repository installed as a package")
+    summary.insert(0, f"Python {version} from the base image")
+    base_image = (base_images or {}).get(version, base_image)
 
     key_material = [base_image.encode(), version.encode()] + [name.encode() + b"\0" + data for name, data in sorted(env_files.items())]
     env_key = hashlib.sha256(b"\0\0".join(key_material)).hexdigest()[:20]

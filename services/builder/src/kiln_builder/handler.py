@@ -229,7 +229,8 @@ class Builder:
         request = job.first
         labels = {"repo2docker.repo": request.repo_url, "repo2docker.ref": request.ref,
                   "repo2docker.version": f"kiln-{version('kiln-builder')}"}
-        the_plan = plan(repo, self._s.base_image, self._s.offered_pythons, labels, max_file_bytes=self._s.max_config_file_bytes)
+        the_plan = plan(repo, self._s.base_image, self._s.offered_pythons, labels, max_file_bytes=self._s.max_config_file_bytes,
+                        base_images=self._s.base_images)
         for line in the_plan.summary:
             await building(f"Kiln: {line}\n")
         if the_plan.kind == "dockerfile":

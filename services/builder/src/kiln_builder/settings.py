@@ -14,6 +14,9 @@ class Settings(BusSettings):
 
     base_image: str = Field("127.0.0.1:5000/kiln/base:latest", description="The image every environment starts from.")
     offered_pythons: list[str] = Field(["3.11"], description="Python versions the base image offers (runtime.txt); first is the default.")
+    base_images: dict[str, str] = Field({}, description="Base image of each Python version offered (runtime.txt python-X.Y), "
+                                        "e.g. {\"3.11\": \"...:bookworm-...\", \"3.13\": \"...:trixie-...\"}; a version "
+                                        "not named here starts from base_image.")
     env_image_prefix: str = Field("127.0.0.1:5000/kiln/env", description="Where shared environment images are pushed.")
     registry_username: str = Field("", description="Registry user for pushes.")
     registry_password: str = Field("", description="Registry password for pushes.")

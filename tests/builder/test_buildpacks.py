@@ -1,0 +1,105 @@
+"""repo2docker's precedence and meaning of configuration files, decided by ``plan`` (no build): which
+file wins, which Python is chosen, and which files are then ignored. The real builds of each rule
+are in test_build_rules.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kiln_builder.buildpacks import BuildpackError, Plan, plan
+
+OFFERED = ["3.11", "3.13"]
+
+
+def planned(tmp_path: Path, files: dict[str, str]) -> Plan:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return plan(tmp_path, "base:1", OFFERED, {})
+
+
+def installs_repository(p: Plan) -> bool:
+    return "pip install --no-cache-dir ." in p.repo_dockerfile
+
+
+@pytest.mark.parametrize(("spec", "python"), [
+    ("python=3.13", "3.13"), ("python 3.13", "3.13"), ("python=3.13.*", "3.13"), ("python==3.13.1", "3.13"),
+    ("conda-forge::python=3.13", "3.13"), ("python=3", "3.11"), ("python", "3.11"),
+    # Ranges: the newest offered Python inside them (a lower bound is not a pin).
+    ("python>=3.8", "3.13"), ("python>=3.9,<3.12", "3.11"), ("python >=3.10, <3.14", "3.13"),
+])
+def test_environment_yml_python_is_read_as_conda_reads_it(tmp_path: Path, spec: str, python: str) -> None:
+    p = planned(tmp_path, {"environment.yml": f"name: anything\ndependencies:\n  - {spec}\n  - pip\n"})
+    assert p.python_version == python
+
+
+@pytest.mark.parametrize(("spec", "text"), [
+    ("python=2.7", "asks for Python 2.7; this Binder offers Python 3.11, 3.13"),
+    ("python<3.10", "no version offered here satisfies; this Binder offers Python 3.11, 3.13"),
+    ("python>=3.1O", "the version given for python is not one Kiln understands"),
+])
+def test_an_environment_yml_python_that_is_not_offered_fails_naming_the_offered_ones(tmp_path: Path, spec: str,
+                                                                                      text: str) -> None:
+    with pytest.raises(BuildpackError, match=text):
+        planned(tmp_path, {"environment.yml": f"dependencies:\n  - {spec}\n"})
+
+
+def test_environment_yml_ignores_requirements_runtime_and_setup_py(tmp_path: Path) -> None:
+    p = planned(tmp_path, {"environment.yml": "dependencies:\n  - pip\n  - pip:\n    - six\n",
+                           "requirements.txt": "toolz\n", "runtime.txt": "python-2.7\n",
+                           "setup.py": "from setuptools import setup\nsetup()\n"})
+    assert p.env_files["requirements.txt"] == b"six\n", "the pip section, not requirements.txt"
+    assert p.python_version == "3.11", "runtime.txt is not read (python-2.7 would have failed)"
+    assert not installs_repository(p)
+    # Control: without environment.yml the same repository installs itself and asks runtime.txt.
+    (tmp_path / "environment.yml").unlink()
+    with pytest.raises(BuildpackError, match="runtime.txt asks for Python 2.7"):
+        plan(tmp_path, "base:1", OFFERED, {})
+    (tmp_path / "runtime.txt").unlink()
+    assert installs_repository(plan(tmp_path, "base:1", OFFERED, {}))
+
+
+def test_a_pipfile_beats_requirements_and_names_its_python_instead_of_runtime_txt(tmp_path: Path) -> None:
+    p = planned(tmp_path, {"Pipfile": '[packages]\nsix = "*"\n\n[requires]\npython_version = "3.13"\n',
+                           "requirements.txt": "toolz\n", "runtime.txt": "python-3.11\n",
+                           "setup.py": "from setuptools import setup\nsetup()\n"})
+    assert p.python_version == "3.13"
+    assert "pipenv install" in (p.env_dockerfile or "") and "requirements.txt" not in p.env_files
+    assert not installs_repository(p), "a Pipfile installs the repository only when it lists it (path = '.')"
+
+
+def test_a_pipfile_lock_names_the_python_before_the_pipfile(tmp_path: Path) -> None:
+    p = planned(tmp_path, {"Pipfile": '[requires]\npython_version = "3.11"\n',
+                           "Pipfile.lock": '{"_meta": {"requires": {"python_version": "3.13"}}, "default": {}}'})
+    assert p.python_version == "3.13"
+    with pytest.raises(BuildpackError, match="Pipfile asks for Python 3.9; this Binder offers Python 3.11, 3.13"):
+        planned(tmp_path / "other", {"Pipfile": '[requires]\npython_version = "3.9"\n'})
+
+
+@pytest.mark.parametrize(("files", "python"), [
+    ({"runtime.txt": "python-3.13\n"}, "3.13"), ({"runtime.txt": "python-3.13-2025-01-01\n"}, "3.13"),
+    ({"runtime.txt": "python-3\n"}, "3.11"), ({}, "3.11"),
+    ({"binder/runtime.txt": "python-3.13\n", "runtime.txt": "python-2.7\n"}, "3.13"),
+])
+def test_runtime_txt_picks_the_python_of_a_pip_build(tmp_path: Path, files: dict[str, str], python: str) -> None:
+    assert planned(tmp_path, {"requirements.txt": "six\n", **files}).python_version == python
+
+
+def test_a_binder_folder_hides_the_root_files(tmp_path: Path) -> None:
+    p = planned(tmp_path, {"binder/requirements.txt": "six\n", "requirements.txt": "toolz\n",
+                           "setup.py": "from setuptools import setup\nsetup()\n", "environment.yml": "dependencies: [nope]\n"})
+    assert p.env_files["requirements.txt"] == b"six\n"
+    assert not installs_repository(p)
+
+
+def test_the_environment_starts_from_the_base_image_of_its_python(tmp_path: Path) -> None:
+    images = {"3.11": "reg/base:bookworm-1", "3.13": "reg/base:trixie-2"}
+    (tmp_path / "requirements.txt").write_text("six\n")
+    default = plan(tmp_path, "reg/base:bookworm-1", OFFERED, {}, base_images=images)
+    (tmp_path / "runtime.txt").write_text("python-3.13\n")
+    newer = plan(tmp_path, "reg/base:bookworm-1", OFFERED, {}, base_images=images)
+    assert (default.env_dockerfile or "").startswith("FROM reg/base:bookworm-1\n")
+    assert (newer.env_dockerfile or "").startswith("FROM reg/base:trixie-2\n")
+    assert default.env_key != newer.env_key, "one environment image per base image"
