@@ -19,7 +19,8 @@ Read by deploy/local/hub.sh. Settings come from the environment, with the local 
   KILN_SERVER_CPU_LIMIT       CPU limit of each server, in cores (1)
   KILN_SERVER_PIDS_LIMIT      processes and threads each server may have at once (1024)
   KILN_SERVER_ALLOW_ORIGIN    origins whose pages may use a server's API and kernels (Thebe, Jupyter Book,
-                              MyST); default: the gateway's KILN_CORS_ALLOW_ORIGIN, as BinderHub does; empty: none
+                              MyST); default: the gateway's KILN_CORS_ALLOW_ORIGIN, as BinderHub does, in the
+                              auth-free mode only; empty: none
 """
 
 import asyncio
@@ -160,9 +161,14 @@ c.Spawner.default_url = "/lab"
 c.Spawner.environment = {"JUPYTERHUB_ALLOW_TOKEN_IN_URL": "1"}
 # Pages on other sites (Thebe, Jupyter Book, MyST) start kernels on a Binder server: its Jupyter
 # server must allow their origin. BinderHub gives servers its own CORS origin when one is set.
-allow_origin = os.environ.get("KILN_SERVER_ALLOW_ORIGIN", os.environ.get("KILN_CORS_ALLOW_ORIGIN", ""))
+# With logged-in users (KILN_HUB_AUTH=dummy) the origin is not inherited: their servers would then
+# accept another site's page, so it must be asked for by name. Either way pages from that origin
+# reach a server with its token, never with the hub's cookie (no cookie-authenticated websockets).
+inherited = os.environ.get("KILN_CORS_ALLOW_ORIGIN", "") if os.environ.get("KILN_HUB_AUTH", "none") == "none" else ""
+allow_origin = os.environ.get("KILN_SERVER_ALLOW_ORIGIN", inherited)
 if allow_origin:
     c.Spawner.args = [f"--ServerApp.allow_origin={allow_origin}"]
+    c.Spawner.environment["JUPYTERHUB_ALLOW_WEBSOCKET_COOKIE_AUTH"] = "0"
 
 token_file = Path(os.environ.get("KILN_LAUNCHER_TOKEN_FILE", state / "launcher-token"))
 c.JupyterHub.services = [

@@ -51,7 +51,7 @@ rootfs() {
 # base SUITE: build (or find) the base image of SUITE; prints its name.
 base() {
   local suite=$1 hash image log="$KILN_LOGS/base-image-$1.log"
-  hash=$(cat "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/kiln-environment.sh" "$CA" | sha256sum | cut -c1-12)
+  hash=$(cat "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/conda-requirements.txt" "$SRC/kiln-environment.sh" "$CA" | sha256sum | cut -c1-12)
   image="$REGISTRY/kiln/base:$suite-$hash"
   # Asked through the docker client, which logs in to a registry that wants credentials (DOCKER_CONFIG).
   if docker manifest inspect --insecure "$image" >/dev/null 2>&1; then
@@ -63,7 +63,7 @@ base() {
   else
     rootfs "$suite" >&2
     local ctx; ctx=$(mktemp -d)
-    cp "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/kiln-environment.sh" "$ctx/"
+    cp "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/conda-requirements.txt" "$SRC/kiln-environment.sh" "$ctx/"
     cp "$CA" "$ctx/extra-ca-certificates.crt"
     step "building $image (a few minutes the first time)" >&2
     docker build -q --network host --build-arg ROOTFS="kiln/debian-rootfs:$suite" -t "$image" "$ctx" >"$log" 2>&1 \
@@ -81,6 +81,8 @@ for suite in $SUITES; do
   image=$(base "$suite")
   python=$(docker run --rm --network none --entrypoint python3 "$image" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
     || die "the base image $image does not run python3" "see $KILN_LOGS/base-image-$suite.log"
+  [[ $python =~ ^[0-9]+\.[0-9]+$ ]] || die "the base image $image reports Python '$python'" "see $KILN_LOGS/base-image-$suite.log"
+  [[ $listing != *"$python "* ]] || die "two suites in KILN_BASE_SUITES carry Python $python" "name one suite per Python version"
   [[ -n $first ]] || { first=$image; docker tag "$image" kiln/base:latest; }
   listing+="$python $image"$'\n'
 done

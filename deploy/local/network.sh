@@ -4,7 +4,9 @@
 # the proxy's APIs on 127.0.0.1, or anything else listening on the machine), each other, or the
 # cloud metadata address. Servers (kiln-users) may reach one thing on the host: the hub's API on
 # that bridge's gateway address, which jupyterhub-singleuser needs (tokens, OAuth, activity).
-# Builds (kiln-builds) reach nothing on the host at all.
+# Builds (kiln-builds) reach nothing on the host but the package mirror ports on their gateway
+# address (KILN_BUILD_MIRROR_PORTS: a local conda channel, CRAN or PyPI mirror; 8790 by default, where
+# nothing of Kiln listens).
 #   network.sh start|stop|status|rules
 # Settings (defaults in kiln.env): KILN_USER_NETWORK (kiln-users), KILN_USER_SUBNET (172.29.0.0/24;
 # its first address, KILN_USER_GATEWAY, is the host's side), KILN_BUILD_NETWORK (kiln-builds),
@@ -21,7 +23,7 @@ BLOCKED=${KILN_USER_BLOCKED_NETWORKS:-169.254.0.0/16}
 # name subnet bridge chain-suffix allowed-host-port (- for none)
 NETWORKS=(
   "$KILN_USER_NETWORK $KILN_USER_SUBNET kiln-br0 USERS $KILN_HUB_API_PORT"
-  "$KILN_BUILD_NETWORK $KILN_BUILD_SUBNET kiln-br1 BUILDS -"
+  "$KILN_BUILD_NETWORK $KILN_BUILD_SUBNET kiln-br1 BUILDS $KILN_BUILD_MIRROR_PORTS"
 )
 
 first_address() { local base=${1%/*}; echo "${base%.*}.$(( ${base##*.} + 1 ))"; }
@@ -29,7 +31,7 @@ first_address() { local base=${1%/*}; echo "${base%.*}.$(( ${base##*.} + 1 ))"; 
 # rules: the iptables commands, one per line, in the order they are applied. Our own chains are
 # flushed and refilled, so applying them twice gives the same rules.
 rules() {
-  local entry name subnet bridge tag port net other other_subnet
+  local entry name subnet bridge tag port net other other_subnet p
   for entry in "${NETWORKS[@]}"; do
     read -r name subnet bridge tag port <<<"$entry"
     echo "-N KILN-$tag-IN"
@@ -37,7 +39,11 @@ rules() {
     echo "-F KILN-$tag-IN"
     echo "-F KILN-$tag-FWD"
     echo "-A KILN-$tag-IN -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
-    [[ $port != - ]] && echo "-A KILN-$tag-IN -p tcp -d $(first_address "$subnet") --dport $port -j ACCEPT"
+    for p in ${port//,/ }; do
+      [[ $p == - ]] && continue
+      [[ $p =~ ^[0-9]{1,5}$ ]] || die "the port list '$port' of $name is not numbers separated by commas" "fix KILN_BUILD_MIRROR_PORTS or KILN_HUB_API_PORT"
+      echo "-A KILN-$tag-IN -p tcp -d $(first_address "$subnet") --dport $p -j ACCEPT"
+    done
     echo "-A KILN-$tag-IN -j DROP"
     echo "-A KILN-$tag-FWD -i $bridge -o $bridge -j DROP"
     # Nor to the other network: a build must not reach users' servers (their apps may want no token).

@@ -103,3 +103,71 @@ def test_the_environment_starts_from_the_base_image_of_its_python(tmp_path: Path
     assert (default.env_dockerfile or "").startswith("FROM reg/base:bookworm-1\n")
     assert (newer.env_dockerfile or "").startswith("FROM reg/base:trixie-2\n")
     assert default.env_key != newer.env_key, "one environment image per base image"
+
+
+# -- hostile files: refused in words, in bounded time and memory -------------------------------------
+
+def test_a_long_or_multiline_dependency_is_refused_before_any_pattern_reads_it(tmp_path: Path) -> None:
+    """A pattern that backtracks on 'aaa… b\\nc' would hold the builder's event loop for minutes."""
+    for entry in ['"' + "a" * 16_000 + ' b\\nc"', '"numpy\\n>=1"']:
+        with pytest.raises(BuildpackError, match="longer than 256 characters or has control characters"):
+            planned(tmp_path, {"environment.yml": f"dependencies:\n  - {entry}\n"})
+    # Control: an ordinary entry of the same file is read.
+    assert planned(tmp_path, {"environment.yml": "dependencies:\n  - python>=3.12\n"}).python_version == "3.13"
+
+
+PLAN_UNDER_256_MB = """
+import resource, sys, pathlib
+resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
+from kiln_builder.buildpacks import BuildpackError, plan
+try:
+    print(plan(pathlib.Path(sys.argv[1]), "base:1", ["3.11", "3.13"], {}).python_version)
+except BuildpackError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("files", [
+    {"Pipfile": "a" + ".a" * 100_000 + " = 1\n"},  # dotted keys: tomllib keeps every prefix (gigabytes)
+    {"Pipfile": "a = " + "[" * 50_000 + "]" * 50_000 + "\n"},  # nesting: recursion in a parser
+    {"Pipfile": "[packages]\n", "Pipfile.lock": "[" * 200_000},
+])
+def test_a_crafted_pipfile_is_planned_in_bounded_memory_without_an_internal_error(tmp_path: Path,
+                                                                                 files: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    done = subprocess.run([sys.executable, "-c", PLAN_UNDER_256_MB, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.strip() == "3.11", "planned with the default Python; pipenv says what is wrong in the build"
+
+
+@pytest.mark.parametrize("files", [
+    {"Pipfile": '[requires]\npython_version = "\u0663.\u0661\u0661"\n'},  # Arabic-Indic digits
+    {"environment.yml": "dependencies:\n  - python=\uff13.\uff11\uff11\n"},  # full-width digits
+])
+def test_a_python_version_is_read_in_ascii_digits_only(tmp_path: Path, files: dict[str, str]) -> None:
+    """Nothing but ASCII digits is taken as a version, so no message repeats other characters."""
+    try:
+        p = planned(tmp_path, files)
+    except BuildpackError as refused:
+        assert str(refused).isascii(), str(refused)
+    else:
+        assert p.python_version == "3.11"
+
+
+@pytest.mark.parametrize(("channels", "ok"), [
+    ("[kiln-test, defaults]", True), ("[bioconda/label/dev]", True),
+    ("[http://evil.example/c]", False), ("[/srv/secret]", False), ("[../x]", False), ("[file:///etc]", False),
+])
+def test_environment_yml_channels_are_names_never_urls_or_paths(tmp_path: Path, channels: str, ok: bool) -> None:
+    files = {"environment.yml": f"channels: {channels}\ndependencies:\n  - kiln-hello\n"}
+    if ok:
+        config = planned(tmp_path, files).env_files["kiln-conda.json"].decode()
+        assert "https://conda.anaconda.org/" in config and "defaults" not in config
+    else:
+        with pytest.raises(BuildpackError, match="channel names such as conda-forge"):
+            planned(tmp_path, files)

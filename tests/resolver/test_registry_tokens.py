@@ -25,7 +25,7 @@ from kiln_resolver.registry import Registry, RegistryError
 def token_registry() -> Iterator[dict[str, Any]]:
     """Registry API answering a Bearer challenge, plus its token server (basic auth kiln:pw)."""
     state: dict[str, Any] = {"token_requests": [], "heads": 0, "images": {"kiln/binder-a:1"}, "valid": "granted",
-                             "expires_in": 300}
+                             "expires_in": 300, "hiding": set()}
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
@@ -45,13 +45,17 @@ def token_registry() -> Iterator[dict[str, Any]]:
                     return self._send(200, json.dumps({"access_token": "anonymous"}).encode())
                 if auth != "Basic " + base64.b64encode(b"kiln:pw").decode():
                     return self._send(401)
-                return self._send(200, json.dumps({"token": state["valid"], "expires_in": state["expires_in"]}).encode())
+                expires = state["expires_in"]
+                body = json.dumps({"token": state["valid"]})[:-1] + f', "expires_in": {expires}}}'  # any JSON number
+                return self._send(200, body.encode())
             self._send(404)
 
         def do_HEAD(self) -> None:
             parts = self.path.split("/")  # /v2/<repo...>/manifests/<tag>
             repo, tag = "/".join(parts[2:-2]), parts[-1]
             state["heads"] += 1
+            if self.headers.get("Authorization", "").removeprefix("Bearer ") in state["hiding"]:
+                return self._send(404)  # as registries that hide what a token may not see
             if self.headers.get("Authorization") != f"Bearer {state['valid']}":
                 realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
                 return self._send(401, headers={"WWW-Authenticate":
@@ -89,7 +93,7 @@ async def test_a_token_is_kept_per_scope_until_it_expires_or_is_refused(token_re
     first_heads = token_registry["heads"]
     assert len(token_registry["token_requests"]) == 1
     # Kept: the same repository again is one request to the registry and none to the token server.
-    assert await registry.image_exists("kiln/binder-a", "2") is False
+    assert await registry.image_exists("kiln/binder-a", "1") is True
     assert len(token_registry["token_requests"]) == 1 and token_registry["heads"] == first_heads + 1
     # Another repository is another scope: a token of its own.
     assert await registry.image_exists("kiln/binder-b", "1") is False
@@ -118,3 +122,26 @@ async def test_docker_hub_401_means_not_found(token_registry: dict[str, Any]) ->
     assert await Registry(token_registry["url"], not_found_401=True, token_url=token_url).image_exists("kiln/none", "1") is False
     with pytest.raises(RegistryError, match="refused"):
         await Registry(token_registry["url"], not_found_401=False, token_url=token_url).image_exists("kiln/none", "1")
+
+
+async def test_a_miss_answered_to_a_kept_token_is_asked_again_with_a_fresh_one(token_registry: dict[str, Any]) -> None:
+    """A registry that answers 404 to a token whose grants changed: the image is there for a fresh token."""
+    registry = Registry(token_registry["url"], "kiln", "pw")
+    assert await registry.image_exists("kiln/binder-a", "1") is True
+    token_registry["hiding"].add("granted")
+    token_registry["valid"] = "regranted"
+    assert await registry.image_exists("kiln/binder-a", "1") is True
+    assert len(token_registry["token_requests"]) == 2
+    # Control: a miss for a fresh token is a miss.
+    assert await registry.image_exists("kiln/binder-a", "9") is False
+    await registry.aclose()
+
+
+@pytest.mark.parametrize("expires_in", ["1" + "0" * 400, "-5", "0", "1e400", '"soon"'])
+async def test_a_token_server_naming_any_lifetime_still_answers(token_registry: dict[str, Any], expires_in: str) -> None:
+    """Whatever lifetime the token server names (huge, negative, zero, not a number), the answer is right."""
+    token_registry["expires_in"] = expires_in
+    registry = Registry(token_registry["url"], "kiln", "pw")
+    assert await registry.image_exists("kiln/binder-a", "1") is True
+    assert await registry.image_exists("kiln/binder-a", "2") is False
+    await registry.aclose()

@@ -67,6 +67,8 @@ async def test_a_fork_bomb_fails_the_build_and_the_machine_stays_responsive(
         alive = subprocess.run(["docker", "run", "--rm", "--network", "kiln-users", "--user", "1000", image,
                                 "python3", "-c", "print('still here')"], capture_output=True, text=True, timeout=120)
         assert alive.returncode == 0 and "still here" in alive.stdout, alive.stderr
+        # ... and it ran while the bomb was still at its limit, not after the time limit had stopped it.
+        assert builder.final(rid) is None and processes() >= LIMIT * 0.9, "the bomb ended before the container ran"
         print(f"a container started and ran in {time.monotonic() - started:.1f} s during the bomb")
 
         failed = await builder.outcome(rid, timeout=300)

@@ -127,7 +127,9 @@ async def test_huge_config_file_is_refused_by_size(githost: GitHost, tmp_path: P
 @pytest.mark.parametrize("files, says", [
     ({"runtime.txt": f"python-{SECRET}\n"}, "runtime.txt does not name a Python version"),
     ({"apt.txt": f"curl\n{SECRET} && rm -rf /\n"}, "apt.txt, line 2: not a Debian package name"),
-    ({"environment.yml": f"dependencies:\n  - {SECRET}\n  - python=3.11\n"}, "asks for 1 conda package(s)"),
+    ({"environment.yml": f"dependencies:\n  - \"{SECRET} $(rm -rf /)\"\n  - python=3.11\n"},
+     "a conda dependency is not a package name"),
+    ({"environment.yml": f"channels: [http://{SECRET}.example]\ndependencies: [numpy]\n"}, "channels must be channel names"),
     ({"environment.yml": f"dependencies: [\n  {SECRET}: :\n"}, "environment.yml is not valid YAML at line"),
     ({"environment.yml": f"dependencies:\n  - pip:\n    - {{a: {SECRET}}}\n"}, "entries under 'pip:' must be requirement strings"),
     ({"requirements.txt": b"six\xff\xfe" + SECRET.encode()}, "requirements.txt is not UTF-8 text"),

@@ -1,8 +1,8 @@
 """From a checked-out repository to Dockerfiles, with repo2docker's detection order and file rules.
 
 Kiln keeps repo2docker's user-facing meaning of every file it supports (requirements.txt,
-setup.py, pyproject.toml, Pipfile, environment.yml with Python and pip only, runtime.txt, apt.txt,
-postBuild, start, Dockerfile, the binder/ and .binder/ folders) and builds in two stages:
+setup.py, pyproject.toml, Pipfile, environment.yml, runtime.txt, apt.txt, postBuild, start,
+Dockerfile, the binder/ and .binder/ folders) and builds in two stages:
 
 - the *environment* image: the base image plus apt.txt and the Python environment, named after a
   hash of the base image and the environment files, so it is shared by every commit and every
@@ -10,8 +10,10 @@ postBuild, start, Dockerfile, the binder/ and .binder/ folders) and builds in tw
 - the *repository* image: the environment image plus the repository's files, package installs
   that need them, postBuild, start, and repo2docker's labels.
 
-Anything needing conda-forge, R, Julia or Nix cannot be built from PyPI and Debian alone and is
-refused with a message that says so. (Why not repo2docker itself: docs/decisions.md.)
+An environment.yml's conda packages are solved and installed in the build by py-rattler (in the
+base image, outside the user's environment) from the configured channels into
+/srv/conda/envs/notebook, which then comes first on PATH. R, Julia and Nix are refused with a
+message that says so. (Why not repo2docker itself: docs/decisions.md.)
 
 The checkout is hostile content: every file Kiln reads goes through ``RepoFiles``, which follows
 no symbolic link out of the checkout, reads only regular files, and at most ``max_file_bytes`` of
@@ -24,8 +26,8 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,25 @@ _LOCAL_REQ = re.compile(r"^\s*(-r|--requirement|-c|--constraint|-e|--editable)?\
 
 
 DEFAULT_MAX_FILE_BYTES = 1 << 20
+CONDA_PREFIX = "/srv/conda/envs/notebook"
+CONDA_INSTALLER = "/opt/kiln-conda/bin/python"  # py-rattler's environment in the base image
+# A conda match spec Kiln passes on: a package name and a version constraint, no URLs or paths.
+_CONDA_SPEC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(?: [A-Za-z0-9_.*=<>!,|~ ]*)?", re.ASCII)
+_CONDA_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(?:/label/[A-Za-z0-9][A-Za-z0-9_.\-]*)?", re.ASCII)
+MAX_CONDA_SPECS = 500
+
+
+@dataclass(frozen=True)
+class CondaSettings:
+    """Where conda channels are fetched from: channel names resolve under ``channel_alias`` (conda's
+    setting of that name; a mirror of conda.anaconda.org goes here), and ``default_channels`` are
+    searched after an environment.yml's own."""
+
+    channel_alias: str = "https://conda.anaconda.org"
+    default_channels: tuple[str, ...] = ("conda-forge",)
+
+    def url(self, channel: str) -> str:
+        return f"{self.channel_alias.rstrip('/')}/{channel}"
 
 
 class BuildpackError(Exception):
@@ -230,8 +251,16 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> tuple[str | None, list[str]]:
-    """(python version or None, pip requirements) from an environment.yml of Python and pip only."""
+@dataclass
+class _Environment:
+    python: str | None
+    pip: list[str]
+    conda: list[str]  # match specs, python left out (it comes from the base image)
+    channels: list[str]
+
+
+def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Environment:
+    """What an environment.yml asks for: its Python, pip requirements, conda packages and channels."""
     try:
         env = yaml.load(files.read_text(path), Loader=_NoAliasLoader) or {}  # a SafeLoader: no arbitrary objects
     except _AliasRefused as exc:
@@ -247,8 +276,10 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> tuple[
         raise BuildpackError(f"{path.name} is not valid YAML{where}.") from None
     if not isinstance(env, dict):
         raise BuildpackError(f"{path.name} must be a mapping with a 'dependencies' list.")
-    version, other = None, []
+    version = None
     pip: list[str] = []
+    conda: list[str] = []
+    channels = _conda_channels(env.get("channels"), path.name)
     dependencies = env.get("dependencies") or []
     if not isinstance(dependencies, list):
         raise BuildpackError(f"{path.name}: 'dependencies' must be a list.")
@@ -263,19 +294,51 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> tuple[
             if name == "python":
                 version = _python_from_conda_spec(spec, offered, path.name)
             elif name != "pip":
-                other.append(dep)
+                conda.append(_conda_spec(name, spec, path.name))
         else:
-            other.append(dep)  # counted, never printed (see above)
-    if other:
-        raise BuildpackError(f"{path.name} asks for {len(other)} conda package(s) Kiln cannot install. Kiln builds from "
-                             "PyPI and Debian only: list them under 'pip:' (or in requirements.txt) if they are on PyPI.")
-    return version, pip
+            raise BuildpackError(f"{path.name}: each entry under 'dependencies' must be a package (a string) or "
+                                 "the 'pip:' list.")
+    if len(conda) > MAX_CONDA_SPECS:
+        raise BuildpackError(f"{path.name} lists more than {MAX_CONDA_SPECS} conda packages.")
+    return _Environment(version, pip, conda, channels)
+
+
+def _conda_channels(value: object, source: str) -> list[str]:
+    """The channels an environment.yml names: channel names only, looked up where this Binder's
+    channels are (its channel alias), never a URL or path of the repository's choosing."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise BuildpackError(f"{source}: 'channels' must be a list of channel names.")
+    names = []
+    for channel in value:
+        channel = channel.strip()
+        if channel in ("defaults", "nodefaults"):
+            continue  # Anaconda's defaults are not offered; conda-forge (or the configured channels) are
+        if len(channel) > 100 or not _CONDA_CHANNEL.fullmatch(channel):
+            raise BuildpackError(f"{source}: channels must be channel names such as conda-forge or bioconda; this "
+                                 "Binder fetches them from its own channel server, not from URLs or paths.")
+        names.append(channel)
+    return names
+
+
+def _conda_spec(name: str, spec: str, source: str) -> str:
+    if name.startswith("r-") or name in ("r-base", "r"):
+        raise BuildpackError(f"{source} asks for R packages, which Kiln cannot build yet.")
+    text = f"{name} {spec}".strip()
+    if len(text) > 200 or not _CONDA_SPEC.fullmatch(text):
+        raise BuildpackError(f"{source}: a conda dependency is not a package name with an optional version "
+                             "(as numpy or numpy >=1.26).")
+    return text
 
 
 def _split_conda_spec(dep: str) -> tuple[str, str]:
     """(name, version spec) of a conda match spec: ``conda-forge::python >=3.9,<3.12`` -> ("python", ">=3.9,<3.12")."""
+    if len(dep) > 256 or any(ord(c) < 32 for c in dep):
+        # Checked before any pattern sees it: a long entry must cost no more than its length.
+        raise BuildpackError("environment.yml: a dependency is longer than 256 characters or has control characters.")
     dep = dep.split("::")[-1].strip()
-    m = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)$", dep)
+    m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(.*)", dep, re.DOTALL)
     return (m.group(1).lower(), m.group(2).strip()) if m else (dep, "")
 
 
@@ -289,7 +352,7 @@ def _python_from_conda_spec(spec: str, offered: list[str], source: str) -> str |
     spec = spec.split("[", 1)[0].strip()  # a bracketed part ([build=...]) says nothing of the version
     if not spec:
         return None
-    if m := re.fullmatch(r"(?:==?)?\s*(\d+)(?:\.(\d+))?(?:\.[0-9*]+)*(?:\.\*)?", spec):
+    if m := re.fullmatch(r"(?:==?)?\s*([0-9]{1,3})(?:\.([0-9]{1,3}))?(?:\.[0-9*]+)*(?:\.\*)?", spec):
         wanted = m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
         if wanted == "3":
             return None
@@ -310,23 +373,33 @@ def _python_from_conda_spec(spec: str, offered: list[str], source: str) -> str |
 
 
 def _pipfile_python(env_files: dict[str, bytes], offered: list[str]) -> str | None:
-    """The Python a Pipfile.lock (first) or Pipfile names in its ``requires`` section, if any."""
+    """The Python a Pipfile.lock (first) or Pipfile names in its ``requires`` section, if any.
+
+    Not parsed whole: a few KB of crafted TOML (dotted keys) take gigabytes to parse, and pipenv,
+    which reads the files in the build's own limits, says what is wrong with them. The lock's value
+    is found by a pattern, the Pipfile's in its ``[requires]`` section, line by line.
+    """
+    version_value = re.compile(r'^\s*"?python_(?:full_)?version"?\s*[:=]\s*"([0-9]{1,3}(?:\.[0-9]{1,3}){0,2})"\s*,?\s*$',
+                               re.ASCII)
     wanted = None
-    try:
-        if "Pipfile.lock" in env_files:
-            meta = json.loads(env_files["Pipfile.lock"]).get("_meta", {}).get("requires", {})
-            wanted = meta.get("python_version") or meta.get("python_full_version")
-        if not wanted and "Pipfile" in env_files:
-            requires = tomllib.loads(env_files["Pipfile"].decode("utf-8-sig")).get("requires", {})
-            wanted = requires.get("python_version") or requires.get("python_full_version")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return None  # pipenv says what is wrong with the file, in the build's log
-    if not isinstance(wanted, str) or not (m := re.fullmatch(r"(\d+)(?:\.(\d+))?(?:\.\d+)?", wanted.strip())):
+    lock = env_files.get("Pipfile.lock", b"").decode("utf-8", "replace")
+    if m := re.search(r'"python_(?:full_)?version"\s{0,10}:\s{0,10}"([0-9]{1,3}(?:\.[0-9]{1,3}){0,2})"', lock, re.ASCII):
+        wanted = m.group(1)
+    if wanted is None:
+        section = ""
+        for line in env_files.get("Pipfile", b"").decode("utf-8", "replace").splitlines():
+            if header := re.match(r"^\s*\[([A-Za-z0-9_.\- ]{1,64})\]\s*$", line):
+                section = header.group(1).strip()
+            elif section == "requires" and (m := version_value.match(line)):
+                wanted = m.group(1)
+                break
+    if wanted is None:
         return None
-    version = m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
+    major, _, rest = wanted.partition(".")
+    version = major + (f".{rest.split('.')[0]}" if rest else "")
     if version == "3":
         return None
-    if version not in offered:
+    if version not in offered:  # ASCII digits and dots only: safe to repeat
         raise BuildpackError(f"The Pipfile asks for Python {version}; this Binder offers Python {', '.join(offered)}.")
     return version
 
@@ -344,7 +417,8 @@ def _installs_package(repo: Path, cfg: Path, files: RepoFiles) -> bool:
 
 
 def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[str, str],
-         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, base_images: Mapping[str, str] | None = None) -> Plan:
+         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, base_images: Mapping[str, str] | None = None,
+         conda: CondaSettings | None = None) -> Plan:
     """Decide how to build ``repo``, following repo2docker's order (Dockerfile first, then Python).
 
     The environment starts from ``base_images[version]`` for the Python chosen (one base image per
@@ -384,13 +458,33 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     if apt:
         env_files["apt.txt"] = ("\n".join(apt) + "\n").encode()
         summary.append(f"apt.txt: {len(apt)} package(s)")
+    conda_env = False
     if env_yml is not None:
-        yml_version, pip_reqs = _environment_yml(env_yml, offered_pythons, files)
-        version = yml_version or version
-        if pip_reqs:
-            env_files["requirements.txt"] = ("\n".join(pip_reqs) + "\n").encode()
-            env_steps.append("pip install --no-cache-dir -r /tmp/kiln-env/requirements.txt")
-        summary.append(f"{env_yml.name}: {len(pip_reqs)} pip package(s)")
+        wanted = _environment_yml(env_yml, offered_pythons, files)
+        version = wanted.python or version
+        if wanted.conda:
+            settings = conda or CondaSettings()
+            channels = list(dict.fromkeys([*wanted.channels, *settings.default_channels]))
+            if not channels:
+                raise BuildpackError(f"{env_yml.name} asks for conda packages, but names no channel and this Binder "
+                                     "has no default channel.")
+            env_files["kiln-conda.json"] = json.dumps({"channels": [settings.url(c) for c in channels],
+                                                       "specs": wanted.conda, "prefix": CONDA_PREFIX}).encode()
+            env_files["kiln_conda_install.py"] = CONDA_INSTALL_SCRIPT
+            env_steps.append(f"{CONDA_INSTALLER} /tmp/kiln-env/kiln_conda_install.py /tmp/kiln-env/kiln-conda.json")
+            conda_env = True
+            summary.append(f"{env_yml.name}: {len(wanted.conda)} conda package(s) from {', '.join(channels)}")
+        if wanted.pip:
+            text = "\n".join(wanted.pip) + "\n"
+            if _LOCAL_REQ.search(text):
+                # Refers to the repository's files: installed once they are copied, as repo2docker does.
+                repo_files_req = "/tmp/kiln-env-requirements.txt"
+                repo_steps.append(f"printf '%s' {shlex.quote(text)} > {repo_files_req} && "
+                                  f"pip install --no-cache-dir -r {repo_files_req}")
+            else:
+                env_files["requirements.txt"] = text.encode()
+                env_steps.append("pip install --no-cache-dir -r /tmp/kiln-env/requirements.txt")
+        summary.append(f"{env_yml.name}: {len(wanted.pip)} pip package(s)")
     elif pipfile is not None:
         for name in ("Pipfile", "Pipfile.lock"):
             if files.present(cfg / name):
@@ -430,6 +524,10 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
                       ("RUN apt-get update -qq && xargs -a /tmp/kiln-env/apt.txt apt-get install -y -qq --no-install-recommends"
                       " && apt-get clean && rm -rf /var/lib/apt/lists/*"), f"USER {NB_USER}"]
     env_lines += [f"RUN {step}" for step in env_steps]
+    if conda_env:
+        # The conda environment first on PATH, in login shells too (KILN_ENV_PATH: the base image's profile script).
+        env_lines.append(f"ENV KILN_ENV_PATH={CONDA_PREFIX}/bin:${{KILN_ENV_PATH}} PATH={CONDA_PREFIX}/bin:${{PATH}} "
+                         f"CONDA_PREFIX={CONDA_PREFIX}")
     env_lines.append(f'ENV PYTHONUNBUFFERED=1\nLABEL org.kiln.env="{env_key}"')
 
     repo_lines = ["FROM {env_image}", f"COPY --chown={NB_UID}:{NB_UID} {REPO_SUBDIR}/ {HOME}/"]
@@ -448,6 +546,8 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     return Plan(kind="python", env_dockerfile="\n".join(env_lines) + "\n", env_files=env_files, env_key=env_key,
                 repo_dockerfile="\n".join(repo_lines) + "\n", python_version=version, summary=summary, labels=labels)
 
+
+CONDA_INSTALL_SCRIPT = (Path(__file__).parent / "conda_install.py").read_bytes()
 
 ENTRYPOINT_SCRIPT = """#!/bin/sh
 # Runs the repository's start script in front of the server command, as repo2docker's entrypoint does.

@@ -9,6 +9,12 @@ _PATTERNS: list[tuple[re.Pattern[str], str, str]] = [
      "Check the name and version in your requirements."), "pip_requirement"),
     (re.compile(r"ResolutionImpossible|Cannot install .* because these package versions have conflicting dependencies"),
      "pip could not find versions of your requirements that work together (conflicting dependencies).", "pip_conflict"),
+    (re.compile(r"kiln-conda: .*No candidates were found for ([A-Za-z0-9_.\-]{1,100})"),
+     ("environment.yml asks for the conda package {0}, which its channels do not have (or not in a version that "
+      "fits). Check the name, the version and the channels."), "conda_package"),
+    (re.compile(r"kiln-conda: the conda environment cannot be solved"),
+     "The conda packages in environment.yml cannot be installed together; the solver's explanation is in the log.",
+     "conda_conflict"),
     (re.compile(r"E: Unable to locate package ([^\s]+)"), "apt.txt names {0}, which is not a Debian package.", "apt_package"),
     (re.compile(r"E: Package '([^']+)' has no installation candidate"), "apt.txt names {0}, which Debian cannot install.", "apt_package"),
 ]

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from kiln_builder import metrics
-from kiln_builder.buildpacks import ENTRYPOINT_SCRIPT, NB_UID, NB_USER, REPO_SUBDIR, BuildpackError, plan
+from kiln_builder.buildpacks import (
+    ENTRYPOINT_SCRIPT,
+    NB_UID,
+    NB_USER,
+    REPO_SUBDIR,
+    BuildpackError,
+    CondaSettings,
+    plan,
+)
 from kiln_builder.builds import Builds, Job, RequestDropped
 from kiln_builder.diagnose import diagnose
 from kiln_builder.dockerfile_guard import DockerfileRefused, check_dockerfile, registry_host
@@ -230,7 +238,8 @@ class Builder:
         labels = {"repo2docker.repo": request.repo_url, "repo2docker.ref": request.ref,
                   "repo2docker.version": f"kiln-{version('kiln-builder')}"}
         the_plan = plan(repo, self._s.base_image, self._s.offered_pythons, labels, max_file_bytes=self._s.max_config_file_bytes,
-                        base_images=self._s.base_images)
+                        base_images=self._s.base_images,
+                        conda=CondaSettings(self._s.conda_channel_alias, tuple(self._s.conda_channels)))
         for line in the_plan.summary:
             await building(f"Kiln: {line}\n")
         if the_plan.kind == "dockerfile":

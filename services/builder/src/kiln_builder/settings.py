@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kilnbus import BusSettings
 
@@ -65,6 +65,18 @@ class Settings(BusSettings):
     build_docker_config_secret: str = Field("", description="Kubernetes: Secret (key config.json) with the push credentials.")
     registry_url: str = Field("", description="Kubernetes: the registry's URL, to see which images it has already.")
     insecure_registries: list[str] = Field(default_factory=list, description="Registries (host:port) reached over plain HTTP.")
+
+    conda_channel_alias: str = Field("https://conda.anaconda.org", description="Where conda channel names resolve "
+                                     "(conda's channel_alias): https://conda.anaconda.org/conda-forge, or a mirror of it.")
+    conda_channels: list[str] = Field(["conda-forge"], description="Channels searched after an environment.yml's own "
+                                      "(names, under conda_channel_alias), as repo2docker adds conda-forge.")
+
+    @model_validator(mode="after")
+    def _a_base_image_per_python(self) -> Settings:
+        # Otherwise a version offered but unnamed would build on the default base image's Python.
+        if self.base_images and (missing := [v for v in self.offered_pythons if v not in self.base_images]):
+            raise ValueError(f"base_images names no image for the offered Python {', '.join(missing)}")
+        return self
 
     @field_validator("build_cgroup_parent")
     @classmethod

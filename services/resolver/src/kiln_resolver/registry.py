@@ -61,9 +61,10 @@ class Registry:
             token = str(body.get("token") or body["access_token"])
         except (ValueError, KeyError, AttributeError):
             raise RegistryError("the registry's token server answered without a token") from None
+        named = body.get("expires_in")
         try:
-            lifetime = min(float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME_S), MAX_TOKEN_LIFETIME_S)
-        except (TypeError, ValueError):
+            lifetime = min(float(DEFAULT_TOKEN_LIFETIME_S if named is None else named), MAX_TOKEN_LIFETIME_S)
+        except (TypeError, ValueError, OverflowError):
             lifetime = DEFAULT_TOKEN_LIFETIME_S
         if (usable := lifetime - min(TOKEN_MARGIN_S, lifetime / 2)) > 0 and params.get("scope"):
             self._tokens[params["scope"]] = (time.monotonic() + usable, token)
@@ -86,9 +87,11 @@ class Registry:
         try:
             if (kept := self._kept_token(scope)) is not None:
                 r = await self._client.head(url, headers={"Accept": MANIFEST_TYPES, "Authorization": f"Bearer {kept}"})
-                if r.status_code != 401:
+                if r.status_code not in (401, 403, 404):
                     return self._answer(r)
-                # Revoked, or (Docker Hub) no such repository: ask again as if nothing were kept.
+                # Revoked, narrowed since it was issued, or (Docker Hub; registries that hide what a token may
+                # not see) no such repository: ask again as if nothing were kept. A miss costs a build, so
+                # it is worth the second request.
                 self._tokens.pop(scope, None)
             return self._answer(await self._ask(url, scope))
         except httpx.HTTPError as exc:

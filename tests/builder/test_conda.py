@@ -1,0 +1,90 @@
+"""environment.yml with conda packages, built for real on the engine.
+
+conda-forge cannot be reached from here, so the packages come from a real conda channel this module
+makes (tests/support/condachannel.py: noarch packages, indexed with rattler's indexer), served on the
+build network's package-mirror port, the one place on the host a build may reach. The builder is
+told to resolve channel names there (``conda_channel_alias``) and to add no default channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from kilnbus import Phase
+
+from ..support.condachannel import Served, conda_package, index_channel, serve_channels
+from .conftest import BuildHarness, jupyter_answers, run_in
+
+pytestmark = [pytest.mark.docker, pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+HELLO = b'#!/bin/sh\necho hello from conda\ncat "$(dirname "$0")/../share/kiln-dep/data.txt"\n'
+ENVIRONMENT = """name: whatever-the-author-called-it
+channels:
+  - kiln-test
+  - defaults
+dependencies:
+  - python>=3.10
+  - kiln-hello >=2
+  - pip
+  - pip:
+    - six==1.16.0
+"""
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("channels")
+    noarch = root / "kiln-test" / "noarch"
+    conda_package(noarch, "kiln-dep", "1.0", {"share/kiln-dep/data.txt": (b"from kiln-dep\n", 0o644)})
+    conda_package(noarch, "kiln-hello", "2.1", {"bin/kiln-hello": (HELLO, 0o755)}, depends=["kiln-dep >=1"])
+    conda_package(noarch, "kiln-hello", "1.0", {"bin/kiln-hello": (b"#!/bin/sh\necho too old\n", 0o755)})
+    with serve_channels(root) as served:
+        yield served
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def conda_builder(builder: BuildHarness, channel: Served) -> AsyncIterator[BuildHarness]:
+    await index_channel(channel.root / "kiln-test")
+    await builder.stop_builders()
+    await builder.start_builder(conda_channel_alias=channel.alias, conda_channels=[])
+    yield builder
+    await builder.stop_builders()
+    await builder.start_builder()
+
+
+async def test_conda_packages_and_their_dependencies_land_in_the_image_and_on_the_terminals_path(
+        conda_builder: BuildHarness) -> None:
+    url, ref = conda_builder.serve_repo("conda", {"environment.yml": ENVIRONMENT, "index.ipynb": "{}"})
+    rid, image = await conda_builder.request(url, ref)
+    outcome = await conda_builder.outcome(rid)
+    assert outcome.phase is Phase.BUILT, f"{outcome.message}\n{conda_builder.log(rid)[-3000:]}"
+    log = conda_builder.log(rid)
+    assert "kiln-hello 2.1" in log and "kiln-dep 1.0" in log, "the solver's choice is in the log"
+    # A login shell, as JupyterLab's terminal: the conda environment first on PATH, pip's package beside it.
+    check = "command -v kiln-hello; kiln-hello; python -c 'import six; print(six.__version__)'"
+    expected = "/srv/conda/envs/notebook/bin/kiln-hello\nhello from conda\nfrom kiln-dep\n1.16.0"
+    assert run_in(image, check, login=True) == expected
+    assert run_in(image, check) == expected  # and `docker run IMAGE ...`
+    assert run_in(image, "ls /srv/conda/envs/notebook/conda-meta | sort") == "history\nkiln-dep-1.0-0.json\nkiln-hello-2.1-0.json"
+    jupyter_answers(image)
+
+
+async def test_a_package_the_channels_lack_fails_naming_it(conda_builder: BuildHarness) -> None:
+    broken = ENVIRONMENT.replace("  - kiln-hello >=2\n", "  - kiln-hello >=2\n  - kiln-no-such-package\n")
+    url, ref = conda_builder.serve_repo("conda-missing", {"environment.yml": broken})
+    rid, _ = await conda_builder.request(url, ref)
+    outcome = await conda_builder.outcome(rid)
+    assert (outcome.phase, outcome.failure_cause) == (Phase.FAILED, "conda_package"), outcome.message
+    assert "kiln-no-such-package" in outcome.message and "Traceback" not in outcome.message
+
+
+async def test_the_environment_image_is_shared_by_repositories_with_the_same_environment(
+        conda_builder: BuildHarness) -> None:
+    url, ref = conda_builder.serve_repo("conda-again", {"environment.yml": ENVIRONMENT, "other.ipynb": "{}"})
+    rid, image = await conda_builder.request(url, ref)
+    assert (await conda_builder.outcome(rid)).phase is Phase.BUILT
+    assert "reusing the environment image" in conda_builder.log(rid)
+    assert run_in(image, "kiln-hello", login=True) == "hello from conda\nfrom kiln-dep"
