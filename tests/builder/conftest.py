@@ -155,8 +155,9 @@ def run_in(image: str, command: str, timeout: float = 120, login: bool = False) 
     return out.stdout.strip()
 
 
-def jupyter_answers(image: str) -> None:
-    """Start the image's Jupyter server on a free loopback port and check that it answers with its token."""
+def jupyter_answers(image: str, kernel: tuple[str, str, str] | None = None) -> None:
+    """Start the image's Jupyter server on a free loopback port and check that it answers with its token;
+    with ``kernel`` (name, code, what it prints), also that such a kernel runs the code there."""
     port, name = free_port(), f"kilntest-{uuid.uuid4().hex[:8]}"
     subprocess.run(["docker", "run", "-d", "--rm", "--network", "host", "--name", name, image, "jupyter", "server",
                     "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--IdentityProvider.token=probe"],
@@ -168,6 +169,9 @@ def jupyter_answers(image: str) -> None:
                 r = httpx.get(f"http://127.0.0.1:{port}/api/status", headers={"Authorization": "token probe"}, timeout=2)
                 assert r.status_code == 200
                 assert httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=2).status_code == 403
+                if kernel:
+                    name, code, expected = kernel
+                    assert _kernel_runs(f"http://127.0.0.1:{port}", name, code) == expected
                 return
             except httpx.TransportError:
                 if time.monotonic() > deadline:
@@ -176,6 +180,40 @@ def jupyter_answers(image: str) -> None:
                 time.sleep(0.3)
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def _kernel_runs(server: str, name: str, code: str) -> str:
+    """Start a kernel called ``name``, run ``code`` in it over Jupyter's kernel websocket (as a notebook
+    does) and return what it printed."""
+    import json
+
+    from websockets.sync.client import connect
+
+    auth = {"Authorization": "token probe"}
+    started = httpx.post(f"{server}/api/kernels", json={"name": name}, headers=auth, timeout=30)
+    assert started.status_code == 201, started.text
+    msg_id = uuid.uuid4().hex
+    request = {"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex,
+                          "version": "5.3", "date": ""},
+               "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+               "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                           "allow_stdin": False, "stop_on_error": True}}
+    printed = ""
+    url = server.replace("http", "ws", 1) + f"/api/kernels/{started.json()['id']}/channels"
+    with connect(url, additional_headers=auth, open_timeout=30) as ws:
+        ws.send(json.dumps(request))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            message = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if message["msg_type"] == "stream":
+                printed += message["content"]["text"]
+            elif message["msg_type"] == "error":
+                raise AssertionError(f"the {name} kernel failed: {message['content']}")
+            elif message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
+                return printed
+    raise AssertionError(f"the {name} kernel did not finish running {code!r}; printed {printed!r}")
 
 
 def labels(image: str) -> dict[str, str]:

@@ -334,7 +334,7 @@ async def test_the_reporters_send_queues_through_a_producer_and_publishes_at_onc
 
 @pytest.mark.parametrize(("repo", "text"), [
     # Counted, not listed: messages never repeat a repository file's content.
-    ("environment_conda", "environment.yml asks for R packages, which Kiln cannot build yet"),
+    ("julia", "This repository needs Julia (Project.toml), which this Binder cannot build"),
     ("environment_bad", "environment.yml is not valid YAML at line 5"),
     ("runtime_bad", "asks for Python 2.7; this Binder offers Python 3.11"),
 ])

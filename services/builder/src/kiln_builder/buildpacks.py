@@ -22,6 +22,7 @@ each. Messages name the file and the problem, never the file's bytes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -172,21 +173,51 @@ def config_dir(repo: Path, files: RepoFiles | None = None) -> Path:
 
 
 def _unsupported(repo: Path, cfg: Path, files: RepoFiles) -> None:
-    at_root = cfg == repo
     checks = [
         (cfg / "Project.toml", "Julia (Project.toml)"), (cfg / "JuliaProject.toml", "Julia (JuliaProject.toml)"),
         (cfg / "REQUIRE", "Julia (REQUIRE)"), (cfg / "default.nix", "Nix (default.nix)"),
-        (cfg / "install.R", "R (install.R)"),
     ]
-    if at_root:
-        checks.append((repo / "DESCRIPTION", "an R package (DESCRIPTION)"))
     for path, what in checks:
         if files.present(path):
-            raise BuildpackError(f"This repository needs {what}, which Kiln cannot build: it builds environments from "
-                                 "PyPI and Debian packages only.")
+            raise BuildpackError(f"This repository needs {what}, which this Binder cannot build: Julia's downloads and a "
+                                 "Nix binary cache are not configured here (docs/build-rules.md says what an operator "
+                                 "needs).")
+
+
+@dataclass(frozen=True)
+class RSettings:
+    """Where R comes from: Debian's r-base-core of the base image's suite (``versions``: R version ->
+    the Python version whose base image carries it, the default first) and CRAN packages from
+    ``cran_url`` (``{date}``: runtime.txt's snapshot date, else ``latest``)."""
+
+    cran_url: str = "https://packagemanager.posit.co/cran/{date}"
+    versions: tuple[tuple[str, str], ...] = (("4.2", "3.11"), ("4.5", "3.13"))
+
+
+@dataclass
+class _RRequest:
+    version: str | None  # X.Y, or None for the default
+    date: str | None
+    why: str
+
+
+def _r_request(repo: Path, cfg: Path, files: RepoFiles) -> _RRequest | None:
+    """Whether the repository asks for R, as repo2docker reads it (runtime.txt r-..., a root
+    DESCRIPTION with no binder folder) and install.R."""
     runtime = cfg / "runtime.txt"
-    if files.present(runtime) and files.read_text(runtime).strip().startswith("r-"):
-        raise BuildpackError("runtime.txt asks for R, which Kiln cannot build: it builds from PyPI and Debian packages only.")
+    if files.present(runtime):
+        text = files.read_text(runtime).strip()
+        if text.startswith("r-"):
+            m = re.fullmatch(r"r-(?:([0-9]{1,2}\.[0-9]{1,2})(?:\.[0-9]{1,3})?)?-?([0-9]{4}-[0-9]{2}-[0-9]{2})?", text, re.ASCII)
+            if not m or not (m.group(1) or m.group(2)):
+                raise BuildpackError(f"{files.name(runtime)} does not name an R version Kiln understands; expected "
+                                     "r-X.Y, r-X.Y-YYYY-MM-DD or r-YYYY-MM-DD.")
+            return _RRequest(m.group(1), m.group(2), files.name(runtime))
+    if files.present(cfg / "install.R"):
+        return _RRequest(None, None, files.name(cfg / "install.R"))
+    if cfg == repo and files.present(repo / "DESCRIPTION"):
+        return _RRequest(None, None, "DESCRIPTION")
+    return None
 
 
 def python_version(cfg: Path, offered: list[str], files: RepoFiles | None = None) -> str:
@@ -257,6 +288,7 @@ class _Environment:
     pip: list[str]
     conda: list[str]  # match specs, python left out (it comes from the base image)
     channels: list[str]
+    r: list[str] = field(default_factory=list)  # Debian packages standing for its r-* entries
 
 
 def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Environment:
@@ -279,6 +311,7 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Envir
     version = None
     pip: list[str] = []
     conda: list[str] = []
+    r: list[str] = []
     channels = _conda_channels(env.get("channels"), path.name)
     dependencies = env.get("dependencies") or []
     if not isinstance(dependencies, list):
@@ -288,11 +321,16 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Envir
             # Only strings: str() of a YAML alias bomb (lists of lists by reference) would never end.
             if not isinstance(dep["pip"] or [], list) or not all(isinstance(p, str) for p in dep["pip"] or []):
                 raise BuildpackError(f"{path.name}: the entries under 'pip:' must be requirement strings.")
+            if any(c in entry for entry in dep["pip"] or [] for c in "\r\n\x00"):
+                # One requirement per entry: a line break would start another requirement (or worse).
+                raise BuildpackError(f"{path.name}: an entry under 'pip:' spans several lines.")
             pip.extend(dep["pip"] or [])
         elif isinstance(dep, str):
             name, spec = _split_conda_spec(dep)
             if name == "python":
                 version = _python_from_conda_spec(spec, offered, path.name)
+            elif name.startswith("r-") or name == "r":
+                r.append(_debian_r_package(name, path.name))
             elif name != "pip":
                 conda.append(_conda_spec(name, spec, path.name))
         else:
@@ -300,7 +338,19 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Envir
                                  "the 'pip:' list.")
     if len(conda) > MAX_CONDA_SPECS:
         raise BuildpackError(f"{path.name} lists more than {MAX_CONDA_SPECS} conda packages.")
-    return _Environment(version, pip, conda, channels)
+    return _Environment(version, pip, conda, channels, r)
+
+
+def _debian_r_package(name: str, source: str) -> str:
+    """The Debian package of an environment.yml r-* entry: Debian builds CRAN packages as r-cran-<name>
+    (binaries: nothing is compiled); r-base and r-irkernel come with every R environment."""
+    cran = name.removeprefix("r-")
+    if cran in ("", "base", "essentials", "irkernel", "recommended"):
+        return ""
+    debian = f"r-cran-{cran}"
+    if len(debian) > 100 or not _APT_NAME.match(debian):
+        raise BuildpackError(f"{source}: an r-* entry is not a package name.")
+    return debian
 
 
 def _conda_channels(value: object, source: str) -> list[str]:
@@ -323,8 +373,6 @@ def _conda_channels(value: object, source: str) -> list[str]:
 
 
 def _conda_spec(name: str, spec: str, source: str) -> str:
-    if name.startswith("r-") or name in ("r-base", "r"):
-        raise BuildpackError(f"{source} asks for R packages, which Kiln cannot build yet.")
     text = f"{name} {spec}".strip()
     if len(text) > 200 or not _CONDA_SPEC.fullmatch(text):
         raise BuildpackError(f"{source}: a conda dependency is not a package name with an optional version "
@@ -418,7 +466,7 @@ def _installs_package(repo: Path, cfg: Path, files: RepoFiles) -> bool:
 
 def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[str, str],
          max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, base_images: Mapping[str, str] | None = None,
-         conda: CondaSettings | None = None) -> Plan:
+         conda: CondaSettings | None = None, r_settings: RSettings | None = None) -> Plan:
     """Decide how to build ``repo``, following repo2docker's order (Dockerfile first, then Python).
 
     The environment starts from ``base_images[version]`` for the Python chosen (one base image per
@@ -443,9 +491,12 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     env_yml = next((cfg / n for n in ("environment.yml", "environment.yaml") if files.present(cfg / n)), None)
     pipfile = next((cfg / n for n in ("Pipfile.lock", "Pipfile") if files.present(cfg / n)), None)
     requirements = cfg / "requirements.txt"
+    r_wanted = _r_request(repo, cfg, files)
     # As repo2docker: runtime.txt picks the Python of the pip build only; environment.yml and a
     # Pipfile name their own (and ignore requirements.txt, runtime.txt and a root setup.py).
-    if env_yml is None and pipfile is None:
+    if r_wanted is not None:
+        version = offered_pythons[0]  # set below from the R version's base image
+    elif env_yml is None and pipfile is None:
         version = python_version(cfg, offered_pythons, files)
     else:
         files.check(cfg / "runtime.txt")
@@ -459,9 +510,13 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
         env_files["apt.txt"] = ("\n".join(apt) + "\n").encode()
         summary.append(f"apt.txt: {len(apt)} package(s)")
     conda_env = False
+    r_packages: list[str] = []
     if env_yml is not None:
         wanted = _environment_yml(env_yml, offered_pythons, files)
         version = wanted.python or version
+        if wanted.r and r_wanted is None:
+            r_wanted = _RRequest(None, None, f"{env_yml.name}'s r-* packages")
+        r_packages = [name for name in wanted.r if name]
         if wanted.conda:
             settings = conda or CondaSettings()
             channels = list(dict.fromkeys([*wanted.channels, *settings.default_channels]))
@@ -478,9 +533,10 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
             text = "\n".join(wanted.pip) + "\n"
             if _LOCAL_REQ.search(text):
                 # Refers to the repository's files: installed once they are copied, as repo2docker does.
-                repo_files_req = "/tmp/kiln-env-requirements.txt"
-                repo_steps.append(f"printf '%s' {shlex.quote(text)} > {repo_files_req} && "
-                                  f"pip install --no-cache-dir -r {repo_files_req}")
+                # Carried in base64: the Dockerfile instruction stays one line whatever the text holds.
+                encoded = base64.b64encode(text.encode()).decode()
+                repo_steps.append(f"echo {encoded} | base64 -d > /tmp/kiln-env-requirements.txt && "
+                                  "pip install --no-cache-dir -r /tmp/kiln-env-requirements.txt")
             else:
                 env_files["requirements.txt"] = text.encode()
                 env_steps.append("pip install --no-cache-dir -r /tmp/kiln-env/requirements.txt")
@@ -506,7 +562,38 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
             env_files["requirements.txt"] = text.encode()
             env_steps.append("pip install --no-cache-dir -r /tmp/kiln-env/requirements.txt")
         summary.append("requirements.txt")
-    if env_yml is None and pipfile is None and _installs_package(repo, cfg, files):
+    r_lines: list[str] = []
+    if r_wanted is not None:
+        r_conf = r_settings or RSettings()
+        offered_r = dict(r_conf.versions)
+        r_version = r_wanted.version or next(iter(offered_r))
+        if r_version not in offered_r or offered_r[r_version] not in offered_pythons:
+            usable = [v for v, py in offered_r.items() if py in offered_pythons]
+            raise BuildpackError(f"{r_wanted.why} asks for R {r_version}; this Binder offers R {', '.join(usable)}.")
+        version = offered_r[r_version]
+        cran = r_conf.cran_url.replace("{date}", r_wanted.date or "latest")
+        apt_r = ["r-base-core", "r-cran-irkernel", "r-cran-remotes", *dict.fromkeys(r_packages)]
+        env_files["kiln-r.json"] = json.dumps({"r": r_version, "cran": cran, "debian": apt_r}).encode()
+        rprofile = f"options(repos = c(CRAN = {json.dumps(cran)}))"
+        r_lines = ["USER root",
+                   ("RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends " + " ".join(apt_r)
+                    + " && apt-get clean && rm -rf /var/lib/apt/lists/*"
+                    + f" && printf '%s\\n' {shlex.quote(rprofile)} >> /etc/R/Rprofile.site"
+                    + f" && mkdir -p /srv/rlibs && chown {NB_UID}:{NB_UID} /srv/rlibs"),
+                   f"USER {NB_USER}",
+                   # The R kernel beside Python's, where the server's Jupyter looks (its own prefix).
+                   "ENV R_LIBS_USER=/srv/rlibs",
+                   "RUN R --quiet --no-save -e \"IRkernel::installspec(prefix = '/srv/venv', displayname = 'R')\""]
+        summary.append(f"R {r_version} from Debian ({r_wanted.why}), CRAN packages from {cran}"
+                       + (f", {len(r_packages)} Debian r-cran package(s)" if r_packages else ""))
+        if files.present(cfg / "install.R"):
+            env_files["install.R"] = files.read_bytes(cfg / "install.R")
+            env_steps.append("cd /tmp/kiln-env && Rscript install.R")
+            summary.append("install.R")
+        if cfg == repo and files.present(repo / "DESCRIPTION"):
+            repo_steps.append("R --quiet --no-save -e \"remotes::install_local(upgrade = 'never')\"")
+            summary.append("DESCRIPTION: the repository installed as an R package")
+    if env_yml is None and pipfile is None and r_wanted is None and _installs_package(repo, cfg, files):
         repo_steps.append("pip install --no-cache-dir .")
         summary.append("the repository installed as a package")
     summary.insert(0, f"Python {version} from the base image")
@@ -523,6 +610,7 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
         env_lines += ["USER root",
                       ("RUN apt-get update -qq && xargs -a /tmp/kiln-env/apt.txt apt-get install -y -qq --no-install-recommends"
                       " && apt-get clean && rm -rf /var/lib/apt/lists/*"), f"USER {NB_USER}"]
+    env_lines += r_lines
     env_lines += [f"RUN {step}" for step in env_steps]
     if conda_env:
         # The conda environment first on PATH, in login shells too (KILN_ENV_PATH: the base image's profile script).

@@ -32,6 +32,7 @@ from kiln_builder.buildpacks import (
     REPO_SUBDIR,
     BuildpackError,
     CondaSettings,
+    RSettings,
     plan,
 )
 from kiln_builder.builds import Builds, Job, RequestDropped
@@ -239,7 +240,8 @@ class Builder:
                   "repo2docker.version": f"kiln-{version('kiln-builder')}"}
         the_plan = plan(repo, self._s.base_image, self._s.offered_pythons, labels, max_file_bytes=self._s.max_config_file_bytes,
                         base_images=self._s.base_images,
-                        conda=CondaSettings(self._s.conda_channel_alias, tuple(self._s.conda_channels)))
+                        conda=CondaSettings(self._s.conda_channel_alias, tuple(self._s.conda_channels)),
+                        r_settings=RSettings(self._s.r_cran_url, tuple(self._s.r_versions.items())))
         for line in the_plan.summary:
             await building(f"Kiln: {line}\n")
         if the_plan.kind == "dockerfile":

@@ -71,6 +71,13 @@ class Settings(BusSettings):
     conda_channels: list[str] = Field(["conda-forge"], description="Channels searched after an environment.yml's own "
                                       "(names, under conda_channel_alias), as repo2docker adds conda-forge.")
 
+    r_cran_url: str = Field("https://packagemanager.posit.co/cran/{date}", description="CRAN-like repository R "
+                            "environments install packages from ({date}: runtime.txt's snapshot date, else latest), "
+                            "as repo2docker's dated snapshots; a local CRAN mirror goes here.")
+    r_versions: dict[str, str] = Field({"4.2": "3.11", "4.5": "3.13"}, description="R version of each base image, as "
+                                       "R version -> the Python version whose base image (Debian suite) carries it; "
+                                       "the first is the default.")
+
     @model_validator(mode="after")
     def _a_base_image_per_python(self) -> Settings:
         # Otherwise a version offered but unnamed would build on the default base image's Python.
