@@ -81,7 +81,7 @@ def serve(root: Path, port: int = 0, handler: type[GitHttpHandler] = GitHttpHand
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
