@@ -5,8 +5,8 @@
 # cloud metadata address. Servers (kiln-users) may reach one thing on the host: the hub's API on
 # that bridge's gateway address, which jupyterhub-singleuser needs (tokens, OAuth, activity).
 # Builds (kiln-builds) reach nothing on the host but the package mirror ports on their gateway
-# address (KILN_BUILD_MIRROR_PORTS: a local conda channel, CRAN or PyPI mirror; 8790 by default, where
-# nothing of Kiln listens).
+# address (KILN_BUILD_MIRROR_PORTS: a local conda channel, CRAN or PyPI mirror; 790 by default, a
+# privileged port, so only root can listen there, and nothing of Kiln does).
 #   network.sh start|stop|status|rules
 # Settings (defaults in kiln.env): KILN_USER_NETWORK (kiln-users), KILN_USER_SUBNET (172.29.0.0/24;
 # its first address, KILN_USER_GATEWAY, is the host's side), KILN_BUILD_NETWORK (kiln-builds),
@@ -20,6 +20,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/kiln.env"
 BLOCKED=${KILN_USER_BLOCKED_NETWORKS:-169.254.0.0/16}
+# Ports of Kiln's own parts, never a build's mirror port.
+KILN_OWN_PORTS="${KILN_KAFKA_PORT:-9092} 9093 ${KILN_REGISTRY_PORT:-5000} 5001 $KILN_HUB_API_PORT ${KILN_HUB_PORT:-8000} \
+${KILN_PROXY_API_PORT:-8001} ${KILN_GATEWAY_PORT:-8585} ${KILN_ANALYTICS_PORT:-8590} 8765 9101 9102 9103"
 # name subnet bridge chain-suffix allowed-host-port (- for none)
 NETWORKS=(
   "$KILN_USER_NETWORK $KILN_USER_SUBNET kiln-br0 USERS $KILN_HUB_API_PORT"
@@ -41,7 +44,6 @@ rules() {
     echo "-A KILN-$tag-IN -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
     for p in ${port//,/ }; do
       [[ $p == - ]] && continue
-      [[ $p =~ ^[0-9]{1,5}$ ]] || die "the port list '$port' of $name is not numbers separated by commas" "fix KILN_BUILD_MIRROR_PORTS or KILN_HUB_API_PORT"
       echo "-A KILN-$tag-IN -p tcp -d $(first_address "$subnet") --dport $p -j ACCEPT"
     done
     echo "-A KILN-$tag-IN -j DROP"
@@ -62,9 +64,29 @@ rules() {
   done
 }
 
+# check_ports: the ports a network may reach on its gateway, checked before any rule is made (a
+# rule list cut short by a bad value would flush the chains and leave them without their DROP).
+check_ports() {
+  local entry name subnet bridge tag port p
+  for entry in "${NETWORKS[@]}"; do
+    read -r name subnet bridge tag port <<<"$entry"
+    [[ $port == - ]] && continue
+    for p in ${port//,/ }; do
+      [[ $p =~ ^[0-9]{1,5}$ ]] && (( p >= 1 && p <= 65535 )) \
+        || die "the port list '$port' of $name is not ports (1-65535) separated by commas" "fix KILN_BUILD_MIRROR_PORTS or KILN_HUB_API_PORT"
+      if [[ $tag == BUILDS ]] && [[ " $KILN_OWN_PORTS " == *" $p "* ]]; then
+        die "KILN_BUILD_MIRROR_PORTS names $p, a port of Kiln's own parts" "builds may reach a package mirror only: choose another port"
+      fi
+    done
+  done
+}
+
 apply_rules() {
   command -v iptables >/dev/null || die "iptables is not installed; it isolates builds and servers from the host" "apt-get install iptables"
-  local line args
+  check_ports
+  local line args all
+  all=$(rules) || die "the firewall rules could not be made" "see the message above"
+  [[ $all == *"-A KILN-BUILDS-IN -j DROP"* && $all == *"-A KILN-USERS-IN -j DROP"* ]] || die "the firewall rules are incomplete" "report this: network.sh rules prints them"
   while read -r line; do
     read -ra args <<<"$line"
     case ${args[0]} in
@@ -73,7 +95,7 @@ apply_rules() {
       -t) iptables -t "${args[1]}" -C "${args[@]:3}" 2>/dev/null || iptables "${args[@]}" ;;
       *) iptables "${args[@]}" ;;
     esac
-  done < <(rules)
+  done <<<"$all"
 }
 
 make_network() {  # make_network NAME SUBNET BRIDGE
@@ -123,12 +145,13 @@ stop() {
 
 status() {
   if docker network inspect "$KILN_USER_NETWORK" >/dev/null 2>&1 && docker network inspect "$KILN_BUILD_NETWORK" >/dev/null 2>&1 \
-      && iptables -C INPUT -i kiln-br0 -j KILN-USERS-IN 2>/dev/null && iptables -C INPUT -i kiln-br1 -j KILN-BUILDS-IN 2>/dev/null; then
+      && iptables -C INPUT -i kiln-br0 -j KILN-USERS-IN 2>/dev/null && iptables -C INPUT -i kiln-br1 -j KILN-BUILDS-IN 2>/dev/null \
+      && iptables -C KILN-USERS-IN -j DROP 2>/dev/null && iptables -C KILN-BUILDS-IN -j DROP 2>/dev/null; then
     echo "network    isolated  $KILN_USER_NETWORK $KILN_USER_SUBNET (hub API at $KILN_USER_GATEWAY:$KILN_HUB_API_PORT), $KILN_BUILD_NETWORK $KILN_BUILD_SUBNET"
   else echo "network    missing   $KILN_USER_NETWORK $KILN_USER_SUBNET, $KILN_BUILD_NETWORK $KILN_BUILD_SUBNET"; fi
 }
 
 case "${1:-}" in
-  start) start ;; stop) stop ;; status) status ;; rules) rules ;;
+  start) start ;; stop) stop ;; status) status ;; rules) check_ports; rules ;;
   *) echo "usage: $0 start|stop|status|rules" >&2; exit 2 ;;
 esac

@@ -171,3 +171,35 @@ def test_environment_yml_channels_are_names_never_urls_or_paths(tmp_path: Path, 
     else:
         with pytest.raises(BuildpackError, match="channel names such as conda-forge"):
             planned(tmp_path, files)
+
+
+PLAN_UNDER_10_CPU_SECONDS = """
+import resource, sys, pathlib
+resource.setrlimit(resource.RLIMIT_CPU, (10, 10))
+from kiln_builder.buildpacks import BuildpackError, plan
+try:
+    plan(pathlib.Path(sys.argv[1]), "base:1", ["3.11", "3.13"], {})
+    print("planned")
+except BuildpackError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("files", [
+    {"requirements.txt": "\n" * 200_000 + "./x\n"},  # blank lines: a pattern re-scanning them all per line
+    {"environment.yml": "dependencies:\n  - pip:\n" + '    - ""\n' * 20_000},
+    {"Pipfile": '[requires]\npython_version = "3.11"' + " " * 200_000 + "x\n"},
+    {"Dockerfile": "\n" * 200_000 + "x\n"},
+])
+def test_configuration_files_are_read_in_linear_time(tmp_path: Path, files: dict[str, str]) -> None:
+    """Each of these took from seconds to hours before (backtracking patterns); under a CPU limit of
+    10 s, far above what a linear reading of a few hundred KB needs, they are planned or refused."""
+    import subprocess
+    import sys
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    done = subprocess.run([sys.executable, "-c", PLAN_UNDER_10_CPU_SECONDS, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"killed at the CPU limit or crashed: {done.returncode} {done.stderr[-300:]}"
+    assert done.stdout.startswith(("planned", "refused:")), done.stdout

@@ -8,6 +8,7 @@ told to resolve channel names there (``conda_channel_alias``) and to add no defa
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -21,7 +22,10 @@ from .conftest import BuildHarness, jupyter_answers, run_in
 pytestmark = [pytest.mark.docker, pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 HELLO = b'#!/bin/sh\necho hello from conda\ncat "$(dirname "$0")/../share/kiln-dep/data.txt"\n'
-ENVIRONMENT = """name: whatever-the-author-called-it
+# A comment of this run's own: the first build solves and installs, whatever earlier runs left in
+# the registry (environment images are shared by content, across runs too).
+ENVIRONMENT = f"""# run {uuid.uuid4().hex}
+name: whatever-the-author-called-it
 channels:
   - kiln-test
   - defaults

@@ -51,7 +51,8 @@ async def r_builder(builder: BuildHarness, cran: Served) -> AsyncIterator[BuildH
     await builder.start_builder()
 
 
-async def test_install_r_description_and_runtime_give_r_with_its_kernel_and_packages(r_builder: BuildHarness) -> None:
+async def test_install_r_description_and_runtime_give_r_with_its_kernel_and_packages(r_builder: BuildHarness,
+                                                                                      cran: Served) -> None:
     url, ref = r_builder.serve_repo("r", R_REPO)
     rid, image = await r_builder.request(url, ref)
     outcome = await r_builder.outcome(rid, timeout=900)
@@ -63,7 +64,7 @@ async def test_install_r_description_and_runtime_give_r_with_its_kernel_and_pack
     printed = run_in(image, check, login=True).splitlines()
     assert printed[0] == "R version 4.2.2", printed
     assert printed[1:3] == ["hello from a CRAN-like repository", "HELLO FROM A CRAN-LIKE REPOSITORY"], printed
-    assert printed[3:] == ["/srv/rlibs", "http://172.29.1.1:8790/cran"], printed
+    assert printed[3:] == ["/srv/rlibs", f"{cran.alias}/cran"], printed
     # The R kernel is registered beside Python's, where the server's Jupyter looks.
     kernels = run_in(image, "jupyter kernelspec list --json")
     assert '"ir"' in kernels and '"python3"' in kernels, kernels

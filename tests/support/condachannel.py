@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 BUILD_GATEWAY = os.environ.get("KILN_BUILD_GATEWAY", "172.29.1.1")
-MIRROR_PORT = int(os.environ.get("KILN_BUILD_MIRROR_PORTS", "8790").split(",")[0])
+MIRROR_PORT = int(next((p for p in os.environ.get("KILN_BUILD_MIRROR_PORTS", "790").split(",") if p.isdigit()), "790"))
 
 
 def conda_package(out_dir: Path, name: str, version: str, files: dict[str, tuple[bytes, int]],

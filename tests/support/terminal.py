@@ -20,12 +20,13 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 async def terminal_run(server_url: str, token: str, command: str, timeout: float = 60) -> str:
     """Run ``command`` in a new terminal of the server at ``server_url`` (ending in /); return its output.
 
-    The output is what the terminal printed after the command line and before an end marker the
-    command prints last, with the terminal's colour codes and carriage returns removed.
+    The output is what the terminal printed between two markers printed before and after the
+    command, with the terminal's colour codes and carriage returns removed.
     """
     marker = uuid.uuid4().hex
-    # Printed with a format, so the echoed command line itself does not contain the marker.
-    line = f"{command}; printf '%s-%s\\n' {marker} end\r"
+    # Printed with a format, so the echoed command line (which the shell may wrap or redraw) never
+    # contains the markers themselves: only the command's own output lies between them.
+    line = f"printf '%s-%s\\n' {marker} begin; {command}; printf '%s-%s\\n' {marker} end\r"
     headers = {"Authorization": f"token {token}"}
     async with httpx.AsyncClient(headers=headers, timeout=30) as http:
         r = await http.post(server_url + "api/terminals")
@@ -46,6 +47,6 @@ async def terminal_run(server_url: str, token: str, command: str, timeout: float
         finally:
             await http.delete(server_url + f"api/terminals/{name}")
     text = _ANSI.sub("", printed).replace("\r", "")
-    # The echoed command line ends with "end"; what the command printed follows it.
-    after = text.split(f"{marker} end\n", 1)[-1]
-    return after.split(f"{marker}-end", 1)[0].strip()
+    between = text.split(f"{marker}-begin\n", 1)
+    assert len(between) == 2, f"the terminal printed no start marker: {text!r}"
+    return between[1].split(f"{marker}-end", 1)[0].strip()

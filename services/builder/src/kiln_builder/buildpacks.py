@@ -40,7 +40,8 @@ NB_USER, NB_UID = "jovyan", 1000
 REPO_SUBDIR = "repo"  # where the repository sits in the build context, beside Kiln's own files
 HOME = f"/home/{NB_USER}"
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # what Debian allows, and no shell syntax
-_LOCAL_REQ = re.compile(r"^\s*(-r|--requirement|-c|--constraint|-e|--editable)?\s*(\.|file:|/|\.\./)", re.MULTILINE)
+# Linear: [ \t] where \s (which also matches newlines) let each line start re-scan all blank lines below it.
+_LOCAL_REQ = re.compile(r"^[ \t]*(?:(?:-r|--requirement|-c|--constraint|-e|--editable)[ \t=]*)?(?:\.|file:|/)", re.MULTILINE)
 
 
 DEFAULT_MAX_FILE_BYTES = 1 << 20
@@ -321,9 +322,9 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Envir
             # Only strings: str() of a YAML alias bomb (lists of lists by reference) would never end.
             if not isinstance(dep["pip"] or [], list) or not all(isinstance(p, str) for p in dep["pip"] or []):
                 raise BuildpackError(f"{path.name}: the entries under 'pip:' must be requirement strings.")
-            if any(c in entry for entry in dep["pip"] or [] for c in "\r\n\x00"):
-                # One requirement per entry: a line break would start another requirement (or worse).
-                raise BuildpackError(f"{path.name}: an entry under 'pip:' spans several lines.")
+            if any(len(entry.splitlines()) != 1 or "\x00" in entry for entry in dep["pip"] or []):
+                # One requirement per entry: a line break of any kind pip splits on would start another.
+                raise BuildpackError(f"{path.name}: an entry under 'pip:' is empty or spans several lines.")
             pip.extend(dep["pip"] or [])
         elif isinstance(dep, str):
             name, spec = _split_conda_spec(dep)
@@ -360,6 +361,8 @@ def _conda_channels(value: object, source: str) -> list[str]:
         return []
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
         raise BuildpackError(f"{source}: 'channels' must be a list of channel names.")
+    if len(value) > 20:
+        raise BuildpackError(f"{source} names more than 20 channels.")
     names = []
     for channel in value:
         channel = channel.strip()
@@ -427,7 +430,7 @@ def _pipfile_python(env_files: dict[str, bytes], offered: list[str]) -> str | No
     which reads the files in the build's own limits, says what is wrong with them. The lock's value
     is found by a pattern, the Pipfile's in its ``[requires]`` section, line by line.
     """
-    version_value = re.compile(r'^\s*"?python_(?:full_)?version"?\s*[:=]\s*"([0-9]{1,3}(?:\.[0-9]{1,3}){0,2})"\s*,?\s*$',
+    version_value = re.compile(r'"?python_(?:full_)?version"?[ \t]*[:=][ \t]*"([0-9]{1,3}(?:\.[0-9]{1,3}){0,2})",?',
                                re.ASCII)
     wanted = None
     lock = env_files.get("Pipfile.lock", b"").decode("utf-8", "replace")
@@ -436,9 +439,9 @@ def _pipfile_python(env_files: dict[str, bytes], offered: list[str]) -> str | No
     if wanted is None:
         section = ""
         for line in env_files.get("Pipfile", b"").decode("utf-8", "replace").splitlines():
-            if header := re.match(r"^\s*\[([A-Za-z0-9_.\- ]{1,64})\]\s*$", line):
+            if header := re.fullmatch(r"\[([A-Za-z0-9_.\- ]{1,64})\]", line.strip()):
                 section = header.group(1).strip()
-            elif section == "requires" and (m := version_value.match(line)):
+            elif section == "requires" and (m := version_value.fullmatch(line.strip())):
                 wanted = m.group(1)
                 break
     if wanted is None:
@@ -477,7 +480,7 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     rel = cfg.relative_to(repo).as_posix()
     prefix = "" if rel == "." else rel + "/"
     root_dockerfile = repo / "Dockerfile"
-    if files.present(root_dockerfile) and re.search(r"^\s*FROM\s+andrewosh/binder-base", files.read_text(root_dockerfile),
+    if files.present(root_dockerfile) and re.search(r"^[ \t]*FROM[ \t]+andrewosh/binder-base", files.read_text(root_dockerfile),
                                                     re.MULTILINE | re.IGNORECASE):
         raise BuildpackError("This Dockerfile builds on andrewosh/binder-base, which Binder stopped supporting in 2020.")
     if files.present(cfg / "Dockerfile"):

@@ -39,15 +39,16 @@ async def main(config_file: str) -> int:
     prefix: str = config["prefix"]
     print(f"Kiln: solving {len(specs)} conda package(s) from {', '.join(channels)}", flush=True)
     try:
+        # Only the channels the builder named: no relations a channel's repodata declares.
         records = await solve(sources=channels, specs=specs, platforms=["linux-64", "noarch"],
-                              virtual_packages=VirtualPackage.detect())
+                              virtual_packages=VirtualPackage.detect(), channel_relations="disabled")
     except SOLVE_ERRORS as exc:  # the solver's own words name what is missing or conflicting
         print(f"kiln-conda: the conda environment cannot be solved: {' '.join(str(exc).split())}", flush=True)
         return 2
     for record in sorted(records, key=lambda r: r.name.normalized):
         print(f"  {record.name.normalized} {record.version} ({record.channel})", flush=True)
     try:
-        await install(records, target_prefix=prefix, show_progress=False)
+        await install(records, target_prefix=prefix, show_progress=False, execute_link_scripts=False)
     except INSTALL_ERRORS as exc:
         print(f"kiln-conda: installing the conda packages failed: {' '.join(str(exc).split())}", flush=True)
         return 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -77,6 +78,16 @@ class Settings(BusSettings):
     r_versions: dict[str, str] = Field({"4.2": "3.11", "4.5": "3.13"}, description="R version of each base image, as "
                                        "R version -> the Python version whose base image (Debian suite) carries it; "
                                        "the first is the default.")
+
+    @field_validator("conda_channel_alias", "r_cran_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        # These URLs are written into build logs and images: a mirror that wants credentials needs
+        # them elsewhere (a netrc of the build's), not in the URL.
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or "/t/" in parts.path:
+            raise ValueError("must be an http(s) URL without credentials or tokens in it")
+        return value
 
     @model_validator(mode="after")
     def _a_base_image_per_python(self) -> Settings:
