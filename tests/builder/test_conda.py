@@ -22,12 +22,12 @@ from .conftest import BuildHarness, jupyter_answers, run_in
 pytestmark = [pytest.mark.docker, pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 HELLO = b'#!/bin/sh\necho hello from conda\ncat "$(dirname "$0")/../share/kiln-dep/data.txt"\n'
-# A comment of this run's own: the first build solves and installs, whatever earlier runs left in
-# the registry (environment images are shared by content, across runs too).
-ENVIRONMENT = f"""# run {uuid.uuid4().hex}
-name: whatever-the-author-called-it
+# A channel of this run's own: the first build solves and installs, whatever earlier runs left in
+# the registry (environment images are shared by what they install, across runs too).
+CHANNEL = f"kiln-test-{uuid.uuid4().hex[:8]}"
+ENVIRONMENT = f"""name: whatever-the-author-called-it
 channels:
-  - kiln-test
+  - {CHANNEL}
   - defaults
 dependencies:
   - python>=3.10
@@ -41,7 +41,7 @@ dependencies:
 @pytest.fixture(scope="module")
 def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("channels")
-    noarch = root / "kiln-test" / "noarch"
+    noarch = root / CHANNEL / "noarch"
     conda_package(noarch, "kiln-dep", "1.0", {"share/kiln-dep/data.txt": (b"from kiln-dep\n", 0o644)})
     conda_package(noarch, "kiln-hello", "2.1", {"bin/kiln-hello": (HELLO, 0o755)}, depends=["kiln-dep >=1"])
     conda_package(noarch, "kiln-hello", "1.0", {"bin/kiln-hello": (b"#!/bin/sh\necho too old\n", 0o755)})
@@ -51,7 +51,7 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def conda_builder(builder: BuildHarness, channel: Served) -> AsyncIterator[BuildHarness]:
-    await index_channel(channel.root / "kiln-test")
+    await index_channel(channel.root / CHANNEL)
     await builder.stop_builders()
     await builder.start_builder(conda_channel_alias=channel.alias, conda_channels=[])
     yield builder
