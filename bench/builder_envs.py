@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -34,21 +33,13 @@ from kilnbus import BuildRequested, BusProducer, BusSettings, Delivery, Phase, P
 from tests.bus.helpers import start_consumer
 from tests.support.condachannel import conda_package, index_channel, serve_channels
 from tests.support.githost import commit, git, make_repo, start_githost
-from tests.support.stack import use_local_kafka_admin
 
-use_local_kafka_admin()
-os.environ.setdefault("DOCKER_CONFIG", str(Path(__file__).resolve().parents[1] / ".state" / "docker" / "admin"))
+# The pip benchmark's setup (the broker's admin, the registry's admin for the docker CLI), base
+# image, notebook and timer serve this one too.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from builder_builds import BASE, NOTEBOOK, ROOT, timed
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = (ROOT / ".state" / "base-image").read_text().strip()
 REBUILDS = 3
-NOTEBOOK = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5, "x": "%s"}\n'
-
-
-def timed(*cmd: str, cwd: Path | None = None) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
-    return time.perf_counter() - t
 
 
 def by_hand(context: Path, dockerfile: str, tag: str, no_cache: bool) -> float:
