@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,4 +58,8 @@ async def main(config_file: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1])))
+    code = asyncio.run(main(sys.argv[1]))
+    sys.stdout.flush()
+    # Everything is written and flushed: leave without the interpreter's teardown, during which
+    # py-rattler's native runtime now and then crashed (a segfault after a finished install).
+    os._exit(code)
