@@ -197,7 +197,7 @@ c.JupyterHub.load_roles = [
         # Only what launching needs: make and remove temporary users, start/stop/watch their servers,
         # and mint the token a server is reached with. Not admin.
         "name": "kiln-launcher",
-        "scopes": ["admin:users", "admin:servers", "tokens", "read:hub"],
+        "scopes": ["admin:users", "admin:servers", "tokens", "read:hub", "users:activity"],
         "services": ["kiln-launcher"],
     },
     {

@@ -15,6 +15,9 @@ source "$(dirname "$0")/lib.sh"
 REGISTRY=${KILN_REGISTRY_HOST:-127.0.0.1:5000}
 SUITES=${KILN_BASE_SUITES:-bookworm trixie}
 SRC="$KILN_ROOT/deploy/images/base"
+# The build context: every file the image is made from (its name's hash covers them all).
+FILES=(Dockerfile requirements.txt conda-requirements.txt kiln-environment.sh kiln_handover.py kiln_handover.json
+       jupyter_server_config.py)
 CA=${KILN_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}
 export DOCKER_BUILDKIT=0  # Debian's engine has no BuildKit/buildx
 
@@ -51,7 +54,7 @@ rootfs() {
 # base SUITE: build (or find) the base image of SUITE; prints its name.
 base() {
   local suite=$1 hash image log="$KILN_LOGS/base-image-$1.log"
-  hash=$(cat "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/conda-requirements.txt" "$SRC/kiln-environment.sh" "$CA" | sha256sum | cut -c1-12)
+  hash=$(cd "$SRC" && cat "${FILES[@]}" "$CA" | sha256sum | cut -c1-12)
   image="$REGISTRY/kiln/base:$suite-$hash"
   # Asked through the docker client, which logs in to a registry that wants credentials (DOCKER_CONFIG).
   if docker manifest inspect --insecure "$image" >/dev/null 2>&1; then
@@ -63,7 +66,7 @@ base() {
   else
     rootfs "$suite" >&2
     local ctx; ctx=$(mktemp -d)
-    cp "$SRC/Dockerfile" "$SRC/requirements.txt" "$SRC/conda-requirements.txt" "$SRC/kiln-environment.sh" "$ctx/"
+    (cd "$SRC" && cp "${FILES[@]}" "$ctx/")
     cp "$CA" "$ctx/extra-ca-certificates.crt"
     step "building $image (a few minutes the first time)" >&2
     docker build -q --network host --build-arg ROOTFS="kiln/debian-rootfs:$suite" -t "$image" "$ctx" >"$log" 2>&1 \

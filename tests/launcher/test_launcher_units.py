@@ -29,6 +29,7 @@ from kilnbus.sealing import Sealer, SealError, new_key
 from ..support.hub import FakeHub
 
 PUBLIC = "http://127.0.0.1:8000"
+IMAGE = "reg/kiln/binder-x:abc"
 
 
 class Launching:
@@ -36,8 +37,10 @@ class Launching:
 
     def __init__(self, hub: Any = None, bus: MemoryBus | None = None, **settings: Any) -> None:
         self.key = new_key()
+        # Warm pools off unless a test asks for them (tests/launcher/test_pool_units.py): their
+        # servers would start beside the ones a test counts.
         self.settings = Settings(**{"token_seal_keys": [self.key], "quota_check_interval_s": 0, "retry_delay_s": 0,
-                                    **settings})
+                                    "pool_size": 0, **settings})
         self.hub = hub if hub is not None else FakeHub()
         self.bus = bus if bus is not None else MemoryBus(self.settings)
         self._stop = asyncio.Event()
@@ -57,20 +60,20 @@ class Launching:
         return [e for e in self.bus.records(self.bus.topics.phase_events) if isinstance(e, PhaseEvent)]
 
     async def publish(self, hub_user: str | None = None, client_ip: str | None = "198.51.100.1",
-                      request_id: str | None = None) -> str:
+                      request_id: str | None = None, image: str = IMAGE) -> str:
         rid = request_id or uuid.uuid4().hex
         if hub_user is not None:
             self.hub.users.setdefault(hub_user, {})  # a logged-in user exists at the hub already
         await self.bus.publish(self.bus.topics.hub_launch_requested, rid, HubLaunchRequested(
-            request_id=rid, image_name="reg/kiln/binder-x:abc", repo_url="https://example.org/o/r", ref="a" * 40,
-            provider="gh", spec="o/r/main", hub_user=hub_user, client_ip=client_ip))
+            request_id=rid, image_name=image, repo_url="https://example.org/o/r", ref="a" * 40,
+            provider="gh", spec="o/r/main", resolved_spec="o/r/" + "a" * 40, hub_user=hub_user, client_ip=client_ip))
         return rid
 
     async def launch(self, hub_user: str | None = None, client_ip: str | None = "198.51.100.1",
-                     request_id: str | None = None) -> PhaseEvent:
+                     request_id: str | None = None, image: str = IMAGE) -> PhaseEvent:
         """Publish a launch request; once the launcher has handled it, its answer (ready or failed)."""
         before = len(self.events)
-        rid = await self.publish(hub_user, client_ip, request_id)
+        rid = await self.publish(hub_user, client_ip, request_id, image)
         await self.bus.drained(self.settings.group_id("kiln-launcher"))
         return next(e for e in self.events[before:] if e.request_id == rid and e.phase in (Phase.READY, Phase.FAILED))
 

@@ -91,6 +91,8 @@
   value: {{ .Values.hub.apiUrl | quote }}
 - name: KILN_HUB_PUBLIC_URL
   value: {{ required "hub.publicUrl is required: where users reach JupyterHub" .Values.hub.publicUrl | quote }}
+- name: KILN_HUB_PROXY_URL
+  value: {{ .Values.hub.proxyUrl | quote }}
 - name: KILN_HUB_API_TOKEN
   valueFrom: {secretKeyRef: {name: {{ .Values.hub.tokenSecret.name }}, key: {{ .Values.hub.tokenSecret.key }}}}
 {{- end -}}

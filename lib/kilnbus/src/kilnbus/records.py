@@ -170,6 +170,7 @@ class PhaseEvent(Record):
     queue_position: int | None = None
     request_origin: str | None = None
     build_token: bool | None = None
+    warm: bool | None = None
 
     def to_avro(self) -> dict[str, Any]:
         out = super().to_avro()

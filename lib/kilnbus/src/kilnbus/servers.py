@@ -46,6 +46,7 @@ class Server:
     provider: str | None = None
     spec: str | None = None
     repo_url: str | None = None
+    warm: bool | None = None  # started ahead of time (a warm pool's) rather than for this request
 
     @property
     def repo(self) -> str | None:
@@ -63,7 +64,8 @@ def server_started(event: PhaseEvent) -> Server | None:
     if event.phase is not Phase.READY or not event.url:
         return None
     return Server(request_id=event.request_id, url=event.url, since=event.timestamp, image_name=event.image_name,
-                  server_name=event.server_name, provider=event.provider, spec=event.spec, repo_url=event.repo_url)
+                  server_name=event.server_name, provider=event.provider, spec=event.spec, repo_url=event.repo_url,
+                  warm=event.warm)
 
 
 def server_stopped(event: PhaseEvent) -> bool:

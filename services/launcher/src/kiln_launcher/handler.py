@@ -14,11 +14,14 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from kiln_launcher import metrics
+from kiln_launcher.demand import RecentLaunches
 from kiln_launcher.hub import Hub, HubError
 from kiln_launcher.names import user_name
+from kiln_launcher.pool import WarmPool, WarmServer
 from kiln_launcher.quota import RunningCount
 from kiln_launcher.servers import Servers
 from kiln_launcher.settings import Settings
@@ -27,6 +30,8 @@ from kilnbus.sealing import Sealer
 from kilnbus.tasks import Tasks
 
 log = logging.getLogger(__name__)
+
+ANSWERED_KEPT = 10_000  # requests whose server this launcher remembers (a redelivery comes within seconds)
 
 
 class LaunchFailed(KilnError):
@@ -48,16 +53,29 @@ def classify(message: str) -> str:
     return "spawn_failed"
 
 
+def launch_environment(req: HubLaunchRequested) -> dict[str, str]:
+    """BinderHub's ``BINDER_*`` variables of a launch, as the hub's spawner sets them from the user options."""
+    values = {"BINDER_REPO_URL": req.repo_url, "BINDER_REF_URL": req.ref_url, "BINDER_LAUNCH_HOST": req.launch_host,
+              "BINDER_REQUEST": f"v2/{req.provider}/{req.spec}",
+              "BINDER_PERSISTENT_REQUEST": f"v2/{req.provider}/{req.resolved_spec}" if req.resolved_spec else None,
+              "BINDER_CLIENT_IP": req.client_ip}
+    return {name: value for name, value in values.items() if value}
+
+
 class Launcher:
     """The hub-launch-request handler; it also owns the culler watcher (``watch_culled``)."""
 
-    def __init__(self, settings: Settings, bus: Bus, hub: Hub, sealer: Sealer) -> None:
+    def __init__(self, settings: Settings, bus: Bus, hub: Hub, sealer: Sealer, servers: Servers | None = None,
+                 demand: RecentLaunches | None = None, owner: str = "kiln-launcher") -> None:
         self._s = settings
         self._report = PhaseReporter(bus, bus.topics, "launcher")
         self._hub = hub
         self._sealer = sealer
         self._in_flight: set[str] = set()
         self._running = RunningCount(hub.active_servers, settings.quota_check_interval_s)
+        self._servers = servers
+        self._answered: OrderedDict[str, tuple[str, bool | None]] = OrderedDict()  # request id -> (server, warm)
+        self.pool = WarmPool(settings, hub, demand or RecentLaunches(settings.pool_window_s), self._running, owner)
         # Servers this launcher is starting per hub user: two launches by one user at once must see
         # each other before the hub lists either.
         self._starting: dict[str, set[str]] = {}
@@ -67,9 +85,14 @@ class Launcher:
         """Report, in the background until ``aclose``, servers the hub's culler stopped (``Servers.watch``)."""
         self._tasks.start(servers.watch(self._hub, interval_s, self.stopped, stop), name="culler watcher")
 
+    def keep_pools(self, stop: asyncio.Event) -> None:
+        """Keep the warm pools filled, in the background until ``aclose``."""
+        self._tasks.start(self.pool.run(stop), name="warm pool")
+
     async def aclose(self) -> None:
-        """Cancel the launcher's background tasks (the culler watcher, a hub listing) and wait for them to end."""
+        """Cancel the launcher's background tasks (the culler watcher, the pools, a hub listing) and wait for them to end."""
         await self._tasks.aclose()
+        await self.pool.aclose()
         await self._running.aclose()
 
     async def stopped(self, request_id: str, server_name: str) -> None:
@@ -98,10 +121,30 @@ class Launcher:
     async def _launch(self, req: HubLaunchRequested) -> tuple[int, Outgoing]:
         """Start (or find) the server; the attempt that started it, and its ``ready`` event."""
         started = time.monotonic()
+        # Delivered again after its ready event was written (a warm server's user is not named from
+        # the request id): the server it got, not a second one. The log says so after a restart, this
+        # launcher's memory before the log has been read back.
+        running = self._servers.fold.get(req.request_id) if self._servers is not None else None
+        answered = self._answered.get(req.request_id) or (
+            (running.server_name, running.warm) if running is not None and running.server_name else None)
+        if answered is not None:
+            user, _, server = answered[0].partition("/")
+            model = await self._hub.user(user)
+            if server in ((model or {}).get("servers") or {}):
+                log.info("launch %s: server %s already running (request delivered again)", req.request_id, answered[0])
+                return 1, await self._ready_event(req, user, server, answered[1])
+        anonymous = req.hub_user is None
+        if anonymous and self.pool.enabled:
+            await self._check_client_quota(req)
+            warm = self.pool.take(req.image_name)
+            metrics.POOL_LAUNCHES.labels(outcome="hit" if warm else "miss").inc()
+            if warm is not None and (ready := await self._hand_over(req, warm, started)) is not None:
+                return 1, ready
         user = req.hub_user or user_name(req.repo_url, req.request_id)
         server = "binder-" + hashlib.sha256(req.request_id.encode()).hexdigest()[:10]
         await self._check_shared_quotas(req)
-        await self._report.report(req, Phase.LAUNCHING, message="Launching server...\n", image_name=req.image_name)
+        await self._report.report(req, Phase.LAUNCHING, message="Launching server...\n", image_name=req.image_name,
+                                  warm=False)
         if req.hub_user is None:
             await self._hub.create_user(user)  # exists already if this request was delivered before
         model = await self._hub.user(user)
@@ -121,18 +164,49 @@ class Launcher:
 
     async def _check_shared_quotas(self, req: HubLaunchRequested) -> None:
         """The total quota, and in the anonymous mode the per-client one, from the hub's cached listing."""
-        per_client = self._s.servers_per_client if req.hub_user is None and req.client_ip else 0
         if self._s.total_quota is not None:
             running = await self._running.count()
-            if running >= self._s.total_quota:
+            # Warm servers only take room users do not: one waiting gives its place up.
+            if running >= self._s.total_quota and not await self.pool.release_one():
                 raise LaunchFailed(f"Too many users on this Binder ({running} servers running)! Try again soon.", "total_quota", 429)
+        await self._check_client_quota(req)
+        self._running.started(req.client_ip if req.hub_user is None else None)
+
+    async def _check_client_quota(self, req: HubLaunchRequested) -> None:
+        """In the anonymous mode: servers launched from the request's client address."""
+        per_client = self._s.servers_per_client if req.hub_user is None and req.client_ip else 0
         if per_client:
             mine = await self._running.count_for(req.client_ip or "")
             if mine >= per_client:
                 raise LaunchFailed(f"Too many servers launched from your address: {mine} are running, and this Binder "
                                    f"allows {per_client} per address. Close one you no longer use, or try again "
                                    "once it has been stopped for being idle.", "client_quota", 429)
-        self._running.started(req.client_ip if req.hub_user is None else None)
+
+    async def _hand_over(self, req: HubLaunchRequested, warm: WarmServer, started: float) -> Outgoing | None:
+        """Give the launch a warm server; None if that failed (the launch then starts a server of its own)."""
+        await self._report.report(req, Phase.LAUNCHING, message="Launching server (one started ahead of time)...\n",
+                                  image_name=req.image_name, warm=True)
+        try:
+            token = await self._hub.token(warm.user, warm.server, self._s.token_lifetime_s)
+        except HubError as exc:
+            log.warning("launch %s: no token for warm server %s: %s", req.request_id, warm.name, exc)
+            self.pool.discard(warm)
+            return None
+        if not await self.pool.hand_over(warm, token, launch_environment(req)):
+            return None
+        self._running.handed(warm.name, req.client_ip)
+        # The culler counts idleness from the last activity the hub knows: the server's start, for a warm one.
+        self._tasks.start(self._activity(warm.user, warm.server), name="activity")
+        ready = await self._ready_event(req, warm.user, warm.server, True, token)
+        metrics.POOL_HANDOVER_TIME.observe(time.monotonic() - started)
+        log.info("launch %s: warm server %s handed over", req.request_id, warm.name)
+        return ready
+
+    async def _activity(self, user: str, server: str) -> None:
+        try:
+            await self._hub.activity(user, server)
+        except HubError as exc:
+            log.warning("could not tell the hub %s/%s is in use: %s", user, server, exc)
 
     def _check_user_quota(self, hub_user: str, server: str, model: dict[str, Any]) -> None:
         """A logged-in user's servers: the hub's (fresh) model of the user, plus those being started here."""
@@ -157,16 +231,24 @@ class Launcher:
             await self._follow(req, user, server, started)
         else:
             attempt = await self._start_with_retries(req, user, server, options, started)
-        token = await self._hub.token(user, server, self._s.token_lifetime_s)
+        return attempt, await self._ready_event(req, user, server, False)
+
+    async def _ready_event(self, req: HubLaunchRequested, user: str, server: str, warm: bool | None,
+                           token: str | None = None) -> Outgoing:
+        """The ``ready`` event: the server's URL and a token for it (minted now unless given)."""
+        if token is None:
+            token = await self._hub.token(user, server, self._s.token_lifetime_s)
         url = f"{self._s.hub_public_url.rstrip('/')}/user/{user}/{server}/"
+        self._answered[req.request_id] = (f"{user}/{server}", warm)
+        while len(self._answered) > ANSWERED_KEPT:
+            self._answered.popitem(last=False)
         # The token is sealed for this request, with the URL it opens: the gateway hands it only to
         # this request's stream, and sends the browser only to this URL.
         sealed = self._sealer.seal(token, request_id=req.request_id, url=url)
-        ready = self._report.event(req, Phase.READY, message=f"server running at {url}\n", url=url, sealed_token=sealed,
-                                   image_name=req.image_name, repo_url=req.repo_url, ref_url=req.ref_url,
-                                   resolved_spec=req.resolved_spec, launch_host=req.launch_host,
-                                   server_name=f"{user}/{server}", ref=req.ref)
-        return attempt, ready
+        return self._report.event(req, Phase.READY, message=f"server running at {url}\n", url=url, sealed_token=sealed,
+                                  image_name=req.image_name, repo_url=req.repo_url, ref_url=req.ref_url,
+                                  resolved_spec=req.resolved_spec, launch_host=req.launch_host,
+                                  server_name=f"{user}/{server}", ref=req.ref, warm=warm)
 
     async def _start_with_retries(self, req: HubLaunchRequested, user: str, server: str, options: dict[str, Any],
                                   started: float) -> int:

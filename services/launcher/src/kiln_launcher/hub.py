@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -29,14 +30,18 @@ class HubError(Exception):
 class Hub:
     """The hub's REST API through one HTTP client, which ``aclose`` closes."""
 
-    def __init__(self, api_url: str, token: str, retries: int = 4, retry_delay_s: float = 4.0) -> None:
+    def __init__(self, api_url: str, token: str, retries: int = 4, retry_delay_s: float = 4.0,
+                 proxy_url: str = "http://127.0.0.1:8000") -> None:
         self._client = httpx.AsyncClient(base_url=api_url.rstrip("/"), headers={"Authorization": f"token {token}"}, timeout=30)
+        # Users' servers, through the hub's proxy, with each server's own token (never the service's).
+        self._servers = httpx.AsyncClient(base_url=proxy_url.rstrip("/"), timeout=10, follow_redirects=False)
         self._retries = retries
         self._delay = retry_delay_s
 
     async def aclose(self) -> None:
-        """Close the HTTP client (its pooled connections to the hub)."""
+        """Close the HTTP clients (their pooled connections to the hub and its proxy)."""
         await self._client.aclose()
+        await self._servers.aclose()
 
     async def request(self, method: str, path: str, ok: tuple[int, ...] = (200, 201, 202, 204), **kwargs: Any) -> httpx.Response:
         """One API call, retried with doubling delays on 5xx and connection errors."""
@@ -95,6 +100,32 @@ class Hub:
         r = await self.request("POST", f"/users/{quote(user)}/tokens", json={
             "note": f"binder launch {server}", "expires_in": lifetime_s, "scopes": [f"access:servers!server={user}/{server}"]})
         return str(r.json()["token"])
+
+    async def activity(self, user: str, server: str) -> None:
+        """Tell the hub the server is in use now (its idle culler counts from this)."""
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        await self.request("POST", f"/users/{quote(user)}/activity", ok=(200, 204),
+                           json={"last_activity": now, "servers": {server: {"last_activity": now}}})
+
+    async def handover(self, user: str, server: str, token: str, environment: dict[str, str] | None) -> int | None:
+        """Ask a warm server (kiln_handover, in Kiln's base image) to be handed over; its answer's status.
+
+        With ``environment`` None only whether it was handed over is asked (GET): 200 means it was
+        not, 409 that it was. None when the server cannot be reached. 404: the image lacks the extension.
+        """
+        path = f"/user/{quote(user)}/{quote(server)}/kiln/handover"
+        headers = {"Authorization": f"token {token}"}
+        try:
+            if environment is None:
+                r = await self._servers.get(path, headers=headers)
+                if r.status_code == 200 and r.json().get("handed") is True:
+                    return 409
+            else:
+                r = await self._servers.post(path, headers=headers, json={"environment": environment})
+        except (httpx.TransportError, ValueError, AttributeError) as exc:
+            log.warning("hand-over of %s/%s: %r", user, server, exc)
+            return None
+        return r.status_code
 
     async def active_users(self) -> list[dict[str, Any]]:
         """Every user with an active server, with their servers' models (user options included).

@@ -50,19 +50,22 @@ class Listing:
 
     total: int
     per_client: Mapping[str, int] = field(default_factory=dict)
+    servers: frozenset[str] = frozenset()  # "user/server" of each
 
     @classmethod
     def from_users(cls, users: Iterable[dict[str, Any]]) -> Listing:
         """From the hub's ``GET /users?state=active`` answer (its servers and their user options)."""
         total = 0
         per_client: Counter[str] = Counter()
+        names: set[str] = set()
         for user in users:
-            for server in (user.get("servers") or {}).values():
+            for name, server in (user.get("servers") or {}).items():
                 total += 1
+                names.add(f"{user.get('name')}/{name}")
                 address = ((server or {}).get("user_options") or {}).get("binder_client_ip")
                 if isinstance(address, str) and address:
                     per_client[client_key(address)] += 1
-        return cls(total, dict(per_client))
+        return cls(total, dict(per_client), frozenset(names))
 
 
 class RunningCount:
@@ -75,6 +78,7 @@ class RunningCount:
         self._started_since = 0
         self._started_per_client: Counter[str] = Counter()
         self._asked_at: float | None = None
+        self._handed: dict[str, tuple[str, float]] = {}  # "user/server" -> (client key, when)
         self._asking: asyncio.Task[None] | None = None
         self._tasks = Tasks("quota count")
 
@@ -97,13 +101,31 @@ class RunningCount:
         """Servers running that were launched from ``client`` (an address; IPv6 counts per /64)."""
         await self._fresh()
         key = client_key(client)
-        return self._value.per_client.get(key, 0) + self._started_per_client[key]
+        handed = sum(1 for k, _ in self._handed.values() if k == key)
+        return self._value.per_client.get(key, 0) + self._started_per_client[key] + handed
 
     async def _refresh(self) -> None:
+        asked_at = time.monotonic()
         value = await self._ask()
         listing = Listing(value) if isinstance(value, int) else value
+        # Handed-over servers are remembered while the hub lists them (or were handed after it was asked).
+        self._handed = {name: (key, at) for name, (key, at) in self._handed.items()
+                        if name in listing.servers or at >= asked_at}
         self._value, self._started_since, self._asked_at = listing, 0, time.monotonic()
         self._started_per_client = Counter()
+
+    def stopped(self) -> None:
+        """A server this launcher counted was stopped (a warm one retired): uncount it until the hub's next answer."""
+        self._started_since -= 1
+
+    def handed(self, server_name: str, client: str | None) -> None:
+        """A warm server (counted already in all) went to a launch from ``client``: count it for that client.
+
+        Its user options, started before anyone asked, carry no client address, so this launcher
+        remembers it for as long as the hub lists the server.
+        """
+        if client:
+            self._handed[server_name] = (client_key(client), time.monotonic())
 
     def started(self, client: str | None = None) -> None:
         """A launch passed the quota checks: count it until the hub's next answer includes it."""

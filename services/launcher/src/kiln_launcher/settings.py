@@ -35,3 +35,21 @@ class Settings(BusSettings):
     retry_delay_s: float = Field(4.0, ge=0, description="First wait between attempts; it doubles each time.")
     token_lifetime_s: int = Field(86400, ge=60, description="How long the token handed to the user is valid.")
     cull_check_interval_s: float = Field(30.0, gt=0, description="How often the launcher looks for servers the idle culler stopped.")
+    hub_proxy_url: str = Field("", description="Where the launcher reaches users' servers through the hub's proxy, to hand "
+                               "warm servers over; empty: hub_public_url.")
+    pool_size: int = Field(2, ge=0, description="Warm servers kept started ahead of time for each popular image; a launch of "
+                           "that image (anonymous mode) gets one at once. 0 turns warm pools off.")
+    pool_images: list[str] = Field(default_factory=list, description="Images (as built: registry/name:tag) that always have "
+                                   "a warm pool, besides the most launched ones.")
+    pool_top_images: int = Field(3, ge=0, description="How many of the most launched images get a warm pool.")
+    pool_min_launches: int = Field(2, ge=1, description="Launches within pool_window_s that make an image popular enough "
+                                   "for a warm pool.")
+    pool_window_s: float = Field(3600, gt=0, description="How far back launches count towards an image's popularity; an "
+                                 "image with too few launches in it goes cold and its pool is emptied.")
+    pool_memory_budget_mb: int = Field(1024, ge=0, description="Memory all warm servers together may take, in MB (each "
+                                       "counted as pool_server_memory_mb).")
+    pool_server_memory_mb: int = Field(200, gt=0, description="Memory one idle warm server is counted as, in MB (an idle "
+                                       "Jupyter server uses about 100 MB; its limit applies once a user has it).")
+    pool_max_age_s: float = Field(480, gt=0, description="A warm server unused this long is replaced by a fresh one; keep it "
+                                  "below the idle culler's timeout, so that none is culled while waiting or just after hand-over.")
+    pool_check_interval_s: float = Field(5.0, gt=0, description="How often pools are compared with the demand and refilled.")
