@@ -9,8 +9,8 @@ the launcher's handler tests (tests/launcher/test_launcher_units.py) and the who
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from kiln_launcher.quota import Listing
