@@ -34,7 +34,9 @@ ORDER = ("resolver", "builder", "launcher", "analytics", "gateway")
 # Settings of the suite's own, under any a test gives: the launcher's first wait before retrying the
 # hub is 1 s, not 4, so a launch with the hub down fails after 7 s of retries instead of 28 (the rule
 # is the same; the load test asks for the production default again).
-SUITE_ENV = {"launcher": {"KILN_RETRY_DELAY_S": "1"}}
+# Warm pools are off (tests/e2e/test_pool.py turns one on): their servers would start beside the
+# ones other tests count, on a machine of two cores.
+SUITE_ENV = {"launcher": {"KILN_RETRY_DELAY_S": "1", "KILN_POOL_SIZE": "0"}}
 
 
 def script(name: str, *args: str) -> str:

@@ -200,3 +200,15 @@ def test_recent_launches_counts_each_launch_once_within_its_window() -> None:
     assert demand.top(5, 1) == [] and demand.repo_url("i1") is None
     demand.apply(ready("e", "i1", now[0] - timedelta(seconds=30).total_seconds()))
     assert demand.launches("i1") == 1
+
+
+async def test_a_launcher_with_pools_turned_off_retires_its_unused_warm_servers() -> None:
+    hub = FakeHub()
+    async with Launching(hub=hub, **FAST) as h:
+        await until(lambda: len(warm_servers(hub)) == 1)
+        used = await h.launch()
+        await until(lambda: len(warm_servers(hub)) == 1)
+    async with Launching(hub=hub, bus=h.bus, **{**FAST, "pool_size": 0}):
+        await until(lambda: warm_servers(hub) == set())
+        user, server = (used.server_name or "").split("/")
+        assert server in hub.users[user], "the one handed over stays its user's"

@@ -43,6 +43,8 @@ def project(event: PhaseEvent, sealer: Sealer | None, context: dict[str, str], r
         out["imageName"] = event.image_name
     if event.phase is Phase.FAILED and event.status_code is not None:
         out["status_code"] = event.status_code
+    if event.phase in (Phase.LAUNCHING, Phase.READY) and event.warm is not None:
+        out["warm"] = event.warm  # a server started ahead of time (Kiln's; BinderHub clients ignore it)
     if event.phase is Phase.READY and event.url is not None:
         # Only the launcher's ready events carry a server, and it always seals the token with the
         # URL: a server URL without a seal did not come from it, so the client is not sent there.

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 OWNER_OPTION = "kiln_pool"  # user option naming the launcher whose pool a server belongs to
 PROBE_TOKEN_LIFETIME_S = 300
+FIRST_BACKOFF_S = 30.0  # after a failed start, the first wait before that image is tried again (it doubles)
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,8 @@ class WarmPool:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Adopt this launcher's warm servers left from before, then keep the pools at their targets until ``stop``."""
-        if self.enabled:
-            await self._adopt()
+        # Turned off (or shrunk to nothing), a launcher retires the warm servers it left before.
+        await self._adopt(retire=not self.enabled)
         while not stop.is_set():
             if self.enabled:
                 try:
@@ -191,7 +192,8 @@ class WarmPool:
         self._update_gauges()
         for image, target in targets.items():
             while not stop.is_set() and len(self._ready.get(image, [])) + self._starting[image] < target:
-                if not await self._room() or self._clock() < self._backoff.get(image, (0.0, 0.0))[0]:
+                if (image in self._unpoolable or self._clock() < self._backoff.get(image, (0.0, 0.0))[0]
+                        or not await self._room()):
                     break
                 await self._fill_one(image)
 
@@ -222,10 +224,10 @@ class WarmPool:
                 raise FillFailed(f"its hand-over extension answered {status}")
         except (FillFailed, HubError, TimeoutError) as exc:
             metrics.POOL_FILLS.labels(outcome="failed").inc()
-            _, delay = self._backoff.get(image, (0.0, self._s.pool_check_interval_s))
-            self._backoff[image] = (self._clock() + delay, min(delay * 2, 600.0))
-            log.warning("warm pool: a server of %s could not be started (%s); next try in %.0f s", image, exc, delay)
             await self._retire(user, server)
+            _, delay = self._backoff.get(image, (0.0, FIRST_BACKOFF_S))
+            self._backoff[image] = (self._clock() + delay, min(delay * 2, 600.0))  # from now: retiring takes a while
+            log.warning("warm pool: a server of %s could not be started (%s); next try in %.1f s", image, exc, delay)
         else:
             self._backoff.pop(image, None)
             self._ready.setdefault(image, []).append(WarmServer(user, server, image, self._clock()))
@@ -254,8 +256,8 @@ class WarmPool:
         finally:
             self._running.stopped()
 
-    async def _adopt(self) -> None:
-        """Take back this launcher's warm servers that were never handed over (from before a restart)."""
+    async def _adopt(self, retire: bool = False) -> None:
+        """Take back (or ``retire``) this launcher's warm servers that were never handed over (from before a restart)."""
         try:
             users = await self._hub.active_users()
         except HubError as exc:
@@ -266,10 +268,10 @@ class WarmPool:
                 options = (state or {}).get("user_options") or {}
                 if options.get(OWNER_OPTION) != self._owner or not state.get("ready"):
                     continue
-                await self._adopt_one(str(model["name"]), server, str(options.get("image", "")), state)
+                await self._adopt_one(str(model["name"]), server, str(options.get("image", "")), state, retire)
         self._update_gauges()
 
-    async def _adopt_one(self, user: str, server: str, image: str, state: dict[str, Any]) -> None:
+    async def _adopt_one(self, user: str, server: str, image: str, state: dict[str, Any], retire: bool) -> None:
         try:
             token = await self._hub.token(user, server, PROBE_TOKEN_LIFETIME_S)
         except HubError as exc:
@@ -278,7 +280,7 @@ class WarmPool:
         status = await self._hub.handover(user, server, token, None)
         if status == 409:
             return  # handed over before the restart: a user's server now
-        if status != 200 or not image:
+        if status != 200 or not image or retire:
             await self._retire(user, server)
             return
         age = _age(state.get("started"))
