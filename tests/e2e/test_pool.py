@@ -46,7 +46,7 @@ def warm_servers(image: str) -> set[str]:
 def pool_ready() -> float:
     """Warm servers the launcher says are ready to hand over (its /metrics)."""
     text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
-    found = re.search(r'^kiln_pool_servers\{state="ready"\} ([0-9.]+)$', text, re.M)
+    found = re.search(r'^kiln_pool_servers\{state="ready"\} ([0-9.]+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
 
