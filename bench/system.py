@@ -2,12 +2,17 @@
 
 1. Floor: a bare `docker run` of a built image until its Jupyter server answers (what any launch of
    that image costs at least on this engine).
-2. Cache-hit launches through Kiln, one after another: request to `ready`, p50/p95 (each server is
-   stopped before the next launch).
-3. Cold build and launch of the reference repository (requirements.txt with numpy, pandas and
+2. Cache-hit launches through Kiln with warm pools off, one after another: request to `ready`,
+   p50/p95 (each server is stopped before the next launch).
+3. Pool hits: the launcher restarted with a warm pool of one for a cached image; each launch waits
+   until a warm server is ready (the launcher's /metrics), then request to `ready`, p50/p95.
+4. Cold build and launch of the reference repository (requirements.txt with numpy, pandas and
    matplotlib, plus a notebook), request to `ready`.
-4. Sustained launches per minute: 8 clients launching cached repositories back to back for 60 s,
-   each stopping its server once it is ready.
+5. Sustained launches per minute: 8 clients launching cached repositories back to back for 60 s,
+   each stopping its server once it is ready (warm pools off: 8 clients outrun any pool).
+
+The launcher is restarted with the settings each part needs (deploy/local/services.sh), and with
+the stack's own settings at the end.
 
     .venv/bin/python bench/system.py [--launches 20] [--sustain-s 60] [--skip-cold]
 """
@@ -17,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -41,6 +48,7 @@ use_local_kafka_admin()  # the local broker wants its admin
 
 GATEWAY = "http://127.0.0.1:8585"
 GIT = "http://127.0.0.1:8765"
+LAUNCHER_METRICS = f"http://127.0.0.1:{os.environ.get('KILN_LAUNCHER_METRICS_PORT', '9103')}/metrics"
 NOTEBOOK = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}\n'
 
 
@@ -106,6 +114,28 @@ def bare_docker_run(image: str, isolated: bool = False) -> float:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
+def restart_launcher(env: dict[str, str]) -> None:
+    """The local stack's launcher, restarted with ``env`` over the stack's settings."""
+    for action in ("stop", "start"):
+        subprocess.run(["bash", str(ROOT / "deploy/local/services.sh"), action, "launcher"], check=True,
+                       capture_output=True, env={**os.environ, **env})
+
+
+def pool_ready() -> float:
+    """Warm servers the launcher says are ready to hand over."""
+    text = httpx.get(LAUNCHER_METRICS, timeout=5).text
+    found = re.search(r'^kiln_pool_servers\{state="ready"\} ([0-9.]+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def until_pool_ready(timeout: float = 120) -> None:
+    deadline = time.perf_counter() + timeout
+    while pool_ready() < 1:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("no warm server became ready")
+        await asyncio.sleep(0.1)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--launches", type=int, default=20)
@@ -115,6 +145,7 @@ async def main() -> None:
     root = ROOT / ".state" / "git-repos" / f"bench{uuid.uuid4().hex[:6]}"
     token = (ROOT / ".state" / "hub" / "launcher-token").read_text().strip()
     results: dict[str, Any] = {}
+    restart_launcher({"KILN_POOL_SIZE": "0"})
     try:
         async with httpx.AsyncClient(base_url=HUB_API, headers={"Authorization": f"token {token}"}, timeout=60) as hub:
             specs = []
@@ -140,6 +171,18 @@ async def main() -> None:
             results["isolated_floor"] = isolated_floor
             results["cache_hit"] = hits
 
+            restart_launcher({"KILN_POOL_SIZE": "1", "KILN_POOL_IMAGES": json.dumps([image]), "KILN_POOL_TOP_IMAGES": "0",
+                              "KILN_POOL_CHECK_INTERVAL_S": "0.2"})
+            pooled = []
+            for _ in range(args.launches):
+                await until_pool_ready()
+                seconds, events = await launch(specs[-1])
+                assert events[-1]["phase"] == "ready" and events[-1].get("warm") is True, events[-3:]
+                pooled.append(seconds)
+                await stop_server(hub, events[-1])
+            results["pool_hit"] = pooled
+            restart_launcher({"KILN_POOL_SIZE": "0"})
+
             if not args.skip_cold:
                 make_repo(root, "reference", {"requirements.txt": f"# {uuid.uuid4().hex}\nnumpy==2.3.5\npandas==2.3.3\n"
                                               "matplotlib==3.10.7\n", "index.ipynb": NOTEBOOK})
@@ -163,14 +206,17 @@ async def main() -> None:
             results["sustained_p50"] = statistics.median(done) if done else None
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        restart_launcher({})
 
     print("\nwhole system, cache-hit launch, request to ready:")
     print(f"  floor (bare docker run until the server answers, 5 runs): p50 {pct(floor, .5):.2f} s, "
           f"p95 {pct(floor, .95):.2f} s")
     print(f"  floor, isolated as Kiln's servers are (5 runs):          p50 {pct(isolated_floor, .5):.2f} s, "
           f"p95 {pct(isolated_floor, .95):.2f} s  ({pct(isolated_floor, .5) / pct(floor, .5):.2f}x the floor at p50)")
-    print(f"  Kiln ({len(hits)} launches):                              p50 {pct(hits, .5):.2f} s, "
+    print(f"  Kiln, no warm server ({len(hits)} launches):              p50 {pct(hits, .5):.2f} s, "
           f"p95 {pct(hits, .95):.2f} s  ({pct(hits, .5) / pct(floor, .5):.2f}x the floor at p50)")
+    print(f"  Kiln, warm pool hit ({len(pooled)} launches):               p50 {pct(pooled, .5):.2f} s, "
+          f"p95 {pct(pooled, .95):.2f} s  ({pct(pooled, .5) / pct(floor, .5):.2f}x the floor at p50)")
     if "cold" in results:
         print(f"cold build and launch of the reference repository: {results['cold']:.1f} s")
     print(f"sustained: {results['sustained_per_min']:.0f} launches per minute with 8 clients "

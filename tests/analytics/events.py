@@ -10,7 +10,8 @@ from kilnbus import Phase, PhaseEvent
 
 def history(request_id: str, start: datetime, *, provider: str = "gh", spec: str = "org/repo/HEAD",
             repo: str = "https://github.com/org/repo", build: bool = False, outcome: str = "ready",
-            cause: str | None = None, stopped: bool = False, origin: str = "binder.example.org") -> list[PhaseEvent]:
+            cause: str | None = None, stopped: bool = False, origin: str = "binder.example.org",
+            warm: bool | None = None, launch_s: float = 4) -> list[PhaseEvent]:
     """The events of one request: accepted, resolved, [a build], launching, then ready or failed."""
     t = start
 
@@ -32,11 +33,12 @@ def history(request_id: str, start: datetime, *, provider: str = "gh", spec: str
         events += [at(10, Phase.PUSHING, "builder", message="Pushing\n"), at(3, Phase.BUILT, "builder", image_name="img")]
     else:
         events.append(at(0.2, Phase.BUILT, "resolver", image_name="img"))
-    events.append(at(0.3, Phase.LAUNCHING, "launcher", provider=provider, spec=spec))
+    events.append(at(0.3, Phase.LAUNCHING, "launcher", provider=provider, spec=spec, warm=warm))
     if outcome == "failed":
         return events + [at(4, Phase.FAILED, "launcher", failure_cause=cause or "spawn_failed")]
-    events.append(at(4, Phase.READY, "launcher", server_name=f"u-{request_id}/binder-x", repo_url=repo, ref="a" * 40,
-                     url=f"http://hub.example.org/user/u-{request_id}/binder-x/", image_name="img"))
+    events.append(at(launch_s, Phase.READY, "launcher", server_name=f"u-{request_id}/binder-x", repo_url=repo,
+                     ref="a" * 40, url=f"http://hub.example.org/user/u-{request_id}/binder-x/", image_name="img",
+                     warm=warm))
     if stopped:
         events.append(at(600, Phase.STOPPED, "launcher", server_name=f"u-{request_id}/binder-x"))
     return events

@@ -20,7 +20,7 @@ from kiln_analytics.bootstrap import faust_broker, faust_credentials
 from kiln_analytics.settings import Settings
 from kiln_analytics.table import RequestTable
 from kilnbus import DecodeError, PhaseEvent, default_codec
-from tests.analytics.events import ODD, month_of_requests, utc
+from tests.analytics.events import ODD, history, month_of_requests, utc
 
 SCHEMA = json.loads((Path(__file__).parent / "launch_v6.schema.json").read_text())
 EXPECTED_TOTALS = {"requests": 30, "ready": 18, "failed": 12, "in_progress": 0, "running_servers": 12}
@@ -185,3 +185,22 @@ def test_faust_connects_as_every_other_kiln_client(bus: dict[str, Any]) -> None:
     auth = {k: v for k, v in credentials_to_aiokafka_auth(faust_credentials(kafka)).items()
             if not (k == "ssl_context" and v is None)}  # faust names "no TLS context" explicitly
     assert auth == {k: v for k, v in kafka.items() if k != "bootstrap_servers"}
+
+
+async def test_warm_pool_hits_and_misses_are_counted_with_their_launch_times() -> None:
+    source = MemorySource()
+    start = utc(2026, 6, 1)
+    log: list[PhaseEvent] = []
+    for i, (warm, seconds) in enumerate([(True, 0.1), (True, 0.3), (False, 1.5), (None, 2.0)]):
+        log += history(f"pool-{i}", start, warm=warm, launch_s=seconds)
+    log += history("pool-failed", start, warm=False, outcome="failed")
+    fold_in_batches(source.requests, log, seed=1)
+    app = create_app(Settings(), source)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://analytics") as client:
+        period = {"since": "2026-05-01", "until": "2026-07-01"}
+        pool = (await client.get("/api/v1/summary", params=period)).json()["warm_pool"]
+        # The launching span runs from "built" (0.3 s before the launching event in each history) to ready.
+        assert pool == {"hits": 2, "misses": 1, "hit_launching_p50": pytest.approx(0.5), "hit_launching_p95": pytest.approx(0.59),
+                        "miss_launching_p50": pytest.approx(1.8), "miss_launching_p95": pytest.approx(1.8)}
+        page = (await client.get("/", params=period)).text
+        assert "Warm servers" in page and "<td>warm server</td><td>2</td>" in page

@@ -41,7 +41,8 @@ class Api:
     def summary(self, request: Request) -> dict[str, Any]:
         since, until = period(request)
         return {"since": since, "until": until, "totals": self._index.totals(),
-                "by_provider": self._index.by_provider(since, until), "failures": self._index.failures(since, until)}
+                "by_provider": self._index.by_provider(since, until), "failures": self._index.failures(since, until),
+                "warm_pool": self._index.warm_pool(since, until)}
 
     def launches(self, request: Request) -> dict[str, Any]:
         since, until = period(request)

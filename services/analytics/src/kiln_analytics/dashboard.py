@@ -47,6 +47,7 @@ class Dashboard:
                                            "Most launched repositories"),
             "top": top,
             "failures_svg": charts.count_bars(list(causes.items()), "Failures by cause"),
+            "pool": index.warm_pool(since, until),
         }
         return templates.TemplateResponse(request, "dashboard.html", context)
 

@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from kiln_analytics.requests import SPAN_NAMES, RequestRecord
 
@@ -30,12 +31,13 @@ class Summary:
     failure_cause: str
     running: bool
     spans: dict[str, float]
+    warm: bool | None = None
 
     @classmethod
     def of(cls, record: RequestRecord) -> Summary:
         return cls(request_id=record.request_id, provider=record.provider, repo=record.repo or record.spec,
                    started=record.started, ended=record.ended, outcome=record.outcome,
-                   failure_cause=record.failure_cause, running=record.running, spans=record.spans())
+                   failure_cause=record.failure_cause, running=record.running, spans=record.spans(), warm=record.warm)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -111,6 +113,23 @@ class Index:
             out[name] = {"count": len(values), "p50": _round(percentile(values, 50)),
                          "p95": _round(percentile(values, 95)),
                          "mean": _round(sum(values) / len(values) if values else math.nan)}
+        return out
+
+    def warm_pool(self, since: float, until: float) -> dict[str, Any]:
+        """Launches in [since, until) that got a warm server (hits) or had one started (misses), with the
+        launching span's p50/p95 of each (launches whose events say neither are left out)."""
+        spans: dict[bool, list[float]] = {True: [], False: []}
+        counts: Counter[bool] = Counter()
+        for s in self._ended_between(since, until):
+            if s.outcome == "ready" and s.warm is not None:
+                counts[s.warm] += 1
+                if "launching" in s.spans:
+                    spans[s.warm].append(s.spans["launching"])
+        out: dict[str, Any] = {"hits": counts[True], "misses": counts[False]}
+        for name, warm in (("hit", True), ("miss", False)):
+            values = sorted(spans[warm])
+            out[f"{name}_launching_p50"] = _round(percentile(values, 50))
+            out[f"{name}_launching_p95"] = _round(percentile(values, 95))
         return out
 
     def failures(self, since: float, until: float) -> dict[str, int]:

@@ -52,6 +52,7 @@ class RequestRecord:
     failure_cause: str = ""
     server: str = ""  # "user/server" (or its URL) once kilnbus.servers says one started
     stopped: bool = False
+    warm: bool | None = None  # its server was a warm pool's (True) or started for it (False); None: not said
 
     @property
     def started(self) -> float:
@@ -126,6 +127,7 @@ def fold(record: RequestRecord | None, event: PhaseEvent) -> RequestRecord | Non
         changed = True
     if started is not None and not record.server:
         record.server = started.server_name or started.url
+        record.warm = started.warm
         changed = True
     if stops and not record.stopped:
         record.stopped = True

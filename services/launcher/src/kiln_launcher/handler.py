@@ -129,8 +129,8 @@ class Launcher:
             (running.server_name, running.warm) if running is not None and running.server_name else None)
         if answered is not None:
             user, _, server = answered[0].partition("/")
-            model = await self._hub.user(user)
-            if server in ((model or {}).get("servers") or {}):
+            known = await self._hub.user(user)
+            if server in ((known or {}).get("servers") or {}):
                 log.info("launch %s: server %s already running (request delivered again)", req.request_id, answered[0])
                 return 1, await self._ready_event(req, user, server, answered[1])
         anonymous = req.hub_user is None
@@ -145,9 +145,10 @@ class Launcher:
         await self._check_shared_quotas(req)
         await self._report.report(req, Phase.LAUNCHING, message="Launching server...\n", image_name=req.image_name,
                                   warm=False)
-        if req.hub_user is None:
-            await self._hub.create_user(user)  # exists already if this request was delivered before
-        model = await self._hub.user(user)
+        model: dict[str, Any] | None = {"name": user, "servers": {}}  # a user just created has no servers
+        # A temporary user exists already if this request was delivered before: then the hub is asked.
+        if req.hub_user is not None or not await self._hub.create_user(user):
+            model = await self._hub.user(user)
         if model is None:
             raise LaunchFailed(f"The hub has no user {user!r} to launch for.", "hub_error")
         state = (model.get("servers") or {}).get(server)
