@@ -533,3 +533,67 @@ def test_chart_acls_are_the_local_stacks(helm: str, chart: Path) -> None:
             wanted[service] |= {(op, kind, "prefix" if pattern == "prefixed" else pattern, name.replace("@P@", "kiln."))
                                 for op in ops.split(",")}
     assert acl_grants(by_kind(docs, "KafkaUser")) == wanted
+
+
+def test_launcher_hands_warm_servers_over_through_the_proxy(helm: str, chart: Path, secure: list[dict[str, Any]]) -> None:
+    """Warm pools on Kubernetes are pre-started pods, started through the hub like any other: the
+    launcher needs their address through the proxy, its pool settings, and a way to the proxy's port."""
+    docs = render(helm, chart, sets=(*REQUIRED, "launcher.settings.pool_size=3",
+                                     "launcher.settings.pool_images[0]=r.example.org/binder-x:1"))
+    launcher = next(parsed(d) for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "kiln-launcher")
+    env = {e.name: e.value for e in launcher.spec.template.spec.containers[0].env}
+    assert env["KILN_HUB_PROXY_URL"] == "http://proxy-public"
+    assert env["KILN_POOL_SIZE"] == "3" and json.loads(env["KILN_POOL_IMAGES"]) == ["r.example.org/binder-x:1"]
+    cluster = Cluster(secure)
+    assert cluster.connects(kiln_pod("launcher", "10.8.5.3"), PROXY, 8000)
+    # The hub's role lets the launcher tell the hub a handed-over server is in use (the idle culler's clock).
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert "users:activity" in values["jupyterhub"]["hub"]["loadRoles"]["kiln-launcher"]["scopes"]
+
+
+async def test_the_charts_spawner_returns_once_the_servers_port_answers() -> None:
+    """The chart's KubeSpawner subclass (values.yaml) polls the server's port, as the local spawner does.
+
+    kubespawner is not installed here: a stand-in ``KubeSpawner`` answers ``start`` with the URL of a
+    port that starts listening a moment later, the way a pod's server comes up after the pod runs.
+    """
+    import asyncio
+    import types
+
+    code = yaml.safe_load((CHART / "values.yaml").read_text())["jupyterhub"]["hub"]["extraConfig"]["kiln-spawner"]
+    accepted: list[float] = []
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(asyncio.get_running_loop().time())
+        writer.close()
+
+    probe = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()  # the port is free again: nothing listens until the "pod" is up
+
+    class KubeSpawner:
+        start_timeout = 10
+        user_options: dict[str, Any] = {}
+        image = ""
+
+        async def start(self) -> str:
+            return f"http://127.0.0.1:{port}"
+
+        async def poll(self) -> int | None:
+            return None
+
+    config = types.SimpleNamespace(JupyterHub=types.SimpleNamespace())
+    sys.modules["kubespawner"] = types.SimpleNamespace(KubeSpawner=KubeSpawner)  # type: ignore[assignment]
+    try:
+        exec(compile(code, "values.yaml:kiln-spawner", "exec"), {"c": config})
+    finally:
+        del sys.modules["kubespawner"]
+    spawner = config.JupyterHub.spawner_class()
+    starting = asyncio.create_task(spawner.start())
+    await asyncio.sleep(0.3)
+    assert not starting.done(), "returned before the server listened"
+    server = await asyncio.start_server(count, "127.0.0.1", port)
+    async with server:
+        assert await asyncio.wait_for(starting, 5) == f"http://127.0.0.1:{port}"
+        assert accepted, "it returned after connecting to the port"
