@@ -8,9 +8,12 @@ server, once. The real extension in Kiln's base image, on the real hub, is in te
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import httpx
 
 from kiln_launcher.demand import RecentLaunches
 from kiln_launcher.pool import OWNER_OPTION
@@ -79,14 +82,38 @@ async def test_concurrent_launches_never_share_a_warm_server() -> None:
         assert sum(bool(e.warm) for e in outcomes) == 2, "two warm, three started for their launch"
 
 
-async def test_a_server_handed_over_already_is_not_used_again() -> None:
+async def test_a_warm_server_that_claims_it_was_handed_over_is_retired_and_its_image_not_pooled() -> None:
     async with Launching(**FAST) as h:
         await until(lambda: len(warm_servers(h.hub)) == 1)
         (warm,) = warm_servers(h.hub)
-        h.hub.handed[warm] = {"BINDER_CLIENT_IP": "203.0.113.9"}  # someone has it (another launcher, before a restart)
+        # The server's own code (an image's start script) posts its own hand-over with its own token.
+        h.hub.handed[warm] = {"BINDER_CLIENT_IP": "203.0.113.9"}
         ready = await h.launch()
         assert ready.phase is Phase.READY and ready.server_name != warm and ready.warm is False
-        assert warm.split("/")[1] in h.hub.users[warm.split("/")[0]], "someone's server: left running"
+        await until(lambda: warm.split("/")[0] in h.hub.deleted)
+        starts = h.hub.starts
+        await asyncio.sleep(0.2)
+        assert h.hub.starts == starts and warm_servers(h.hub) == set(), "that image is not pooled again"
+
+
+async def test_concurrent_launches_from_one_client_get_no_more_warm_servers_than_its_quota() -> None:
+    async with Launching(**{**FAST, "pool_size": 3, "servers_per_client": 1, "pool_memory_budget_mb": 8192}) as h:
+        await until(lambda: len(warm_servers(h.hub)) == 3)
+        outcomes = await asyncio.gather(*(h.launch(client_ip="198.51.100.8") for _ in range(3)))
+        assert sorted(e.phase.value for e in outcomes) == ["failed", "failed", "ready"]
+        assert {e.failure_cause for e in outcomes if e.phase is Phase.FAILED} == {"client_quota"}
+
+
+async def test_a_server_made_to_look_like_a_warm_one_is_never_adopted() -> None:
+    """A logged-in user can start a server with any user options: without the launcher's proof it is theirs."""
+    hub = FakeHub()
+    hub.users["mallory"] = {"bait": {"name": "bait", "ready": True, "started": datetime.now(UTC).isoformat(),
+                                     "user_options": {"image": IMAGE, OWNER_OPTION: "kiln-launcher",
+                                                      "kiln_pool_proof": "0" * 64}}}
+    async with Launching(hub=hub, **FAST) as h:
+        await until(lambda: len(warm_servers(hub) - {"mallory/bait"}) == 1)
+        ready = await h.launch()
+        assert ready.server_name != "mallory/bait" and "bait" in hub.users["mallory"], "not used, not removed"
 
 
 async def test_images_without_the_handover_extension_are_not_pooled() -> None:
@@ -168,7 +195,7 @@ async def test_a_restarted_launcher_adopts_its_unused_warm_servers_only() -> Non
         await until(lambda: len(warm_servers(hub)) == 1)  # refilled
         (kept,) = warm_servers(hub)
     starts = hub.starts
-    async with Launching(hub=hub, bus=h.bus, **FAST) as again:
+    async with Launching(hub=hub, bus=h.bus, **{**FAST, "token_seal_keys": h.settings.token_seal_keys}) as again:
         await asyncio.sleep(0.1)
         assert hub.starts == starts, "the unused one is adopted, not started again"
         ready = await again.launch()
@@ -208,7 +235,48 @@ async def test_a_launcher_with_pools_turned_off_retires_its_unused_warm_servers(
         await until(lambda: len(warm_servers(hub)) == 1)
         used = await h.launch()
         await until(lambda: len(warm_servers(hub)) == 1)
-    async with Launching(hub=hub, bus=h.bus, **{**FAST, "pool_size": 0}):
+    async with Launching(hub=hub, bus=h.bus, **{**FAST, "pool_size": 0, "token_seal_keys": h.settings.token_seal_keys}):
         await until(lambda: warm_servers(hub) == set())
         user, server = (used.server_name or "").split("/")
         assert server in hub.users[user], "the one handed over stays its user's"
+
+
+async def test_a_hostile_servers_answer_to_the_handover_cannot_flood_or_stall_the_launcher(monkeypatch: Any) -> None:
+    """The hand-over client against answers a server running a stranger's code could give (httpx's
+    mock transport stands for the hub's proxy and the server behind it)."""
+    from kiln_launcher import hub as hub_module
+    from kiln_launcher.hub import Hub
+
+    monkeypatch.setattr(hub_module, "HANDOVER_TIMEOUT_S", 0.5)
+
+    async def drip() -> Any:
+        while True:
+            yield b" "
+            await asyncio.sleep(0.05)
+
+    async def flood() -> Any:
+        for _ in range(10_000):
+            yield b"x" * 1024
+
+    async def once(data: bytes) -> Any:
+        yield data
+
+    bomb = gzip.compress(b"{" * 10_000_000)
+    answers = {
+        "bomb": lambda: httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=once(bomb)),
+        "drip": lambda: httpx.Response(200, content=drip()),
+        "flood": lambda: httpx.Response(200, content=flood()),
+        "lies": lambda: httpx.Response(200, content=once(b'["not", "an", "object"]')),
+        "fresh": lambda: httpx.Response(200, content=once(b'{"handed": false}')),
+    }
+    hub = Hub("http://hub/api", "t", retries=1, retry_delay_s=0)
+    hub._servers = httpx.AsyncClient(base_url="http://proxy",
+                                     transport=httpx.MockTransport(lambda r: answers[r.url.path.split("/")[2]]()))
+    try:
+        for name in ("bomb", "drip", "flood", "lies"):
+            started = time.monotonic()
+            assert await hub.handover(name, "s", "tok", None) is None, name
+            assert time.monotonic() - started < 5, name
+        assert await hub.handover("fresh", "s", "tok", None) == 200, "control: a real answer"
+    finally:
+        await hub.aclose()

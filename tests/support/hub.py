@@ -89,6 +89,14 @@ class FakeHub:
         self.tokens[token] = f"{user}/{server}"
         return token
 
+    async def probe_token(self, user: str, server: str) -> tuple[str, str]:
+        token = f"probe-{len(self.tokens)}-for-{user}/{server}"
+        self.tokens[token] = f"{user}/{server}"
+        return token, token
+
+    async def revoke(self, user: str, token_id: str) -> None:
+        self.tokens.pop(token_id, None)
+
     async def active_users(self) -> list[dict[str, Any]]:
         return [{"name": u, "servers": {k: dict(v) for k, v in s.items()}} for u, s in self.users.items() if s]
 

@@ -75,7 +75,10 @@ class Launcher:
         self._running = RunningCount(hub.active_servers, settings.quota_check_interval_s)
         self._servers = servers
         self._answered: OrderedDict[str, tuple[str, bool | None]] = OrderedDict()  # request id -> (server, warm)
-        self.pool = WarmPool(settings, hub, demand or RecentLaunches(settings.pool_window_s), self._running, owner)
+        launched = None if servers is None else (
+            lambda: {s.server_name for s in servers.fold.servers() if s.server_name})
+        self.pool = WarmPool(settings, hub, demand or RecentLaunches(settings.pool_window_s), self._running, owner,
+                             launched)
         # Servers this launcher is starting per hub user: two launches by one user at once must see
         # each other before the hub lists either.
         self._starting: dict[str, set[str]] = {}
@@ -136,10 +139,15 @@ class Launcher:
         anonymous = req.hub_user is None
         if anonymous and self.pool.enabled:
             await self._check_client_quota(req)
-            warm = self.pool.take(req.image_name)
-            metrics.POOL_LAUNCHES.labels(outcome="hit" if warm else "miss").inc()
-            if warm is not None and (ready := await self._hand_over(req, warm, started)) is not None:
-                return 1, ready
+            # Counted for its client at once: concurrent launches from one address must see each other.
+            claim = self._running.claim(req.client_ip)
+            try:
+                warm = self.pool.take(req.image_name)
+                metrics.POOL_LAUNCHES.labels(outcome="hit" if warm else "miss").inc()
+                if warm is not None and (ready := await self._hand_over(req, warm, started)) is not None:
+                    return 1, ready
+            finally:
+                self._running.release(claim)
         user = req.hub_user or user_name(req.repo_url, req.request_id)
         server = "binder-" + hashlib.sha256(req.request_id.encode()).hexdigest()[:10]
         await self._check_shared_quotas(req)

@@ -16,6 +16,9 @@ from kiln_launcher.quota import Listing
 
 log = logging.getLogger(__name__)
 
+HANDOVER_TIMEOUT_S = 10.0
+HANDOVER_ANSWER_MAX = 4096
+
 
 class HubError(Exception):
     """The hub refused or could not be reached; ``cause`` and ``status`` say which. Its message is
@@ -111,21 +114,39 @@ class Hub:
         """Ask a warm server (kiln_handover, in Kiln's base image) to be handed over; its answer's status.
 
         With ``environment`` None only whether it was handed over is asked (GET): 200 means it was
-        not, 409 that it was. None when the server cannot be reached. 404: the image lacks the extension.
+        not, 409 that it was. None when the server cannot be reached or answers nonsense. 404: the
+        image lacks the extension. The server runs a stranger's code: its answer is read uncompressed,
+        at most ``HANDOVER_ANSWER_MAX`` bytes, within ``HANDOVER_TIMEOUT_S`` in all.
         """
         path = f"/user/{quote(user)}/{quote(server)}/kiln/handover"
-        headers = {"Authorization": f"token {token}"}
+        headers = {"Authorization": f"token {token}", "Accept-Encoding": "identity"}
+        method, body = ("GET", None) if environment is None else ("POST", {"environment": environment})
         try:
-            if environment is None:
-                r = await self._servers.get(path, headers=headers)
-                if r.status_code == 200 and r.json().get("handed") is True:
+            async with asyncio.timeout(HANDOVER_TIMEOUT_S), \
+                    self._servers.stream(method, path, headers=headers, json=body) as r:
+                answer = b""
+                async for chunk in r.aiter_raw():
+                    answer += chunk
+                    if len(answer) > HANDOVER_ANSWER_MAX:
+                        raise ValueError("the answer is too long")
+                status = r.status_code
+                if environment is None and status == 200 and json.loads(answer).get("handed") is not False:
                     return 409
-            else:
-                r = await self._servers.post(path, headers=headers, json={"environment": environment})
-        except (httpx.TransportError, ValueError, AttributeError) as exc:
+                return status
+        except (httpx.HTTPError, TimeoutError, ValueError, AttributeError) as exc:
             log.warning("hand-over of %s/%s: %r", user, server, exc)
             return None
-        return r.status_code
+
+    async def revoke(self, user: str, token_id: str) -> None:
+        """Delete one of ``user``'s tokens (gone already is fine)."""
+        await self.request("DELETE", f"/users/{quote(user)}/tokens/{quote(token_id)}", ok=(204, 404))
+
+    async def probe_token(self, user: str, server: str) -> tuple[str, str]:
+        """A short-lived token for ``user``'s ``server`` and its id, to be revoked once used."""
+        r = await self.request("POST", f"/users/{quote(user)}/tokens", json={
+            "note": f"kiln warm pool check {server}", "expires_in": 300, "scopes": [f"access:servers!server={user}/{server}"]})
+        body = r.json()
+        return str(body["token"]), str(body["id"])
 
     async def active_users(self) -> list[dict[str, Any]]:
         """Every user with an active server, with their servers' models (user options included).

@@ -23,6 +23,8 @@ server as before.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -44,7 +46,7 @@ from kilnbus.tasks import Tasks
 log = logging.getLogger(__name__)
 
 OWNER_OPTION = "kiln_pool"  # user option naming the launcher whose pool a server belongs to
-PROBE_TOKEN_LIFETIME_S = 300
+PROOF_OPTION = "kiln_pool_proof"  # the launcher's keyed hash of owner and server: only it can make one
 FIRST_BACKOFF_S = 30.0  # after a failed start, the first wait before that image is tried again (it doubles)
 
 
@@ -70,12 +72,16 @@ class WarmPool:
     """This launcher's warm servers per image, kept at the targets by ``run`` in the background."""
 
     def __init__(self, settings: Settings, hub: Hub, demand: RecentLaunches, running: RunningCount, owner: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 launched: Callable[[], set[str]] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._s = settings
         self._hub = hub
         self._demand = demand
         self._running = running
         self._owner = owner
+        # "user/server" of every running server the phase log says was handed to a launch
+        self._launched = launched
+        key = settings.token_seal_keys[0].encode() if settings.token_seal_keys else None
+        self._proof_key = key
         self._clock = clock
         self._ready: dict[str, list[WarmServer]] = {}  # image -> warm servers, oldest first
         self._starting: Counter[str] = Counter()
@@ -135,8 +141,12 @@ class WarmPool:
         if status == 200:
             return True
         if status == 409:
-            # Handed over already (another launcher, or before a restart): someone's server, left alone.
-            log.error("warm server %s was handed over already; not used again", warm.name)
+            # Only this launcher hands its warm servers over, and it has not: the server's own code
+            # (the image's start script, say) claimed it. Nobody's server: retired, the image not pooled again.
+            log.error("warm server %s of %s says it was handed over already; retiring it and not pooling "
+                      "that image again", warm.name, warm.image)
+            self._unpoolable.add(warm.image)
+            self.discard(warm)
         else:
             log.warning("warm server %s could not be handed over (%s); retiring it", warm.name, status)
             self.discard(warm)
@@ -160,13 +170,18 @@ class WarmPool:
     async def run(self, stop: asyncio.Event) -> None:
         """Adopt this launcher's warm servers left from before, then keep the pools at their targets until ``stop``."""
         # Turned off (or shrunk to nothing), a launcher retires the warm servers it left before.
-        await self._adopt(retire=not self.enabled)
+        try:
+            await self._adopt(retire=not self.enabled)
+        except Exception:
+            log.exception("warm pool: adopting the warm servers left from before failed")
         while not stop.is_set():
             if self.enabled:
                 try:
                     await self._reconcile(stop)
                 except HubError as exc:
                     log.warning("warm pool: the hub failed (%s); trying again later", exc)
+                except Exception:  # a pool that stops would leave launches slow for everyone, not fail them
+                    log.exception("warm pool: filling failed unexpectedly; trying again later")
             self._wake.clear()
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
             await asyncio.wait(waits, timeout=self._s.pool_check_interval_s, return_when=asyncio.FIRST_COMPLETED)
@@ -211,18 +226,18 @@ class WarmPool:
         started = self._clock()
         try:
             await self._hub.create_user(user)
-            refused = await self._hub.start_server(user, server, {"image": image, OWNER_OPTION: self._owner})
+            options = {"image": image, OWNER_OPTION: self._owner, PROOF_OPTION: self._proof(user, server)}
+            refused = await self._hub.start_server(user, server, options)
             if refused is not None:
                 raise FillFailed(refused)
             await asyncio.wait_for(self._until_ready(user, server), self._s.launch_timeout_s)
-            token = await self._hub.token(user, server, PROBE_TOKEN_LIFETIME_S)
-            status = await self._hub.handover(user, server, token, None)
+            status = await self._probe(user, server)
             if status == 404:
                 self._unpoolable.add(image)
                 raise FillFailed("the image has no kiln_handover extension (not built on Kiln's base image)")
             if status != 200:
                 raise FillFailed(f"its hand-over extension answered {status}")
-        except (FillFailed, HubError, TimeoutError) as exc:
+        except (FillFailed, HubError, TimeoutError) as exc:  # anything else: the run loop logs it
             metrics.POOL_FILLS.labels(outcome="failed").inc()
             await self._retire(user, server)
             _, delay = self._backoff.get(image, (0.0, FIRST_BACKOFF_S))
@@ -237,6 +252,19 @@ class WarmPool:
         finally:
             self._starting[image] -= 1
             self._update_gauges()
+
+    def _proof(self, user: str, server: str) -> str:
+        if self._proof_key is None:
+            return ""
+        return hmac.new(self._proof_key, f"{self._owner}\0{user}/{server}".encode(), hashlib.sha256).hexdigest()
+
+    async def _probe(self, user: str, server: str) -> int | None:
+        """Whether a server of this pool was handed over (409) or not (200), with a token revoked once used."""
+        token, token_id = await self._hub.probe_token(user, server)
+        try:
+            return await self._hub.handover(user, server, token, None)
+        finally:
+            await self._hub.revoke(user, token_id)
 
     async def _until_ready(self, user: str, server: str) -> None:
         async for event in self._hub.progress(user, server):
@@ -257,31 +285,37 @@ class WarmPool:
             self._running.stopped()
 
     async def _adopt(self, retire: bool = False) -> None:
-        """Take back (or ``retire``) this launcher's warm servers that were never handed over (from before a restart)."""
-        try:
-            users = await self._hub.active_users()
-        except HubError as exc:
-            log.warning("warm pool: cannot list the hub's servers to adopt warm ones: %s", exc)
+        """Take back (or ``retire``) this launcher's warm servers that were never handed over (from before a restart).
+
+        A server counts as this pool's only with the launcher's proof in its user options (a logged-in
+        user can put anything else there), and as never handed over only if no ``ready`` event in the
+        phase log names it: the server's own answer is a stranger's say-so and only confirms.
+        """
+        if self._proof_key is None or self._launched is None:
             return
+        users = await self._hub.active_users()
+        launched = self._launched()
         for model in users:
+            user = str(model.get("name", ""))
             for server, state in (model.get("servers") or {}).items():
                 options = (state or {}).get("user_options") or {}
-                if options.get(OWNER_OPTION) != self._owner or not state.get("ready"):
+                proof = options.get(PROOF_OPTION)
+                if options.get(OWNER_OPTION) != self._owner or not isinstance(proof, str) \
+                        or not hmac.compare_digest(proof, self._proof(user, server)):
                     continue
-                await self._adopt_one(str(model["name"]), server, str(options.get("image", "")), state, retire)
+                if f"{user}/{server}" in launched:
+                    continue  # a user's server now
+                await self._adopt_one(user, server, str(options.get("image", "")), state, retire)
         self._update_gauges()
 
     async def _adopt_one(self, user: str, server: str, image: str, state: dict[str, Any], retire: bool) -> None:
         try:
-            token = await self._hub.token(user, server, PROBE_TOKEN_LIFETIME_S)
+            status = await self._probe(user, server) if state.get("ready") else None
         except HubError as exc:
             log.warning("warm pool: cannot check %s/%s: %s", user, server, exc)
             return
-        status = await self._hub.handover(user, server, token, None)
-        if status == 409:
-            return  # handed over before the restart: a user's server now
         if status != 200 or not image or retire:
-            await self._retire(user, server)
+            await self._retire(user, server)  # nobody's (the log names no launch of it): removed
             return
         age = _age(state.get("started"))
         self._ready.setdefault(image, []).append(WarmServer(user, server, image, self._clock() - age))

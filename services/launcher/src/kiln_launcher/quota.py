@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kilnbus.tasks import Tasks
+
+CLAIM = "claim:"  # names of launches counted for their client before they have a server
 
 
 def client_key(address: str) -> str:
@@ -110,13 +113,26 @@ class RunningCount:
         listing = Listing(value) if isinstance(value, int) else value
         # Handed-over servers are remembered while the hub lists them (or were handed after it was asked).
         self._handed = {name: (key, at) for name, (key, at) in self._handed.items()
-                        if name in listing.servers or at >= asked_at}
+                        if name in listing.servers or at >= asked_at or name.startswith(CLAIM)}
         self._value, self._started_since, self._asked_at = listing, 0, time.monotonic()
         self._started_per_client = Counter()
 
     def stopped(self) -> None:
         """A server this launcher counted was stopped (a warm one retired): uncount it until the hub's next answer."""
         self._started_since -= 1
+
+    def claim(self, client: str | None) -> str | None:
+        """Count a launch from ``client`` now, before it has a server; ``release`` ends the claim."""
+        if not client:
+            return None
+        name = f"{CLAIM}{uuid.uuid4().hex}"
+        self._handed[name] = (client_key(client), time.monotonic())
+        return name
+
+    def release(self, claim: str | None) -> None:
+        """End a ``claim`` (the launch got a server, counted by ``handed`` or ``started``, or failed)."""
+        if claim is not None:
+            self._handed.pop(claim, None)
 
     def handed(self, server_name: str, client: str | None) -> None:
         """A warm server (counted already in all) went to a launch from ``client``: count it for that client.

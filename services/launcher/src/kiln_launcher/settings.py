@@ -46,10 +46,10 @@ class Settings(BusSettings):
                                    "for a warm pool.")
     pool_window_s: float = Field(3600, gt=0, description="How far back launches count towards an image's popularity; an "
                                  "image with too few launches in it goes cold and its pool is emptied.")
-    pool_memory_budget_mb: int = Field(1024, ge=0, description="Memory all warm servers together may take, in MB (each "
-                                       "counted as pool_server_memory_mb).")
-    pool_server_memory_mb: int = Field(200, gt=0, description="Memory one idle warm server is counted as, in MB (an idle "
-                                       "Jupyter server uses about 100 MB; its limit applies once a user has it).")
+    pool_memory_budget_mb: int = Field(4096, ge=0, description="Memory this launcher's warm servers together may take, "
+                                       "in MB, each counted as pool_server_memory_mb (each replica has a budget of its own).")
+    pool_server_memory_mb: int = Field(2048, gt=0, description="Memory one warm server is counted as, in MB: the servers' "
+                                       "memory limit, which an image's own code may use before anyone has the server.")
     pool_max_age_s: float = Field(480, gt=0, description="A warm server unused this long is replaced by a fresh one; keep it "
                                   "below the idle culler's timeout, so that none is culled while waiting or just after hand-over.")
     pool_check_interval_s: float = Field(5.0, gt=0, description="How often pools are compared with the demand and refilled.")
