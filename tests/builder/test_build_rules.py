@@ -58,6 +58,8 @@ async def test_repository_builds_and_its_server_answers(builder: BuildHarness, r
     assert run_in(image, "id -u") == "1000"
     if repo != "dockerfile":
         assert labels(image)["repo2docker.repo"] == url and labels(image)["repo2docker.ref"] == ref
+        # The home folder is the repository, as repo2docker leaves it: git log and git pull work there.
+        assert run_in(image, "cd ~ && git rev-parse HEAD && git remote get-url origin") == f"{ref}\n{url}"
     jupyter_answers(image)
 
 

@@ -67,10 +67,9 @@ def _tar_context(context: dict[str, bytes] | Path, dockerfile: str, extra: dict[
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         if isinstance(context, Path):
+            # The checkout's .git (made by Kiln from its mirror, fetch._git_dir) goes too, as repo2docker's does.
             for path in sorted(context.rglob("*")):
                 rel = path.relative_to(context)
-                if rel.parts[0] == ".git":
-                    continue
                 tar.add(path, arcname=f"{subdir}/{rel.as_posix()}" if subdir else rel.as_posix(), recursive=False)
         else:
             for name, data in context.items():

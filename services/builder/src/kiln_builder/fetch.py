@@ -32,6 +32,8 @@ _ENV = git_env()
 # A commit, tag or branch name; never something git could read as an option.
 _REF = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._/-]{0,254}$")
 _GIT_LINE_LIMIT = 500  # git's own lines (and a hostile server's "remote:" lines) shown in the log
+MAX_SUBMODULE_DEPTH = 4  # submodules of submodules of ...: deeper is refused (a cycle ends here too)
+MAX_SUBMODULES = 32  # per repository
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,11 @@ def _amount(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB" if n >= 2**10 else f"{n} bytes"
 
 
-def _dir_size(path: Path) -> int:
+def _dir_size(path: Path, without_git: bool = False) -> int:
     total = 0
-    for root, _, files in os.walk(path):
+    for root, dirs, files in os.walk(path):
+        if without_git and ".git" in dirs:
+            dirs.remove(".git")  # a checkout's history is bounded by the fetch limit, not the checkout's
         for name in files:
             try:
                 total += os.lstat(os.path.join(root, name)).st_size
@@ -228,11 +232,13 @@ async def _archive(mirror: Path, ref: str, dest: Path, policy: FetchPolicy) -> N
 
 
 async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_bytes: int, cache_dir: Path,
-                timeout: float = 600, policy: FetchPolicy | None = None) -> None:
+                timeout: float = 600, policy: FetchPolicy | None = None, _depth: int = 0) -> None:
     """Check out ``ref`` of ``repo_url`` into ``dest``; refuse unsafe URLs and repositories over the limits.
 
     Each repository is kept as a bare mirror under ``cache_dir``: a new commit costs an incremental
-    fetch instead of a clone, and a commit already there (a rebuild) costs no network at all.
+    fetch instead of a clone, and a commit already there (a rebuild) costs no network at all. The
+    checkout is a git repository, as repo2docker leaves it (``_git_dir``), with its submodules
+    fetched the same way, each URL checked as this one was (``_submodules``).
     """
     policy = policy or FetchPolicy(max_bytes=max_bytes)
     if dest.exists():
@@ -294,10 +300,123 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
         dest.mkdir(parents=True)
         try:
             await _archive(mirror, ref, dest, policy)
+            await _git_dir(mirror, ref, dest, repo_url)
         except CheckoutRefused:
             shutil.rmtree(dest, ignore_errors=True)
             raise
+        links = await _submodule_links(mirror, ref)
+    # Outside the mirror's lock: a submodule may be this very repository (at another commit).
+    if links:
+        await _submodules(links, repo_url, dest, on_line, cache_dir, timeout, policy, _depth)
 
+
+
+async def _run_git(args: list[str], what: str) -> str:
+    """git on Kiln's own repositories (a mirror, the checkout's new .git); its output, FetchFailed if it fails."""
+    proc = await asyncio.create_subprocess_exec("git", *args, env=_ENV, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise CheckoutRefused(f"{what} failed: {err.decode(errors='replace').strip()[:300]}", "fetch_failed")
+    return out.decode(errors="replace")
+
+
+async def _git_dir(mirror: Path, ref: str, dest: Path, repo_url: str) -> None:
+    """``dest/.git``: the repository with its history, the commit checked out (detached), origin its URL.
+
+    Made by Kiln from its own mirror, not taken from the repository (whose trees cannot hold a
+    ``.git``): a clone of the mirror without hard links, turned into a work tree's repository, with
+    the index read from the commit so that ``git status`` is clean. No hook, filter or configuration
+    of the repository's runs: none comes with a clone.
+    """
+    git_dir = dest / ".git"
+    await _run_git(["clone", "--quiet", "--bare", "--no-hardlinks", "--", str(mirror), str(git_dir)],
+                   "Keeping the repository's history")
+    base = ["--git-dir", str(git_dir)]
+    for key, value in (("core.bare", "false"), ("remote.origin.url", repo_url),
+                       ("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*")):
+        await _run_git([*base, "config", key, value], "Keeping the repository's history")
+    await _run_git([*base, "update-ref", "--no-deref", "HEAD", ref], "Checking out the commit")
+    await _run_git([*base, "--work-tree", str(dest), "read-tree", ref], "Checking out the commit")
+
+
+@dataclass(frozen=True)
+class SubmoduleLink:
+    """A submodule the commit pins: where it goes, which commit, and the URL .gitmodules gives it."""
+
+    path: str
+    commit: str
+    url: str | None
+
+
+async def _submodule_links(mirror: Path, ref: str) -> list[SubmoduleLink]:
+    """The commit's gitlinks with their URLs from its ``.gitmodules`` (read from the mirror, not the checkout)."""
+    listing = await _run_git(["--git-dir", str(mirror), "ls-tree", "-r", "-z", ref], "Listing submodules")
+    links = []
+    for entry in listing.split("\0"):
+        meta, _, path = entry.partition("\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[0] == "160000" and fields[1] == "commit":
+            links.append((path, fields[2]))
+    if not links:
+        return []
+    try:
+        config = await _run_git(["--git-dir", str(mirror), "config", "-z", "--blob", f"{ref}:.gitmodules",
+                                 "--get-regexp", r"^submodule\..*\.(path|url)$"], "Reading .gitmodules")
+    except CheckoutRefused:
+        config = ""
+    names: dict[str, dict[str, str]] = {}
+    for item in config.split("\0"):
+        key, _, value = item.partition("\n")
+        if key.startswith("submodule.") and "." in key[len("submodule."):]:
+            name, _, field_name = key[len("submodule."):].rpartition(".")
+            names.setdefault(name, {})[field_name] = value
+    urls = {entry["path"]: entry.get("url") for entry in names.values() if "path" in entry}
+    return [SubmoduleLink(path, commit, urls.get(path)) for path, commit in links]
+
+
+def _submodule_url(url: str, repo_url: str) -> str:
+    """A submodule URL as git reads it: ``./`` and ``../`` are relative to the superproject's URL."""
+    if not url.startswith(("./", "../")):
+        return url
+    base = repo_url.rstrip("/").removesuffix(".git") if url.startswith("../") else repo_url.rstrip("/")
+    parts = base.split("/")
+    for piece in url.split("/"):
+        if piece == "..":
+            if len(parts) <= 3:  # never above the host
+                raise FetchFailed(f"The submodule URL {url!r} leads above its host.", "unsafe_repository")
+            parts.pop()
+        elif piece not in (".", ""):
+            parts.append(piece)
+    return "/".join(parts)
+
+
+async def _submodules(links: list[SubmoduleLink], repo_url: str, dest: Path, on_line: LineSink, cache_dir: Path,
+                      timeout: float, policy: FetchPolicy, depth: int) -> None:
+    """Each submodule checked out where its gitlink is, recursively, by ``fetch`` itself (same URL rules)."""
+    if depth >= MAX_SUBMODULE_DEPTH:
+        raise FetchFailed(f"Submodules nest more than {MAX_SUBMODULE_DEPTH} deep; this Binder fetches up to that.",
+                          "unsafe_repository")
+    if len(links) > MAX_SUBMODULES:
+        raise FetchFailed(f"The repository has {len(links)} submodules; this Binder fetches up to {MAX_SUBMODULES}.",
+                          "repo_too_large")
+    root = os.path.realpath(dest)
+    for link in links:
+        if link.url is None:
+            raise FetchFailed(f"The submodule at {link.path} has no URL in .gitmodules.", "fetch_failed")
+        target = dest / link.path
+        name = PurePosixPath(link.path)
+        if name.is_absolute() or ".." in name.parts or not _inside(root, os.path.realpath(target.parent)) \
+                or os.path.lexists(target) and any(os.scandir(target)):
+            raise FetchFailed(f"The submodule at {link.path} would not land inside the repository.", "unsafe_repository")
+        url = _submodule_url(link.url, repo_url)
+        await on_line(f"Submodule {link.path}: {redact(url)} at {link.commit[:12]}\n")
+        if os.path.lexists(target):
+            os.rmdir(target)
+        await fetch(url, link.commit, target, on_line, policy.max_bytes, cache_dir, timeout, policy, depth + 1)
+    if policy.max_bytes and await asyncio.to_thread(_dir_size, dest, True) > policy.max_bytes:
+        raise CheckoutRefused(f"The repository with its submodules is larger than {_amount(policy.max_bytes)} checked "
+                              "out; this Binder builds repositories up to that size.", "repo_too_large")
 
 
 class Fetcher(Protocol):
