@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from prometheus_client import REGISTRY
 
 from kiln_launcher.demand import RecentLaunches
 from kiln_launcher.pool import OWNER_OPTION
@@ -58,6 +59,8 @@ async def test_a_launch_gets_a_warm_server_with_its_own_token_and_environment() 
             "BINDER_REPO_URL": "https://example.org/o/r", "BINDER_REQUEST": "v2/gh/o/r/main",
             "BINDER_PERSISTENT_REQUEST": "v2/gh/o/r/" + "a" * 40, "BINDER_CLIENT_IP": "198.51.100.7"}
         await until(lambda: warm in h.hub.activities)
+        assert REGISTRY.get_sample_value("kiln_pool_target_servers") == 1
+        assert (REGISTRY.get_sample_value("kiln_pool_launches_total", {"outcome": "hit"}) or 0) >= 1
 
 
 async def test_each_warm_server_goes_to_one_launch_and_the_pool_refills() -> None:

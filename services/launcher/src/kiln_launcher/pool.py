@@ -88,6 +88,7 @@ class WarmPool:
         self._unpoolable: set[str] = set()  # images whose servers lack the hand-over extension
         self._backoff: dict[str, tuple[float, float]] = {}  # image -> (no fill before, next delay)
         self._wake = asyncio.Event()
+        self._last_targets: dict[str, int] = {}
         self._tasks = Tasks("warm pool")
 
     @property
@@ -194,6 +195,10 @@ class WarmPool:
 
     async def _reconcile(self, stop: asyncio.Event) -> None:
         targets = self.targets()
+        metrics.POOL_TARGET.set(sum(targets.values()))
+        if targets != self._last_targets:
+            log.info("warm pool: keeping %s", ", ".join(f"{n} of {image}" for image, n in targets.items()) or "none")
+            self._last_targets = targets
         now = self._clock()
         for image, servers in list(self._ready.items()):
             fresh = [w for w in servers if now - w.ready_at < self._s.pool_max_age_s]
@@ -279,6 +284,7 @@ class WarmPool:
         try:
             await self._hub.stop_server(user, server)
             await self._hub.delete_user(user)
+            log.info("warm pool: retired %s/%s", user, server)
         except HubError as exc:
             log.warning("warm pool: could not remove %s/%s: %s", user, server, exc)
         finally:

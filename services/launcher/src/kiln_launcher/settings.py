@@ -37,11 +37,11 @@ class Settings(BusSettings):
     cull_check_interval_s: float = Field(30.0, gt=0, description="How often the launcher looks for servers the idle culler stopped.")
     hub_proxy_url: str = Field("", description="Where the launcher reaches users' servers through the hub's proxy, to hand "
                                "warm servers over; empty: hub_public_url.")
-    pool_size: int = Field(2, ge=0, description="Warm servers kept started ahead of time for each popular image; a launch of "
+    pool_size: int = Field(1, ge=0, description="Warm servers kept started ahead of time for each popular image; a launch of "
                            "that image (anonymous mode) gets one at once. 0 turns warm pools off.")
     pool_images: list[str] = Field(default_factory=list, description="Images (as built: registry/name:tag) that always have "
                                    "a warm pool, besides the most launched ones.")
-    pool_top_images: int = Field(3, ge=0, description="How many of the most launched images get a warm pool.")
+    pool_top_images: int = Field(2, ge=0, description="How many of the most launched images get a warm pool.")
     pool_min_launches: int = Field(2, ge=1, description="Launches within pool_window_s that make an image popular enough "
                                    "for a warm pool.")
     pool_window_s: float = Field(3600, gt=0, description="How far back launches count towards an image's popularity; an "
