@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiln_builder.errors import FetchFailed
-from kiln_builder.fetch import MAX_SUBMODULE_DEPTH
+from kiln_builder.fetch import MAX_SUBMODULE_DEPTH, MAX_SUBMODULES
 
 from ..support.githost import GitHost, git
 from .conftest import make_hostile_repo
@@ -109,3 +109,39 @@ async def test_a_submodule_without_a_url_is_refused_by_name(githost: GitHost, tm
     git(repo, "commit", "-q", "-m", "gitlink without .gitmodules")
     with pytest.raises(FetchFailed, match="nowhere"):
         await checkout(url, git(repo, "rev-parse", "HEAD"), tmp_path)
+
+
+async def test_submodules_count_against_one_budget_at_every_depth(githost: GitHost, tmp_path: Path) -> None:
+    """A repository pinning itself eight times at each of two levels asks for 72 fetches from one download."""
+    url, commit = make_hostile_repo(githost, "amp", {"a.txt": "a\n"})
+    repo = githost.root / "t" / "amp"
+    (repo / ".gitmodules").write_text("".join(f'[submodule "s{i}"]\n\tpath = s{i}\n\turl = ../amp\n' for i in range(8)))
+    git(repo, "add", ".gitmodules")
+    for level in range(2):
+        for i in range(8):
+            git(repo, "update-index", "--add", "--cacheinfo", f"160000,{commit},s{i}")
+        git(repo, "commit", "-q", "-m", f"level {level}")
+        commit = git(repo, "rev-parse", "HEAD")
+    with pytest.raises(FetchFailed, match=f"more than {MAX_SUBMODULES} submodules in all"):
+        await checkout(url, commit, tmp_path)
+
+
+async def test_the_history_holds_only_what_the_repository_still_has(githost: GitHost, tmp_path: Path) -> None:
+    """A commit its owner force-pushed away (the builder's mirror still has it) is in no later image."""
+    url, first = make_hostile_repo(githost, "oops", {"a.txt": "a\n"})
+    repo = githost.root / "t" / "oops"
+    (repo / "creds.txt").write_text("secret\n")
+    git(repo, "add", "creds.txt")
+    git(repo, "commit", "-q", "-m", "oops")
+    oops = git(repo, "rev-parse", "HEAD")
+    await checkout(url, oops, tmp_path / "one")  # the mirror now holds it
+    git(repo, "reset", "-q", "--hard", first)
+    (repo / "b.txt").write_text("b\n")
+    git(repo, "add", "b.txt")
+    git(repo, "commit", "-q", "-m", "fixed")
+    fixed = git(repo, "rev-parse", "HEAD")
+    dest, _ = await checkout(url, fixed, tmp_path / "two")
+    assert in_checkout(dest, "rev-parse", "HEAD") == fixed
+    gone = subprocess.run(["git", "-C", str(dest), "cat-file", "-e", oops], capture_output=True)
+    assert gone.returncode != 0, "the force-pushed commit came along"
+    assert in_checkout(dest, "cat-file", "-t", first) == "commit", "control: what the branch reaches is there"

@@ -12,11 +12,12 @@ import io
 import logging
 import re
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound
@@ -31,6 +32,7 @@ ProgressSink = Callable[[dict[str, Any]], Awaitable[None]]
 # Chunks of an engine stream read ahead of the event loop at most: past them the reading thread waits,
 # so a slow consumer (the bus) slows the engine's stream instead of piling its output up in memory.
 STREAM_READ_AHEAD = 256
+CONTEXT_IN_MEMORY = 64 * 2**20  # a build context larger than this is spooled to a temporary file
 __all__ = ["BuildExecutor", "BuildFailed", "DockerExecutor", "LineSink", "ProgressSink"]  # BuildFailed: kept importable here
 
 
@@ -58,13 +60,14 @@ class BuildExecutor(Protocol):
 
 
 def _tar_context(context: dict[str, bytes] | Path, dockerfile: str, extra: dict[str, bytes] | None = None,
-                 subdir: str = "") -> io.BytesIO:
+                 subdir: str = "") -> IO[bytes]:
     """A build context as a tar stream, with the generated Dockerfile added as .kiln.Dockerfile.
 
     With ``subdir``, a repository goes under that folder, so that ``COPY subdir/`` takes only its
-    files and not Kiln's own (the Dockerfile, the entrypoint).
+    files and not Kiln's own (the Dockerfile, the entrypoint). Past 64 MiB it is spooled to a
+    temporary file: a repository with its history may be gigabytes, which must not sit in memory.
     """
-    buf = io.BytesIO()
+    buf: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=CONTEXT_IN_MEMORY)  # noqa: SIM115 (the caller closes it)
     with tarfile.open(fileobj=buf, mode="w") as tar:
         if isinstance(context, Path):
             # The checkout's .git (made by Kiln from its mirror, fetch._git_dir) goes too, as repo2docker's does.
@@ -189,6 +192,13 @@ class DockerExecutor:
                     extra_files: dict[str, bytes] | None = None, labels: dict[str, str] | None = None,
                     subdir: str = "") -> None:
         tar = await asyncio.to_thread(_tar_context, context, dockerfile, extra_files, subdir)
+        try:
+            await self._build(tar, tag, on_line, buildargs, timeout_s, labels)
+        finally:
+            tar.close()  # a spooled context's temporary file goes with it
+
+    async def _build(self, tar: IO[bytes], tag: str, on_line: LineSink, buildargs: dict[str, str] | None,
+                     timeout_s: float, labels: dict[str, str] | None) -> None:
         limits = {"memory": self._memory_limit, "memswap": self._memory_limit} if self._memory_limit else None
         error: list[str] = []
         step_containers: list[str] = []

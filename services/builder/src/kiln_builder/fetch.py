@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -33,7 +34,7 @@ _ENV = git_env()
 _REF = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._/-]{0,254}$")
 _GIT_LINE_LIMIT = 500  # git's own lines (and a hostile server's "remote:" lines) shown in the log
 MAX_SUBMODULE_DEPTH = 4  # submodules of submodules of ...: deeper is refused (a cycle ends here too)
-MAX_SUBMODULES = 32  # per repository
+MAX_SUBMODULES = 32  # in all, at every depth
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ def extract_checkout(stream: object, dest: Path, max_bytes: int, max_entries: in
             name = PurePosixPath(member.name)
             if name.is_absolute() or ".." in name.parts or not name.parts:
                 raise CheckoutRefused("The repository contains a path that leads outside it.", "unsafe_repository")
+            if any(part.lower() == ".git" for part in name.parts):  # git's fsck refuses these already; the .git is Kiln's
+                raise CheckoutRefused("The repository contains a .git of its own.", "unsafe_repository")
             if not (member.isfile() or member.isdir() or member.issym()):
                 raise CheckoutRefused("The repository contains an entry that is not a file, folder or link.",
                                       "unsafe_repository")
@@ -231,8 +234,18 @@ async def _archive(mirror: Path, ref: str, dest: Path, policy: FetchPolicy) -> N
     await asyncio.to_thread(run)
 
 
+@dataclass
+class _Budget:
+    """What a repository and all its submodules together may take: fetches, time, and (from ``policy``) bytes."""
+
+    root: Path  # the repository's checkout, submodules inside it
+    fetches: int  # submodule fetches left
+    deadline: float  # event-loop time
+
+
 async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_bytes: int, cache_dir: Path,
-                timeout: float = 600, policy: FetchPolicy | None = None, _depth: int = 0) -> None:
+                timeout: float = 600, policy: FetchPolicy | None = None, _depth: int = 0,
+                _budget: _Budget | None = None) -> None:
     """Check out ``ref`` of ``repo_url`` into ``dest``; refuse unsafe URLs and repositories over the limits.
 
     Each repository is kept as a bare mirror under ``cache_dir``: a new commit costs an incremental
@@ -307,7 +320,8 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
         links = await _submodule_links(mirror, ref)
     # Outside the mirror's lock: a submodule may be this very repository (at another commit).
     if links:
-        await _submodules(links, repo_url, dest, on_line, cache_dir, timeout, policy, _depth)
+        budget = _budget or _Budget(dest, MAX_SUBMODULES, asyncio.get_running_loop().time() + timeout)
+        await _submodules(links, repo_url, dest, on_line, cache_dir, policy, _depth, budget)
 
 
 
@@ -325,18 +339,28 @@ async def _git_dir(mirror: Path, ref: str, dest: Path, repo_url: str) -> None:
     """``dest/.git``: the repository with its history, the commit checked out (detached), origin its URL.
 
     Made by Kiln from its own mirror, not taken from the repository (whose trees cannot hold a
-    ``.git``): a clone of the mirror without hard links, turned into a work tree's repository, with
-    the index read from the commit so that ``git status`` is clean. No hook, filter or configuration
-    of the repository's runs: none comes with a clone.
+    ``.git``): the branches, tags and the commit fetched from the mirror into a new repository, so
+    only what they reach is copied (the mirror keeps objects its owner has since deleted, which a
+    local clone would copy too), then the index read from the commit so that ``git status`` is clean.
+    No hook, filter or configuration of the repository's runs: none comes with a fetch.
     """
     git_dir = dest / ".git"
-    await _run_git(["clone", "--quiet", "--bare", "--no-hardlinks", "--", str(mirror), str(git_dir)],
-                   "Keeping the repository's history")
+    what = "Keeping the repository's history"
+    keep = f"refs/kiln/checkout-{uuid.uuid4().hex}"  # the commit may be on no branch any more
+    await _run_git(["--git-dir", str(mirror), "update-ref", keep, ref], what)
+    try:
+        await _run_git(["init", "--quiet", "--bare", str(git_dir)], what)
+        await _run_git(["-c", "protocol.file.allow=always", "--git-dir", str(git_dir), "fetch", "--quiet", "--no-tags",
+                        "--", str(mirror), "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
+                        f"+{keep}:refs/kiln/checkout"], what)
+    finally:
+        await _run_git(["--git-dir", str(mirror), "update-ref", "-d", keep], what)
     base = ["--git-dir", str(git_dir)]
     for key, value in (("core.bare", "false"), ("remote.origin.url", repo_url),
                        ("remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*")):
-        await _run_git([*base, "config", key, value], "Keeping the repository's history")
+        await _run_git([*base, "config", key, value], what)
     await _run_git([*base, "update-ref", "--no-deref", "HEAD", ref], "Checking out the commit")
+    await _run_git([*base, "update-ref", "-d", "refs/kiln/checkout"], "Checking out the commit")
     await _run_git([*base, "--work-tree", str(dest), "read-tree", ref], "Checking out the commit")
 
 
@@ -392,31 +416,47 @@ def _submodule_url(url: str, repo_url: str) -> str:
 
 
 async def _submodules(links: list[SubmoduleLink], repo_url: str, dest: Path, on_line: LineSink, cache_dir: Path,
-                      timeout: float, policy: FetchPolicy, depth: int) -> None:
-    """Each submodule checked out where its gitlink is, recursively, by ``fetch`` itself (same URL rules)."""
+                      policy: FetchPolicy, depth: int, budget: _Budget) -> None:
+    """Each submodule checked out where its gitlink is, recursively, by ``fetch`` itself (same URL rules),
+    within one budget for the repository and all its submodules: fetches, time, files and history."""
     if depth >= MAX_SUBMODULE_DEPTH:
         raise FetchFailed(f"Submodules nest more than {MAX_SUBMODULE_DEPTH} deep; this Binder fetches up to that.",
                           "unsafe_repository")
-    if len(links) > MAX_SUBMODULES:
-        raise FetchFailed(f"The repository has {len(links)} submodules; this Binder fetches up to {MAX_SUBMODULES}.",
-                          "repo_too_large")
     root = os.path.realpath(dest)
+    loop = asyncio.get_running_loop()
     for link in links:
         if link.url is None:
             raise FetchFailed(f"The submodule at {link.path} has no URL in .gitmodules.", "fetch_failed")
+        if budget.fetches <= 0:
+            raise FetchFailed(f"The repository has more than {MAX_SUBMODULES} submodules in all; this Binder fetches "
+                              "up to that many.", "repo_too_large")
+        left = budget.deadline - loop.time()
+        if left <= 0:
+            raise FetchFailed("Fetching the repository's submodules took too long.", "fetch_failed")
         target = dest / link.path
         name = PurePosixPath(link.path)
         if name.is_absolute() or ".." in name.parts or not _inside(root, os.path.realpath(target.parent)) \
                 or os.path.lexists(target) and any(os.scandir(target)):
             raise FetchFailed(f"The submodule at {link.path} would not land inside the repository.", "unsafe_repository")
         url = _submodule_url(link.url, repo_url)
-        await on_line(f"Submodule {link.path}: {redact(url)} at {link.commit[:12]}\n")
+        shown = "".join(c if c.isprintable() else "?" for c in redact(url))  # not yet checked: no forged log lines
+        await on_line(f"Submodule {link.path}: {shown} at {link.commit[:12]}\n")
         if os.path.lexists(target):
             os.rmdir(target)
-        await fetch(url, link.commit, target, on_line, policy.max_bytes, cache_dir, timeout, policy, depth + 1)
-    if policy.max_bytes and await asyncio.to_thread(_dir_size, dest, True) > policy.max_bytes:
+        budget.fetches -= 1
+        await fetch(url, link.commit, target, on_line, policy.max_bytes, cache_dir, left, policy, depth + 1, budget)
+        await _check_sizes(budget.root, policy)
+
+
+async def _check_sizes(root: Path, policy: FetchPolicy) -> None:
+    """The checkout with its submodules so far: files within ``max_bytes``, histories within ``max_fetch_bytes``."""
+    files = await asyncio.to_thread(_dir_size, root, True)
+    if policy.max_bytes and files > policy.max_bytes:
         raise CheckoutRefused(f"The repository with its submodules is larger than {_amount(policy.max_bytes)} checked "
                               "out; this Binder builds repositories up to that size.", "repo_too_large")
+    if policy.max_fetch_bytes and await asyncio.to_thread(_dir_size, root) - files > policy.max_fetch_bytes:
+        raise CheckoutRefused(f"The repository's and its submodules' histories are larger than "
+                              f"{_amount(policy.max_fetch_bytes)}; this Binder fetches up to that.", "repo_too_large")
 
 
 class Fetcher(Protocol):

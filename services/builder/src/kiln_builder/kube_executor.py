@@ -238,7 +238,10 @@ class KubernetesExecutor:
         await on_line(f"Kiln: build pod {self._s.namespace}/{name}\n")
         tail: deque[str] = deque(maxlen=self._tail)
         try:
-            await asyncio.wait_for(self._run(api, name, tar.getvalue(), on_line, tail), timeout_s)
+            # The pod's stdin takes bytes: the context is read whole here (the Docker executor streams it).
+            with tar:
+                context_bytes = tar.read()
+            await asyncio.wait_for(self._run(api, name, context_bytes, on_line, tail), timeout_s)
         except TimeoutError:
             raise BuildTimedOut(timeout_s) from None
         finally:
