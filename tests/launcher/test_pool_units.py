@@ -140,7 +140,11 @@ async def test_logged_in_users_never_get_a_warm_server() -> None:
 
 
 async def test_warm_servers_give_their_room_to_launches_under_the_total_quota() -> None:
-    async with Launching(**{**FAST, "pool_size": 2, "total_quota": 2, "servers_per_client": 0}) as h:
+    # The hub's listing asked once, then launches counted as they start (asked at every check, it can be
+    # taken while a launch's server is not at the hub yet: a pool may then refill one slot too many until
+    # the next listing, which the next launch corrects).
+    async with Launching(**{**FAST, "pool_size": 2, "total_quota": 2, "servers_per_client": 0,
+                            "quota_check_interval_s": 60}) as h:
         await until(lambda: len(warm_servers(h.hub)) == 2)
         first = await h.launch(image=OTHER)  # a miss: the quota is full of warm servers, one gives way
         assert first.phase is Phase.READY and first.warm is False
@@ -283,3 +287,18 @@ async def test_a_hostile_servers_answer_to_the_handover_cannot_flood_or_stall_th
         assert await hub.handover("fresh", "s", "tok", None) == 200, "control: a real answer"
     finally:
         await hub.aclose()
+
+
+async def test_a_restarted_launcher_still_counts_warm_servers_for_their_client() -> None:
+    """The hub's user options of a warm server hold no client address: the phase log's keyed tag does."""
+    hub = FakeHub()
+    settings: dict[str, Any] = {**FAST, "servers_per_client": 1}
+    async with Launching(hub=hub, **settings) as h:
+        await until(lambda: len(warm_servers(hub)) == 1)
+        first = await h.launch(client_ip="198.51.100.3")
+        assert first.warm is True and first.client_tag and "198.51.100.3" not in first.client_tag
+    async with Launching(hub=hub, bus=h.bus, **{**settings, "token_seal_keys": h.settings.token_seal_keys}) as again:
+        await until(lambda: len(warm_servers(hub)) == 1)
+        refused = await again.launch(client_ip="198.51.100.3")
+        assert refused.failure_cause == "client_quota", "the restarted launcher knows whose it is"
+        assert (await again.launch(client_ip="198.51.100.4")).phase is Phase.READY, "control: another client"

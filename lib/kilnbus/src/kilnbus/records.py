@@ -171,6 +171,7 @@ class PhaseEvent(Record):
     request_origin: str | None = None
     build_token: bool | None = None
     warm: bool | None = None
+    client_tag: str | None = None
 
     def to_avro(self) -> dict[str, Any]:
         out = super().to_avro()

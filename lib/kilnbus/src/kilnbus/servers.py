@@ -16,7 +16,9 @@ answering a redelivered request for a server it already runs) changes nothing; a
 ``stopped`` is a server the launcher really started again, so it runs again.
 
 Phase events do not say which client address asked, so per-client counts are not here: the
-launcher keeps asking the hub for those.
+launcher keeps asking the hub for those (each server's user options hold the address). The one
+exception is a warm server, started before anyone asked: its ``ready`` event carries a keyed hash of
+the client (``client_tag``), which every launcher can count and nobody else can read.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Server:
     spec: str | None = None
     repo_url: str | None = None
     warm: bool | None = None  # started ahead of time (a warm pool's) rather than for this request
+    client_tag: str | None = None  # a warm server's client, as a keyed hash (the launcher's per-client quota)
 
     @property
     def repo(self) -> str | None:
@@ -65,7 +68,7 @@ def server_started(event: PhaseEvent) -> Server | None:
         return None
     return Server(request_id=event.request_id, url=event.url, since=event.timestamp, image_name=event.image_name,
                   server_name=event.server_name, provider=event.provider, spec=event.spec, repo_url=event.repo_url,
-                  warm=event.warm)
+                  warm=event.warm, client_tag=event.client_tag)
 
 
 def server_stopped(event: PhaseEvent) -> bool:
@@ -80,6 +83,7 @@ class RunningServers:
         self._servers: dict[str, Server] = {}  # request id -> server
         self._per_repo: Counter[str] = Counter()
         self._per_user: Counter[str] = Counter()
+        self._per_tag: dict[str, set[str]] = {}  # client tag -> "user/server" of its warm servers
 
     def apply(self, event: PhaseEvent) -> None:
         """Fold one event in (any phase; only ``ready`` with a URL and ``stopped`` change anything)."""
@@ -95,8 +99,14 @@ class RunningServers:
             self._per_repo[server.repo] += 1
         if server.hub_user is not None:
             self._per_user[server.hub_user] += 1
+        if server.client_tag and server.server_name:
+            self._per_tag.setdefault(server.client_tag, set()).add(server.server_name)
 
     def _uncount(self, server: Server) -> None:
+        if server.client_tag and server.server_name and server.client_tag in self._per_tag:
+            self._per_tag[server.client_tag].discard(server.server_name)
+            if not self._per_tag[server.client_tag]:
+                del self._per_tag[server.client_tag]
         for counter, key in ((self._per_repo, server.repo), (self._per_user, server.hub_user)):
             if key is not None:
                 counter[key] -= 1
@@ -129,6 +139,10 @@ class RunningServers:
     def count_for_user(self, hub_user: str) -> int:
         """Servers running that belong to the hub user ``hub_user``."""
         return self._per_user.get(hub_user, 0)
+
+    def warm_for_client(self, tag: str) -> set[str]:
+        """The running warm servers handed to the client ``tag`` names ("user/server" each)."""
+        return set(self._per_tag.get(tag, ()))
 
     def per_repo(self) -> dict[str, int]:
         """Running servers per repository key."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -22,7 +23,7 @@ from kiln_launcher.demand import RecentLaunches
 from kiln_launcher.hub import Hub, HubError
 from kiln_launcher.names import user_name
 from kiln_launcher.pool import WarmPool, WarmServer
-from kiln_launcher.quota import RunningCount
+from kiln_launcher.quota import RunningCount, client_key
 from kiln_launcher.servers import Servers
 from kiln_launcher.settings import Settings
 from kilnbus import Bus, Delivery, HubLaunchRequested, KilnError, Outgoing, Phase, PhaseReporter
@@ -72,7 +73,9 @@ class Launcher:
         self._hub = hub
         self._sealer = sealer
         self._in_flight: set[str] = set()
-        self._running = RunningCount(hub.active_servers, settings.quota_check_interval_s)
+        self._tag_key = settings.token_seal_keys[0].encode() if settings.token_seal_keys else None
+        logged = None if servers is None else (lambda key: servers.fold.warm_for_client(self._client_tag(key)))
+        self._running = RunningCount(hub.active_servers, settings.quota_check_interval_s, logged)
         self._servers = servers
         self._answered: OrderedDict[str, tuple[str, bool | None]] = OrderedDict()  # request id -> (server, warm)
         launched = None if servers is None else (
@@ -83,6 +86,12 @@ class Launcher:
         # each other before the hub lists either.
         self._starting: dict[str, set[str]] = {}
         self._tasks = Tasks("launcher")
+
+    def _client_tag(self, key: str) -> str:
+        """The phase log's name for a client key: keyed with the sealing key, so only launchers can make it."""
+        if self._tag_key is None:
+            return ""
+        return hmac.new(self._tag_key, f"client\0{key}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def watch_culled(self, servers: Servers, interval_s: float, stop: asyncio.Event) -> None:
         """Report, in the background until ``aclose``, servers the hub's culler stopped (``Servers.watch``)."""
@@ -173,12 +182,13 @@ class Launcher:
 
     async def _check_shared_quotas(self, req: HubLaunchRequested) -> None:
         """The total quota, and in the anonymous mode the per-client one, from the hub's cached listing."""
+        await self._check_client_quota(req)
         if self._s.total_quota is not None:
             running = await self._running.count()
             # Warm servers only take room users do not: one waiting gives its place up.
             if running >= self._s.total_quota and not await self.pool.release_one():
                 raise LaunchFailed(f"Too many users on this Binder ({running} servers running)! Try again soon.", "total_quota", 429)
-        await self._check_client_quota(req)
+        # Counted with no wait since the check: the pool must not refill the room just made.
         self._running.started(req.client_ip if req.hub_user is None else None)
 
     async def _check_client_quota(self, req: HubLaunchRequested) -> None:
@@ -206,7 +216,8 @@ class Launcher:
         self._running.handed(warm.name, req.client_ip)
         # The culler counts idleness from the last activity the hub knows: the server's start, for a warm one.
         self._tasks.start(self._activity(warm.user, warm.server), name="activity")
-        ready = await self._ready_event(req, warm.user, warm.server, True, token)
+        tag = self._client_tag(client_key(req.client_ip)) if req.client_ip else None
+        ready = await self._ready_event(req, warm.user, warm.server, True, token, tag or None)
         metrics.POOL_HANDOVER_TIME.observe(time.monotonic() - started)
         log.info("launch %s: warm server %s handed over", req.request_id, warm.name)
         return ready
@@ -243,7 +254,7 @@ class Launcher:
         return attempt, await self._ready_event(req, user, server, False)
 
     async def _ready_event(self, req: HubLaunchRequested, user: str, server: str, warm: bool | None,
-                           token: str | None = None) -> Outgoing:
+                           token: str | None = None, client_tag: str | None = None) -> Outgoing:
         """The ``ready`` event: the server's URL and a token for it (minted now unless given)."""
         if token is None:
             token = await self._hub.token(user, server, self._s.token_lifetime_s)
@@ -257,7 +268,7 @@ class Launcher:
         return self._report.event(req, Phase.READY, message=f"server running at {url}\n", url=url, sealed_token=sealed,
                                   image_name=req.image_name, repo_url=req.repo_url, ref_url=req.ref_url,
                                   resolved_spec=req.resolved_spec, launch_host=req.launch_host,
-                                  server_name=f"{user}/{server}", ref=req.ref, warm=warm)
+                                  server_name=f"{user}/{server}", ref=req.ref, warm=warm, client_tag=client_tag)
 
     async def _start_with_retries(self, req: HubLaunchRequested, user: str, server: str, options: dict[str, Any],
                                   started: float) -> int:

@@ -74,8 +74,11 @@ class Listing:
 class RunningCount:
     """Servers running (or starting) now, as the hub last said plus the launches started since."""
 
-    def __init__(self, ask: Callable[[], Awaitable[Listing | int]], max_age_s: float) -> None:
+    def __init__(self, ask: Callable[[], Awaitable[Listing | int]], max_age_s: float,
+                 logged: Callable[[str], set[str]] | None = None) -> None:
         self._ask = ask
+        # Warm servers handed to a client key, as the phase log says (every launcher, across restarts).
+        self._logged = logged
         self._max_age_s = max_age_s
         self._value = Listing(0)
         self._started_since = 0
@@ -104,8 +107,11 @@ class RunningCount:
         """Servers running that were launched from ``client`` (an address; IPv6 counts per /64)."""
         await self._fresh()
         key = client_key(client)
-        handed = sum(1 for k, _ in self._handed.values() if k == key)
-        return self._value.per_client.get(key, 0) + self._started_per_client[key] + handed
+        # This launcher's own hand-overs and claims until the log has them, then the log's: as one set.
+        handed = {name for name, (k, _) in self._handed.items() if k == key}
+        if self._logged is not None:
+            handed |= self._logged(key)
+        return self._value.per_client.get(key, 0) + self._started_per_client[key] + len(handed)
 
     async def _refresh(self) -> None:
         asked_at = time.monotonic()
