@@ -58,17 +58,25 @@ def _amount(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB" if n >= 2**10 else f"{n} bytes"
 
 
-def _dir_size(path: Path, without_git: bool = False) -> int:
-    total = 0
-    for root, dirs, files in os.walk(path):
-        if without_git and ".git" in dirs:
-            dirs.remove(".git")  # a checkout's history is bounded by the fetch limit, not the checkout's
-        for name in files:
+def _dir_size(path: Path) -> int:
+    return sum(_checkout_sizes(path))
+
+
+def _checkout_sizes(path: Path) -> tuple[int, int]:
+    """Bytes under ``path`` in one walk: outside any ``.git``, and inside them (histories)."""
+    files = histories = 0
+    for root, _, names in os.walk(path):
+        in_git = ".git" in Path(root).relative_to(path).parts
+        for name in names:
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                size = os.lstat(os.path.join(root, name)).st_size
             except OSError:
                 continue  # git renames its temporary files as it goes
-    return total
+            if in_git:
+                histories += size
+            else:
+                files += size
+    return files, histories
 
 
 async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: float,
@@ -450,11 +458,11 @@ async def _submodules(links: list[SubmoduleLink], repo_url: str, dest: Path, on_
 
 async def _check_sizes(root: Path, policy: FetchPolicy) -> None:
     """The checkout with its submodules so far: files within ``max_bytes``, histories within ``max_fetch_bytes``."""
-    files = await asyncio.to_thread(_dir_size, root, True)
+    files, histories = await asyncio.to_thread(_checkout_sizes, root)
     if policy.max_bytes and files > policy.max_bytes:
         raise CheckoutRefused(f"The repository with its submodules is larger than {_amount(policy.max_bytes)} checked "
                               "out; this Binder builds repositories up to that size.", "repo_too_large")
-    if policy.max_fetch_bytes and await asyncio.to_thread(_dir_size, root) - files > policy.max_fetch_bytes:
+    if policy.max_fetch_bytes and histories > policy.max_fetch_bytes:
         raise CheckoutRefused(f"The repository's and its submodules' histories are larger than "
                               f"{_amount(policy.max_fetch_bytes)}; this Binder fetches up to that.", "repo_too_large")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -21,6 +20,7 @@ from typing import Any
 from kiln_launcher import metrics
 from kiln_launcher.demand import RecentLaunches
 from kiln_launcher.hub import Hub, HubError
+from kiln_launcher.keyed import keyed_hash, sealing_key
 from kiln_launcher.names import user_name
 from kiln_launcher.pool import WarmPool, WarmServer
 from kiln_launcher.quota import RunningCount, client_key
@@ -73,7 +73,7 @@ class Launcher:
         self._hub = hub
         self._sealer = sealer
         self._in_flight: set[str] = set()
-        self._tag_key = settings.token_seal_keys[0].encode() if settings.token_seal_keys else None
+        self._tag_key = sealing_key(settings)
         logged = None if servers is None else (lambda key: servers.fold.warm_for_client(self._client_tag(key)))
         self._running = RunningCount(hub.active_servers, settings.quota_check_interval_s, logged)
         self._servers = servers
@@ -91,7 +91,7 @@ class Launcher:
         """The phase log's name for a client key: keyed with the sealing key, so only launchers can make it."""
         if self._tag_key is None:
             return ""
-        return hmac.new(self._tag_key, f"client\0{key}".encode(), hashlib.sha256).hexdigest()[:32]
+        return keyed_hash(self._tag_key, "client", key)[:32]
 
     def watch_culled(self, servers: Servers, interval_s: float, stop: asyncio.Event) -> None:
         """Report, in the background until ``aclose``, servers the hub's culler stopped (``Servers.watch``)."""

@@ -99,10 +99,14 @@ class Hub:
     async def delete_user(self, name: str) -> None:
         await self.request("DELETE", f"/users/{quote(name)}", ok=(204, 404))
 
-    async def token(self, user: str, server: str, lifetime_s: int) -> str:
+    async def _mint(self, user: str, server: str, lifetime_s: int, note: str) -> dict[str, Any]:
+        """A new token of ``user``'s that opens ``server`` only: the hub's answer (``token``, ``id``, ...)."""
         r = await self.request("POST", f"/users/{quote(user)}/tokens", json={
-            "note": f"binder launch {server}", "expires_in": lifetime_s, "scopes": [f"access:servers!server={user}/{server}"]})
-        return str(r.json()["token"])
+            "note": note, "expires_in": lifetime_s, "scopes": [f"access:servers!server={user}/{server}"]})
+        return dict(r.json())
+
+    async def token(self, user: str, server: str, lifetime_s: int) -> str:
+        return str((await self._mint(user, server, lifetime_s, f"binder launch {server}"))["token"])
 
     async def activity(self, user: str, server: str) -> None:
         """Tell the hub the server is in use now (its idle culler counts from this)."""
@@ -143,9 +147,7 @@ class Hub:
 
     async def probe_token(self, user: str, server: str) -> tuple[str, str]:
         """A short-lived token for ``user``'s ``server`` and its id, to be revoked once used."""
-        r = await self.request("POST", f"/users/{quote(user)}/tokens", json={
-            "note": f"kiln warm pool check {server}", "expires_in": 300, "scopes": [f"access:servers!server={user}/{server}"]})
-        body = r.json()
+        body = await self._mint(user, server, 300, f"kiln warm pool check {server}")
         return str(body["token"]), str(body["id"])
 
     async def active_users(self) -> list[dict[str, Any]]:

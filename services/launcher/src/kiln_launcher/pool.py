@@ -23,7 +23,6 @@ server as before.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import secrets
@@ -38,6 +37,7 @@ from typing import Any
 from kiln_launcher import metrics
 from kiln_launcher.demand import RecentLaunches
 from kiln_launcher.hub import Hub, HubError
+from kiln_launcher.keyed import keyed_hash, sealing_key
 from kiln_launcher.names import user_name
 from kiln_launcher.quota import RunningCount
 from kiln_launcher.settings import Settings
@@ -80,8 +80,7 @@ class WarmPool:
         self._owner = owner
         # "user/server" of every running server the phase log says was handed to a launch
         self._launched = launched
-        key = settings.token_seal_keys[0].encode() if settings.token_seal_keys else None
-        self._proof_key = key
+        self._proof_key = sealing_key(settings)
         self._clock = clock
         self._ready: dict[str, list[WarmServer]] = {}  # image -> warm servers, oldest first
         self._starting: Counter[str] = Counter()
@@ -99,10 +98,6 @@ class WarmPool:
     def capacity(self) -> int:
         """Warm servers the memory budget allows in all."""
         return self._s.pool_memory_budget_mb // self._s.pool_server_memory_mb
-
-    def sizes(self) -> dict[str, int]:
-        """Warm servers ready per image."""
-        return {image: len(servers) for image, servers in self._ready.items() if servers}
 
     def targets(self) -> dict[str, int]:
         """How many warm servers each image should have now: operator's images first, then by launches."""
@@ -261,7 +256,7 @@ class WarmPool:
     def _proof(self, user: str, server: str) -> str:
         if self._proof_key is None:
             return ""
-        return hmac.new(self._proof_key, f"{self._owner}\0{user}/{server}".encode(), hashlib.sha256).hexdigest()
+        return keyed_hash(self._proof_key, self._owner, f"{user}/{server}")
 
     async def _probe(self, user: str, server: str) -> int | None:
         """Whether a server of this pool was handed over (409) or not (200), with a token revoked once used."""
