@@ -4,11 +4,12 @@ are in test_build_rules.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from kiln_builder.buildpacks import BuildpackError, Plan, plan
+from kiln_builder.buildpacks import BuildpackError, CondaSettings, Plan, plan
 
 OFFERED = ["3.11", "3.13"]
 
@@ -37,13 +38,47 @@ def test_environment_yml_python_is_read_as_conda_reads_it(tmp_path: Path, spec: 
 
 @pytest.mark.parametrize(("spec", "text"), [
     ("python=2.7", "asks for Python 2.7; this Binder offers Python 3.11, 3.13"),
-    ("python<3.10", "no version offered here satisfies; this Binder offers Python 3.11, 3.13"),
+    ("python<3", "no version offered here satisfies; this Binder offers Python 3.11, 3.13"),
     ("python>=3.1O", "the version given for python is not one Kiln understands"),
 ])
 def test_an_environment_yml_python_that_is_not_offered_fails_naming_the_offered_ones(tmp_path: Path, spec: str,
                                                                                       text: str) -> None:
     with pytest.raises(BuildpackError, match=text):
         planned(tmp_path, {"environment.yml": f"dependencies:\n  - {spec}\n"})
+
+
+def conda_config(p: Plan) -> dict[str, list[str]]:
+    return json.loads(p.env_files["kiln-conda.json"])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("spec", ["python=3.12", "python<3.10", "python >=3.9,<3.11"])
+def test_a_python_the_base_images_lack_comes_from_conda(tmp_path: Path, spec: str) -> None:
+    p = planned(tmp_path, {"environment.yml": f"dependencies:\n  - {spec}\n  - pip:\n    - six\n"})
+    wanted = "python " + spec.removeprefix("python").strip()
+    assert conda_config(p)["specs"] == [wanted], "solved by conda, as conda reads the spec"
+    assert p.summary[0] == f"Python from conda ({wanted})"
+    lines = (p.env_dockerfile or "").splitlines()
+    kernel = next(i for i, line in enumerate(lines) if "ipykernel install" in line)
+    pip = next(i for i, line in enumerate(lines) if "pip install --no-cache-dir -r" in line)
+    assert kernel < pip and "python -m pip" in lines[pip], "pip's section goes to conda's Python, after it is there"
+    assert "--name python3" in lines[kernel], "conda's Python is the notebook's kernel"
+
+
+def test_with_conda_packages_python_always_comes_from_conda(tmp_path: Path) -> None:
+    # python=3.11 alone is the base image's Python; beside a conda package, conda's (as repo2docker).
+    alone = planned(tmp_path, {"environment.yml": "dependencies:\n  - python=3.11\n"})
+    assert alone.python_version == "3.11" and "kiln-conda.json" not in alone.env_files
+    p = planned(tmp_path, {"environment.yml": "dependencies:\n  - python=3.11\n  - numpy\n"})
+    assert conda_config(p)["specs"] == ["python =3.11", "numpy"]
+    # Not listed: no Python is added; one a package needs comes as its dependency.
+    p = planned(tmp_path, {"environment.yml": "dependencies:\n  - numpy\n"})
+    assert conda_config(p)["specs"] == ["numpy"] and p.summary[0] == "Python 3.11 from the base image"
+
+
+def test_a_python_not_offered_with_no_conda_channel_fails_naming_the_offered_ones(tmp_path: Path) -> None:
+    (tmp_path / "environment.yml").write_text("dependencies:\n  - python=3.12\n")
+    with pytest.raises(BuildpackError, match=r"does not offer \(it offers Python 3.11, 3.13\) and there is no conda"):
+        plan(tmp_path, "base:1", OFFERED, {}, conda=CondaSettings(default_channels=()))
 
 
 def test_environment_yml_ignores_requirements_runtime_and_setup_py(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 conda-forge cannot be reached from here, so the packages come from a real conda channel this module
 makes (tests/support/condachannel.py: noarch packages, indexed with rattler's indexer), served on the
 build network's package-mirror port, the one place on the host a build may reach. The builder is
-told to resolve channel names there (``conda_channel_alias``) and to add no default channel.
+told to resolve channel names there (``conda_channel_alias``) and to add no default channel. The
+channel's ``python`` is CPython built here from source as a conda package (tests/support/condapython.py),
+so an environment.yml that asks for Python gets it from conda, as on conda-forge.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import pytest_asyncio
 from kilnbus import Phase
 
 from ..support.condachannel import Served, conda_package, index_channel, serve_channels
-from .conftest import BuildHarness, jupyter_answers, run_in
+from ..support.condapython import VERSION as CONDA_PYTHON
+from ..support.condapython import python_package
+from .conftest import ROOT, BuildHarness, jupyter_answers, run_in
 
 pytestmark = [pytest.mark.docker, pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -30,7 +34,7 @@ channels:
   - {CHANNEL}
   - defaults
 dependencies:
-  - python>=3.10
+  - python>=3.12
   - kiln-hello >=2
   - pip
   - pip:
@@ -45,6 +49,7 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     conda_package(noarch, "kiln-dep", "1.0", {"share/kiln-dep/data.txt": (b"from kiln-dep\n", 0o644)})
     conda_package(noarch, "kiln-hello", "2.1", {"bin/kiln-hello": (HELLO, 0o755)}, depends=["kiln-dep >=1"])
     conda_package(noarch, "kiln-hello", "1.0", {"bin/kiln-hello": (b"#!/bin/sh\necho too old\n", 0o755)})
+    python_package(root / CHANNEL / "linux-64", (ROOT / ".state" / "base-image").read_text().strip())
     with serve_channels(root) as served:
         yield served
 
@@ -67,13 +72,20 @@ async def test_conda_packages_and_their_dependencies_land_in_the_image_and_on_th
     assert outcome.phase is Phase.BUILT, f"{outcome.message}\n{conda_builder.log(rid)[-3000:]}"
     log = conda_builder.log(rid)
     assert "kiln-hello 2.1" in log and "kiln-dep 1.0" in log, "the solver's choice is in the log"
-    # A login shell, as JupyterLab's terminal: the conda environment first on PATH, pip's package beside it.
-    check = "command -v kiln-hello; kiln-hello; python -c 'import six; print(six.__version__)'"
-    expected = "/srv/conda/envs/notebook/bin/kiln-hello\nhello from conda\nfrom kiln-dep\n1.16.0"
+    assert f"python {CONDA_PYTHON}" in log and "Python from conda (python >=3.12)" in log
+    # A login shell, as JupyterLab's terminal: the conda environment first on PATH, its Python with
+    # pip's package, and the conda-only package.
+    check = ("command -v kiln-hello; kiln-hello; command -v python; "
+             "python -c 'import platform, six; print(platform.python_version(), six.__version__)'")
+    expected = (f"/srv/conda/envs/notebook/bin/kiln-hello\nhello from conda\nfrom kiln-dep\n"
+                f"/srv/conda/envs/notebook/bin/python\n{CONDA_PYTHON} 1.16.0")
     assert run_in(image, check, login=True) == expected
     assert run_in(image, check) == expected  # and `docker run IMAGE ...`
-    assert run_in(image, "ls /srv/conda/envs/notebook/conda-meta | sort") == "history\nkiln-dep-1.0-0.json\nkiln-hello-2.1-0.json"
-    jupyter_answers(image)
+    assert run_in(image, "ls /srv/conda/envs/notebook/conda-meta | sort") == \
+        f"history\nkiln-dep-1.0-0.json\nkiln-hello-2.1-0.json\npython-{CONDA_PYTHON}-0_kiln.json"
+    # The notebook's kernel is conda's Python, with the environment's packages.
+    jupyter_answers(image, kernel=("python3", "import sys, six; print(sys.executable, six.__version__)",
+                                   "/srv/conda/envs/notebook/bin/python 1.16.0\n"))
 
 
 async def test_a_package_the_channels_lack_fails_naming_it(conda_builder: BuildHarness) -> None:

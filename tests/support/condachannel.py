@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import ssl
 import tarfile
 import threading
 import time
@@ -73,12 +74,15 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve_channels(root: Path) -> Iterator[Served]:
-    """Serve ``root`` (a folder of channels) where builds can reach it, until the block ends."""
+def serve_channels(root: Path, tls: ssl.SSLContext | None = None) -> Iterator[Served]:
+    """Serve ``root`` (a folder of channels) where builds can reach it, until the block ends; over
+    HTTPS with ``tls``."""
     server = ThreadingHTTPServer((BUILD_GATEWAY, MIRROR_PORT), functools.partial(_Quiet, directory=str(root)))
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        yield Served(root, f"http://{BUILD_GATEWAY}:{MIRROR_PORT}")
+        yield Served(root, f"{'https' if tls else 'http'}://{BUILD_GATEWAY}:{MIRROR_PORT}")
     finally:
         server.shutdown()
         server.server_close()

@@ -285,11 +285,12 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 @dataclass
 class _Environment:
-    python: str | None
+    python: str | None  # the base image's Python it asks for (None: the default, or Python from conda)
     pip: list[str]
-    conda: list[str]  # match specs, python left out (it comes from the base image)
+    conda: list[str]  # match specs, python among them when it comes from conda
     channels: list[str]
     r: list[str] = field(default_factory=list)  # Debian packages standing for its r-* entries
+    conda_python: bool = False  # the file's Python is solved from the conda channels
 
 
 def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Environment:
@@ -309,7 +310,7 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Envir
         raise BuildpackError(f"{path.name} is not valid YAML{where}.") from None
     if not isinstance(env, dict):
         raise BuildpackError(f"{path.name} must be a mapping with a 'dependencies' list.")
-    version = None
+    python_spec: str | None = None
     pip: list[str] = []
     conda: list[str] = []
     r: list[str] = []
@@ -329,7 +330,7 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Envir
         elif isinstance(dep, str):
             name, spec = _split_conda_spec(dep)
             if name == "python":
-                version = _python_from_conda_spec(spec, offered, path.name)
+                python_spec = spec
             elif name.startswith("r-") or name == "r":
                 r.append(_debian_r_package(name, path.name))
             elif name != "pip":
@@ -339,6 +340,14 @@ def _environment_yml(path: Path, offered: list[str], files: RepoFiles) -> _Envir
                                  "the 'pip:' list.")
     if len(conda) > MAX_CONDA_SPECS:
         raise BuildpackError(f"{path.name} lists more than {MAX_CONDA_SPECS} conda packages.")
+    if python_spec is None:
+        return _Environment(None, pip, conda, channels, r)
+    # As repo2docker: with conda packages, Python comes from conda (packages built for conda's Python
+    # import only there). With pip alone, the base image's Python serves when it fits the spec.
+    version = _python_from_conda_spec(python_spec, offered, path.name, refuse=False)  # Python 2, bad specs: refused
+    if version == NOT_OFFERED or conda:
+        return _Environment(None, pip, [_conda_spec("python", python_spec, path.name), *conda], channels, r,
+                            conda_python=True)
     return _Environment(version, pip, conda, channels, r)
 
 
@@ -393,12 +402,16 @@ def _split_conda_spec(dep: str) -> tuple[str, str]:
     return (m.group(1).lower(), m.group(2).strip()) if m else (dep, "")
 
 
-def _python_from_conda_spec(spec: str, offered: list[str], source: str) -> str | None:
+NOT_OFFERED = ""  # what _python_from_conda_spec returns, when told not to refuse, for a Python not offered
+
+
+def _python_from_conda_spec(spec: str, offered: list[str], source: str, refuse: bool = True) -> str | None:
     """The offered Python an environment.yml's ``python`` entry means, as conda reads its spec.
 
     ``python=3.11``, ``python 3.11``, ``python=3.11.*`` and ``python==3.11.4`` ask for 3.11;
     ``python=3`` for any Python 3 (the default); a range (``>=3.8``, ``>=3.9,<3.12``) for the newest
-    offered Python inside it. No spec: the default.
+    offered Python inside it. No spec: the default. A Python 3 that is not offered raises, or with
+    ``refuse=False`` gives ``NOT_OFFERED``; Python 2 and specs Kiln cannot read always raise.
     """
     spec = spec.split("[", 1)[0].strip()  # a bracketed part ([build=...]) says nothing of the version
     if not spec:
@@ -409,6 +422,8 @@ def _python_from_conda_spec(spec: str, offered: list[str], source: str) -> str |
             return None
         if wanted in offered:
             return wanted
+        if not refuse and m.group(1) == "3":
+            return NOT_OFFERED
         # Digits only, so it is safe to repeat.
         raise BuildpackError(f"{source} asks for Python {wanted}; this Binder offers Python {', '.join(offered)}.")
     try:
@@ -417,6 +432,8 @@ def _python_from_conda_spec(spec: str, offered: list[str], source: str) -> str |
         raise BuildpackError(f"{source}: the version given for python is not one Kiln understands; write e.g. "
                              f"python={offered[0]} or python>=3.10.") from None
     fitting = [v for v in offered if allowed.contains(v)]
+    if not fitting and not refuse and any(allowed.contains(f"3.{minor}") for minor in range(6, 40)):
+        return NOT_OFFERED
     if not fitting:
         raise BuildpackError(f"{source} asks for a Python no version offered here satisfies; this Binder offers "
                              f"Python {', '.join(offered)}.")
@@ -512,26 +529,31 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     if apt:
         env_files["apt.txt"] = ("\n".join(apt) + "\n").encode()
         summary.append(f"apt.txt: {len(apt)} package(s)")
-    conda_env = False
+    conda_step = ""
+    conda_python = ""
     r_packages: list[str] = []
     if env_yml is not None:
         wanted = _environment_yml(env_yml, offered_pythons, files)
         version = wanted.python or version
+        conda_python = next((spec for spec in wanted.conda if wanted.conda_python and spec.split()[0] == "python"), "")
         if wanted.r and r_wanted is None:
             r_wanted = _RRequest(None, None, f"{env_yml.name}'s r-* packages")
         r_packages = [name for name in wanted.r if name]
         if wanted.conda:
             settings = conda or CondaSettings()
             channels = list(dict.fromkeys([*wanted.channels, *settings.default_channels]))
+            if not channels and wanted.conda_python and len(wanted.conda) == 1:
+                raise BuildpackError(f"{env_yml.name} asks for a Python this Binder does not offer (it offers Python "
+                                     f"{', '.join(offered_pythons)}) and there is no conda channel to take it from.")
             if not channels:
                 raise BuildpackError(f"{env_yml.name} asks for conda packages, but names no channel and this Binder "
                                      "has no default channel.")
             env_files["kiln-conda.json"] = json.dumps({"channels": [settings.url(c) for c in channels],
                                                        "specs": wanted.conda, "prefix": CONDA_PREFIX}).encode()
             env_files["kiln_conda_install.py"] = CONDA_INSTALL_SCRIPT
-            env_steps.append(f"{CONDA_INSTALLER} /tmp/kiln-env/kiln_conda_install.py /tmp/kiln-env/kiln-conda.json")
-            conda_env = True
+            conda_step = f"{CONDA_INSTALLER} /tmp/kiln-env/kiln_conda_install.py /tmp/kiln-env/kiln-conda.json"
             summary.append(f"{env_yml.name}: {len(wanted.conda)} conda package(s) from {', '.join(channels)}")
+        # `python -m pip`: the environment's own pip, conda's Python's when it has one.
         if wanted.pip:
             text = "\n".join(wanted.pip) + "\n"
             if _LOCAL_REQ.search(text):
@@ -539,10 +561,10 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
                 # Carried in base64: the Dockerfile instruction stays one line whatever the text holds.
                 encoded = base64.b64encode(text.encode()).decode()
                 repo_steps.append(f"echo {encoded} | base64 -d > /tmp/kiln-env-requirements.txt && "
-                                  "pip install --no-cache-dir -r /tmp/kiln-env-requirements.txt")
+                                  "python -m pip install --no-cache-dir -r /tmp/kiln-env-requirements.txt")
             else:
                 env_files["requirements.txt"] = text.encode()
-                env_steps.append("pip install --no-cache-dir -r /tmp/kiln-env/requirements.txt")
+                env_steps.append("python -m pip install --no-cache-dir -r /tmp/kiln-env/requirements.txt")
         summary.append(f"{env_yml.name}: {len(wanted.pip)} pip package(s)")
     elif pipfile is not None:
         for name in ("Pipfile", "Pipfile.lock"):
@@ -599,7 +621,7 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     if env_yml is None and pipfile is None and r_wanted is None and _installs_package(repo, cfg, files):
         repo_steps.append("pip install --no-cache-dir .")
         summary.append("the repository installed as a package")
-    summary.insert(0, f"Python {version} from the base image")
+    summary.insert(0, f"Python from conda ({conda_python})" if conda_python else f"Python {version} from the base image")
     base_image = (base_images or {}).get(version, base_image)
 
     key_material = [base_image.encode(), version.encode()] + [name.encode() + b"\0" + data for name, data in sorted(env_files.items())]
@@ -614,11 +636,14 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
                       ("RUN apt-get update -qq && xargs -a /tmp/kiln-env/apt.txt apt-get install -y -qq --no-install-recommends"
                       " && apt-get clean && rm -rf /var/lib/apt/lists/*"), f"USER {NB_USER}"]
     env_lines += r_lines
+    if conda_step:
+        # The conda environment first on PATH, in login shells too (KILN_ENV_PATH: the base image's profile
+        # script), and its Python, when it has one, is the kernel the server starts.
+        env_lines += [f"RUN {conda_step}",
+                      (f"ENV KILN_ENV_PATH={CONDA_PREFIX}/bin:${{KILN_ENV_PATH}} PATH={CONDA_PREFIX}/bin:${{PATH}} "
+                       f"CONDA_PREFIX={CONDA_PREFIX}"),
+                      f"RUN {CONDA_KERNEL_STEP}"]
     env_lines += [f"RUN {step}" for step in env_steps]
-    if conda_env:
-        # The conda environment first on PATH, in login shells too (KILN_ENV_PATH: the base image's profile script).
-        env_lines.append(f"ENV KILN_ENV_PATH={CONDA_PREFIX}/bin:${{KILN_ENV_PATH}} PATH={CONDA_PREFIX}/bin:${{PATH}} "
-                         f"CONDA_PREFIX={CONDA_PREFIX}")
     env_lines.append(f'ENV PYTHONUNBUFFERED=1\nLABEL org.kiln.env="{env_key}"')
 
     repo_lines = ["FROM {env_image}", f"COPY --chown={NB_UID}:{NB_UID} {REPO_SUBDIR}/ {HOME}/"]
@@ -637,6 +662,14 @@ def plan(repo: Path, base_image: str, offered_pythons: list[str], labels: dict[s
     return Plan(kind="python", env_dockerfile="\n".join(env_lines) + "\n", env_files=env_files, env_key=env_key,
                 repo_dockerfile="\n".join(repo_lines) + "\n", python_version=version, summary=summary, labels=labels)
 
+
+# The kernel the server (in /srv/venv) starts is conda's Python when the environment has one: its
+# ipykernel (from PyPI unless the environment has it) registered as python3, which hides the server's own.
+CONDA_KERNEL_STEP = (f"if [ -x {CONDA_PREFIX}/bin/python ]; then py={CONDA_PREFIX}/bin/python"
+                     " && { $py -c 'import ipykernel' 2>/dev/null || { { $py -m pip --version >/dev/null 2>&1"
+                     " || $py -m ensurepip -q; } && $py -m pip install -q --no-cache-dir ipykernel; }; }"
+                     " && $py -m ipykernel install --prefix /srv/venv --name python3 --display-name 'Python 3 (ipykernel)'"
+                     " >/dev/null; fi")
 
 CONDA_INSTALL_SCRIPT = (Path(__file__).parent / "conda_install.py").read_bytes()
 
