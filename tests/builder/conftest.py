@@ -11,7 +11,7 @@ import subprocess
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,9 +155,11 @@ def run_in(image: str, command: str, timeout: float = 120, login: bool = False) 
     return out.stdout.strip()
 
 
-def jupyter_answers(image: str, kernel: tuple[str, str, str] | None = None) -> None:
+def jupyter_answers(image: str, kernel: tuple[str, str, str] | None = None,
+                    then: Callable[[str, str], None] | None = None) -> None:
     """Start the image's Jupyter server on a free loopback port and check that it answers with its token;
-    with ``kernel`` (name, code, what it prints), also that such a kernel runs the code there."""
+    with ``kernel`` (name, code, what it prints), also that such a kernel runs the code there; ``then``
+    is called with the server's URL and its container's name while it runs (its token is ``probe``)."""
     port, name = free_port(), f"kilntest-{uuid.uuid4().hex[:8]}"
     subprocess.run(["docker", "run", "-d", "--rm", "--network", "host", "--name", name, image, "jupyter", "server",
                     "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--IdentityProvider.token=probe"],
@@ -172,6 +174,8 @@ def jupyter_answers(image: str, kernel: tuple[str, str, str] | None = None) -> N
                 if kernel:
                     name, code, expected = kernel
                     assert _kernel_runs(f"http://127.0.0.1:{port}", name, code) == expected
+                if then:
+                    then(f"http://127.0.0.1:{port}", name)
                 return
             except httpx.TransportError:
                 if time.monotonic() > deadline:

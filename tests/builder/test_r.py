@@ -5,8 +5,11 @@ place on the host a build may reach. The builder is told to install CRAN package
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -14,7 +17,7 @@ from kilnbus import Phase
 
 from ..support.condachannel import Served, serve_channels
 from ..support.cranrepo import r_source_package
-from .conftest import BuildHarness, jupyter_answers, run_in
+from .conftest import BuildHarness, free_port, jupyter_answers, run_in
 
 pytestmark = [pytest.mark.docker, pytest.mark.kafka, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -72,13 +75,35 @@ async def test_install_r_description_and_runtime_give_r_with_its_kernel_and_pack
     jupyter_answers(image, kernel=("ir", "cat(analysis::shout())", "HELLO FROM A CRAN-LIKE REPOSITORY"))
 
 
-async def test_r_packages_in_environment_yml_come_from_debian(r_builder: BuildHarness) -> None:
-    url, ref = r_builder.serve_repo("r-env", {"environment.yml": "dependencies:\n  - r-base\n  - r-jsonlite\n"})
+def shiny_app_answers_through_the_servers_proxy(server: str, container: str) -> None:
+    """Start the repository's Shiny app in the running server's container, as a user does from its
+    terminal, and fetch it through jupyter-server-proxy's ``/proxy/<port>/`` with the server's token."""
+    port = free_port()
+    subprocess.run(["docker", "exec", "-d", container, "R", "--quiet", "-e",
+                    f"shiny::runApp('hello', port = {port}, launch.browser = FALSE)"], check=True, timeout=30)
+    deadline, last = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{server}/proxy/{port}/", headers={"Authorization": "token probe"}, timeout=10)
+        if r.status_code == 200 and "Kiln in Shiny" in r.text:
+            assert httpx.get(f"{server}/proxy/{port}/", timeout=10).status_code in (302, 403), "the token is needed"
+            return
+        last = f"{r.status_code} {r.text[:300]}"
+        time.sleep(0.5)
+    raise AssertionError(f"the Shiny app did not answer through the proxy: {last}")
+
+
+async def test_r_packages_in_environment_yml_come_from_debian_and_shiny_is_served(r_builder: BuildHarness) -> None:
+    url, ref = r_builder.serve_repo("r-env", {
+        "environment.yml": "dependencies:\n  - r-base\n  - r-jsonlite\n  - r-shiny\n",
+        "hello/app.R": "library(shiny)\nshinyApp(fluidPage(h1('Kiln in Shiny')), function(input, output) {})\n"})
     rid, image = await r_builder.request(url, ref)
     outcome = await r_builder.outcome(rid, timeout=900)
     assert outcome.phase is Phase.BUILT, f"{outcome.message}\n{r_builder.log(rid)[-3000:]}"
     assert run_in(image, "Rscript -e 'cat(as.character(jsonlite::toJSON(list(a = 1))))'", login=True) == '{"a":[1]}'
     assert run_in(image, "dpkg-query -W -f '${Status}' r-cran-jsonlite") == "install ok installed"
+    # Shiny (Debian's r-cran-shiny) through the server's jupyter-server-proxy: no shiny-server, which
+    # Debian does not package, so /shiny/ is not offered; /proxy/<port>/ is.
+    jupyter_answers(image, then=shiny_app_answers_through_the_servers_proxy)
 
 
 async def test_an_r_version_not_offered_fails_naming_the_offered_ones(r_builder: BuildHarness) -> None:
