@@ -33,5 +33,5 @@ def test_each_launchable_provider_exports_under_its_schema_name(provider: str) -
 
 
 def test_a_provider_outside_the_table_is_not_exported() -> None:
-    assert launch_event(launched("zenodo")) is None
+    assert launch_event(launched("swhid")) is None
     assert launch_event(launched("gh")) is not None, "control: the same history for a table provider is"

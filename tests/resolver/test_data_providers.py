@@ -1,0 +1,103 @@
+"""Data repositories resolve as BinderHub resolves them: a spec to a record version, an image name after
+it, and a build request telling the builder what kind of record to fetch. Their real APIs are answered
+by stand-ins on loopback (tests/support/datahost.py), from records the tests make."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kiln_resolver.images import image_name
+from kiln_resolver.providers import ResolveError, make_providers
+from kiln_resolver.providers.registry import Providers
+from kiln_resolver.settings import Settings
+from kilnbus import MemoryBus, Phase
+
+from ..support.datahost import DataHost
+from .harness import FakeRegistry, Resolving
+
+
+def data_settings(host: DataHost, **more: object) -> Settings:
+    return Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"),
+                    allowed_private_hosts=["127.0.0.1"], **more)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def providers(datahost: DataHost) -> AsyncIterator[Providers]:
+    providers = make_providers(data_settings(datahost))
+    yield providers
+    await providers.aclose()
+
+
+# Zenodo
+
+
+async def test_zenodo_version_doi_resolves_to_its_record(datahost: DataHost, providers: Providers) -> None:
+    doi = datahost.add_zenodo("3242074", {"requirements.txt": b"numpy\n"}, concept="3242073")
+    r = await providers["zenodo"].resolve(doi)
+    assert (r.ref, r.build_slug, r.content) == ("3242074", "zenodo-3242074", "zenodo")
+    assert r.repo_url == f"{datahost.base('zenodo')}/api/records/3242074"
+    assert r.resolved_spec == "10.5281/zenodo.3242074" and r.ref_url == f"{datahost.base('doi')}/10.5281/zenodo.3242074"
+    assert image_name("r/binder-", r.build_slug, r.ref) == "r/binder-zenodo-2d3242074-b993d2:3242074"
+
+
+async def test_zenodo_concept_doi_resolves_to_the_latest_version(datahost: DataHost, providers: Providers) -> None:
+    datahost.add_zenodo("3242074", {"a.txt": b"1"}, concept="3242073")
+    datahost.add_zenodo("3242080", {"a.txt": b"2"}, concept="3242073")
+    r = await providers["zenodo"].resolve("10.5281/zenodo.3242073")
+    assert r.ref == "3242080" and r.resolved_spec == "10.5281/zenodo.3242080"
+    assert (await providers["zenodo"].resolve("doi:10.5281/zenodo.3242074")).ref == "3242074", "a version stays pinned"
+
+
+@pytest.mark.parametrize(("spec", "cause", "says"), [
+    ("10.5281/zenodo.999", "repo_not_found", "DOI 10.5281/zenodo.999 not found"),
+    ("not-a-doi", "bad_spec", "is not a DOI"),
+])
+async def test_zenodo_unknown_or_malformed_doi(providers: Providers, spec: str, cause: str, says: str) -> None:
+    with pytest.raises(ResolveError, match=says) as e:
+        await providers["zenodo"].resolve(spec)
+    assert e.value.cause == cause
+
+
+async def test_zenodo_doi_leading_elsewhere_or_to_a_record_the_api_lacks(datahost: DataHost, providers: Providers) -> None:
+    datahost.dois["10.1234/other"] = f"{datahost.url}/raw/elsewhere"
+    with pytest.raises(ResolveError, match="is not a record on") as e:
+        await providers["zenodo"].resolve("10.1234/other")
+    assert e.value.cause == "repo_not_found"
+    datahost.dois["10.5281/zenodo.77"] = f"{datahost.base('zenodo')}/records/77"  # a DOI whose record is gone
+    with pytest.raises(ResolveError, match="Zenodo record 77 .* not found") as e:
+        await providers["zenodo"].resolve("10.5281/zenodo.77")
+    assert e.value.cause == "repo_not_found"
+
+
+async def test_zenodo_api_down_is_unreachable_not_missing(datahost: DataHost, providers: Providers) -> None:
+    doi = datahost.add_zenodo("5", {"a.txt": b"1"})
+    datahost.overrides["/zenodo/api/records/5"] = (503, {}, b"maintenance")
+    with pytest.raises(ResolveError, match="answered 503") as e:
+        await providers["zenodo"].resolve(doi)
+    assert e.value.cause == "provider_unreachable"
+
+
+async def test_a_doi_redirect_to_a_private_address_is_refused(datahost: DataHost, providers: Providers) -> None:
+    """Only the test's own loopback is allowed: a DOI leading into a private network is not followed."""
+    datahost.dois["10.5281/zenodo.66"] = "http://10.0.0.1/records/66"
+    with pytest.raises(ResolveError, match="private network") as e:
+        await providers["zenodo"].resolve("10.5281/zenodo.66")
+    assert e.value.cause == "private_host"
+    assert not any("10.0.0.1" in p for p in datahost.requests)
+
+
+# Through the resolver: the build request says what to fetch
+
+
+async def test_the_build_request_carries_the_record_and_its_kind(datahost: DataHost) -> None:
+    doi = datahost.add_zenodo("3242074", {"requirements.txt": b"numpy\n"})
+    settings = data_settings(datahost)
+    async with Resolving(MemoryBus(settings), settings, FakeRegistry()) as resolving:
+        rid = await resolving.launch("zenodo", doi)
+        assert resolving.outcome(rid).phase is Phase.RESOLVED
+        [(_, build)] = resolving.builds()
+    assert (build.content, build.ref, build.provider, build.spec) == ("zenodo", "3242074", "zenodo", doi)
+    assert build.repo_url.endswith("/zenodo/api/records/3242074")
+    assert build.image_name.endswith("zenodo-2d3242074-b993d2:3242074")
