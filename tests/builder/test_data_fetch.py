@@ -118,3 +118,22 @@ def test_a_build_request_written_before_content_existed_reads_as_git() -> None:
                                   "launch": True, "hub_user": None, "launch_host": "", "client_ip": None})
     decoded = codec.decode(data)
     assert isinstance(decoded, BuildRequested) and decoded.content == "git" and decoded.repo_url == "https://h/r.git"
+
+
+async def test_figshare_version_files_are_fetched_link_only_ones_left_out(datahost: DataHost, tmp_path: Path) -> None:
+    datahost.add_figshare("21", {1: {"old.txt": b"old"}, 2: {"environment.yml": b"name: x\n", "see-also": b""}},
+                          link_only=["see-also"])
+    url = f"{datahost.base('figshare-api')}/v2/articles/21/versions/2"
+    await fetch_record(url, "figshare", tmp_path / "co")
+    assert tree(tmp_path / "co") == {"environment.yml": b"name: x\n"}, "version 2 only, through ndownloader's redirect"
+    assert any(p.startswith("/raw/s3-21-2-") for p in datahost.requests)
+
+
+async def test_figshare_single_zip_is_unpacked_only_when_named_so(datahost: DataHost, tmp_path: Path) -> None:
+    archive = make_zip({"project/requirements.txt": b"scipy\n"})
+    datahost.add_figshare("22", {1: {"project.zip": archive}, 2: {"project.bin": archive}})
+    base = f"{datahost.base('figshare-api')}/v2/articles/22/versions"
+    await fetch_record(f"{base}/1", "figshare", tmp_path / "zip")
+    assert tree(tmp_path / "zip") == {"requirements.txt": b"scipy\n"}
+    await fetch_record(f"{base}/2", "figshare", tmp_path / "bin")
+    assert tree(tmp_path / "bin") == {"project.bin": archive}, "repo2docker unpacks Figshare files named .zip only"

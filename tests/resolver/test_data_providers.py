@@ -19,8 +19,8 @@ from .harness import FakeRegistry, Resolving
 
 
 def data_settings(host: DataHost, **more: object) -> Settings:
-    return Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"),
-                    allowed_private_hosts=["127.0.0.1"], **more)  # type: ignore[arg-type]
+    return Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"), figshare_url=host.base("figshare"),
+                    figshare_api_url=host.base("figshare-api") + "/v2", allowed_private_hosts=["127.0.0.1"], **more)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -101,3 +101,44 @@ async def test_the_build_request_carries_the_record_and_its_kind(datahost: DataH
     assert (build.content, build.ref, build.provider, build.spec) == ("zenodo", "3242074", "zenodo", doi)
     assert build.repo_url.endswith("/zenodo/api/records/3242074")
     assert build.image_name.endswith("zenodo-2d3242074-b993d2:3242074")
+
+
+# Figshare
+
+
+async def test_figshare_doi_with_a_version_resolves_to_it(datahost: DataHost, providers: Providers) -> None:
+    doi = datahost.add_figshare("9782777", {1: {"a.txt": b"1"}, 2: {"a.txt": b"2"}})
+    r = await providers["figshare"].resolve(f"{doi}.v1")
+    assert (r.ref, r.build_slug, r.content) == ("9782777.v1", "figshare-9782777.v1", "figshare")
+    assert r.repo_url == f"{datahost.base('figshare-api')}/v2/articles/9782777/versions/1"
+    assert r.resolved_spec == "10.6084/m9.figshare.9782777.v1"
+    assert r.ref_url == f"{datahost.base('doi')}/10.6084/m9.figshare.9782777.v1"
+
+
+async def test_figshare_doi_without_a_version_resolves_to_the_latest(datahost: DataHost, providers: Providers) -> None:
+    doi = datahost.add_figshare("9782777", {1: {"a.txt": b"1"}, 3: {"a.txt": b"3"}})
+    r = await providers["figshare"].resolve(doi)
+    assert r.ref == "9782777.v3" and r.resolved_spec == "10.6084/m9.figshare.9782777.v3"
+
+
+@pytest.mark.parametrize(("spec", "cause", "says"), [
+    ("10.6084/m9.figshare.9782777.v7", "ref_not_found", "has no version 7"),
+    ("10.6084/m9.figshare.1234", "repo_not_found", "DOI 10.6084/m9.figshare.1234 not found"),
+    ("10.6084/m9.figshare", "bad_spec", "is not a Figshare DOI"),
+    ("10.5281/zenodo.3242074", "bad_spec", "is not a Figshare DOI"),
+])
+async def test_figshare_bad_version_unknown_article_or_malformed_doi(datahost: DataHost, providers: Providers, spec: str,
+                                                                    cause: str, says: str) -> None:
+    datahost.add_figshare("9782777", {1: {"a.txt": b"1"}})
+    # a version whose DOI was registered but which the API does not show (withdrawn, embargoed)
+    datahost.dois["10.6084/m9.figshare.9782777.v7"] = f"{datahost.base('figshare')}/articles/dataset/t/9782777/7"
+    with pytest.raises(ResolveError, match=says) as e:
+        await providers["figshare"].resolve(spec)
+    assert e.value.cause == cause
+
+
+async def test_figshare_article_the_api_does_not_know(datahost: DataHost, providers: Providers) -> None:
+    datahost.dois["10.6084/m9.figshare.555"] = f"{datahost.base('figshare')}/articles/dataset/t/555"
+    with pytest.raises(ResolveError, match="Figshare article 555 .*not found") as e:
+        await providers["figshare"].resolve("10.6084/m9.figshare.555")
+    assert e.value.cause == "repo_not_found"

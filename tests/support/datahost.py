@@ -12,6 +12,10 @@ the base URL the settings name:
     /zenodo/api/records/<id>                   Zenodo API: the record (links.files)
     /zenodo/api/records/<id>/files             Zenodo API: its file entries (key, size, links.content)
     /zenodo/api/records/<id>/files/<key>/content   the file's bytes
+    /figshare/articles/<type>/<title>/<id>[/<v>]   Figshare: an article's landing page
+    /figshare-api/v2/articles/<id>/versions    Figshare API: the article's versions
+    /figshare-api/v2/articles/<id>/versions/<v>    Figshare API: one version (files: name, download_url, is_link_only)
+    /figshare-files/<file id>                  Figshare's ndownloader: 302 to the stored bytes (/raw/...), as S3
     /raw/<name>                                bytes put there by a test (plain downloads, redirect targets)
     /redirect?to=<url>                         302 to <url> (a link that leads elsewhere)
 
@@ -60,12 +64,19 @@ class ZenodoRecord:
 
 
 @dataclass
+class FigshareArticle:
+    versions: dict[int, dict[str, bytes]]  # version -> files
+    link_only: list[str] = field(default_factory=list)  # names listed as links to elsewhere, not files
+
+
+@dataclass
 class DataHost:
     """The stand-in's state: what it serves, and the paths it was asked for."""
 
     url: str = ""
     dois: dict[str, str] = field(default_factory=dict)  # DOI -> landing URL
     zenodo: dict[str, ZenodoRecord] = field(default_factory=dict)
+    figshare: dict[str, FigshareArticle] = field(default_factory=dict)
     raw: dict[str, bytes] = field(default_factory=dict)
     overrides: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
@@ -84,6 +95,17 @@ class DataHost:
         if concept:
             concept_doi = f"10.5281/zenodo.{concept}"
             self.dois[concept_doi] = f"{self.base('zenodo')}/doi/{concept_doi}"
+        return doi
+
+    def add_figshare(self, article: str, versions: dict[int, dict[str, bytes]],
+                     link_only: list[str] | None = None) -> str:
+        """A Figshare article with its DOIs (unversioned and each ``.vN``); the unversioned DOI."""
+        self.figshare[article] = FigshareArticle(versions, link_only or [])
+        doi = f"10.6084/m9.figshare.{article}"
+        landing = f"{self.base('figshare')}/articles/dataset/a_title/{article}"
+        self.dois[doi] = landing
+        for version in versions:
+            self.dois[f"{doi}.v{version}"] = f"{landing}/{version}"
         return doi
 
     def stop(self) -> None:
@@ -123,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers, body = self.host.overrides[path]
             return self._send(status, body, headers)
         service, _, rest = path.lstrip("/").partition("/")
-        handler = getattr(self, f"_{service}", None)
+        handler = getattr(self, f"_{service.replace('-', '_')}", None)
         if handler is None:
             return self._json(404, {"message": "not found"})
         handler(rest, query)
@@ -172,6 +194,31 @@ class _Handler(BaseHTTPRequestHandler):
             if name in record.files:
                 return self._send(200, record.files[name])
         self._json(404, {"status": 404, "message": "not found"})
+
+    def _figshare(self, rest: str, query: dict[str, list[str]]) -> None:
+        self._send(200, b"<html>a Figshare article</html>", content_type="text/html")
+
+    def _figshare_files(self, file_id: str, query: dict[str, list[str]]) -> None:
+        article, version, name = file_id.split("-", 2)
+        self.host.raw[f"s3-{file_id}"] = self.host.figshare[article].versions[int(version)][unquote(name)]
+        self._found(f"{self.host.url}/raw/s3-{file_id}")
+
+    def _figshare_api(self, rest: str, query: dict[str, list[str]]) -> None:
+        segments = rest.split("/")
+        if segments[:2] != ["v2", "articles"] or len(segments) < 4 or segments[3] != "versions" \
+                or segments[2] not in self.host.figshare:
+            return self._json(404, {"message": "Entity not found: article", "code": "EntityNotFound"})
+        article_id, article = segments[2], self.host.figshare[segments[2]]
+        api = f"{self.host.base('figshare-api')}/v2/articles/{article_id}"
+        if len(segments) == 4:
+            return self._json(200, [{"version": v, "url": f"{api}/versions/{v}"} for v in sorted(article.versions)])
+        version = int(segments[4]) if segments[4].isdigit() else -1
+        if version not in article.versions:
+            return self._json(404, {"message": "Entity not found: article version", "code": "EntityNotFound"})
+        files = [{"id": i, "name": name, "size": len(data), "is_link_only": name in article.link_only,
+                  "download_url": f"{self.host.base('figshare-files')}/{article_id}-{version}-{quote(name, safe='')}"}
+                 for i, (name, data) in enumerate(article.versions[version].items())]
+        self._json(200, {"id": int(article_id), "version": version, "files": files})
 
 
 def start_datahost() -> DataHost:

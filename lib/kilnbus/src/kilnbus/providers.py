@@ -62,6 +62,9 @@ class Provider:
                 "ref": {"enabled": True, "default": "HEAD"} if self.ref_enabled else {"enabled": False}}
 
 
+# A DOI pasted as a doi.org link or with "doi:" is reduced to the DOI itself.
+_DOI_DETECT = r"^((https?://)?(dx\.)?doi\.org/|doi:)?(?P<repo>10\..*[^/])/?$"
+
 _TABLE = (
     Provider("gh", "GitHub", r"[^/]+/[^/]+/.+", RefLayout.AFTER_OWNER_REPO, "GitHub repository name or URL",
              "example: binder-examples/requirements", False, "GitHub",
@@ -76,7 +79,10 @@ _TABLE = (
              "example: http://git.example.com/repo.git", True, "Git"),
     # Data repositories (BinderHub's spec formats); kiln_resolver.providers.data resolves them.
     Provider("zenodo", "Zenodo DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "Zenodo DOI", "example: 10.5281/zenodo.3242074",
-             False, "Zenodo", detect=r"^((https?://)?(dx\.)?doi\.org/|doi:)?(?P<repo>10\..*[^/])/?$", ref_enabled=False),
+             False, "Zenodo", detect=_DOI_DETECT, ref_enabled=False),
+    Provider("figshare", "FigShare DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "FigShare DOI",
+             "example: 10.6084/m9.figshare.9782777.v1", False, "Figshare",
+             detect=_DOI_DETECT, ref_enabled=False),
 )
 
 # In the order the form lists them (the first is its default, as in BinderHub).

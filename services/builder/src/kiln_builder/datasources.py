@@ -80,10 +80,28 @@ async def zenodo(http: GuardedHTTP, repo_url: str) -> Listing:
     return Listing(f"Zenodo record {repo_url.rstrip('/').rsplit('/', 1)[-1]}", files, Layout.SINGLE_ZIP)
 
 
+async def figshare(http: GuardedHTTP, repo_url: str) -> Listing:
+    """``<api>/articles/<id>/versions/<N>``: its ``files``, link-only ones left out; a lone ``.zip`` is unpacked."""
+    article = await read_json(http, repo_url)
+    entries = _get(article, "files")
+    if not isinstance(entries, list):
+        raise FetchFailed(f"The Figshare article at {repo_url} lists no files.", "fetch_failed")
+    files = []
+    for entry in entries:
+        if _get(entry, "is_link_only"):
+            continue  # a link to elsewhere, not a file of the article (repo2docker skips them too)
+        name, url = _get(entry, "name"), _get(entry, "download_url")
+        if not isinstance(name, str) or not isinstance(url, str):
+            raise FetchFailed(f"The Figshare article at {repo_url} lists a file without a name or link.", "fetch_failed")
+        files.append(RemoteFile(name, url, _size(_get(entry, "size"))))
+    parts = repo_url.rstrip("/").split("/")
+    return Listing(f"Figshare article {parts[-3]} version {parts[-1]}", files, Layout.SINGLE_NAMED_ZIP)
+
+
 Lister = Callable[[GuardedHTTP, str], Awaitable[Listing]]
 
 # content kind (BuildRequested.content) -> how its record is read
-LISTERS: dict[str, Lister] = {"zenodo": zenodo}
+LISTERS: dict[str, Lister] = {"zenodo": zenodo, "figshare": figshare}
 
 
 def shown(url: str) -> str:

@@ -37,6 +37,8 @@ class Settings(BusSettings):
                                   "redirect to the record's landing page.")
     zenodo_url: str = Field("https://zenodo.org", description="The Zenodo (or other InvenioRDM) installation whose DOIs "
                             "the zenodo provider launches; its API is under /api.")
+    figshare_url: str = Field("https://figshare.com", description="Figshare's web site, where its DOIs lead.")
+    figshare_api_url: str = Field("https://api.figshare.com/v2", description="Figshare's API (articles and versions).")
     resolve_cache_s: float = Field(60.0, ge=0, description="How long a branch or tag stays resolved to the same commit.")
     provider_timeout_s: float = Field(20.0, gt=0, description="Timeout of one provider API call or git ls-remote.")
 
