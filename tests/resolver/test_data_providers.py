@@ -142,3 +142,47 @@ async def test_figshare_article_the_api_does_not_know(datahost: DataHost, provid
     with pytest.raises(ResolveError, match="Figshare article 555 .*not found") as e:
         await providers["figshare"].resolve("10.6084/m9.figshare.555")
     assert e.value.cause == "repo_not_found"
+
+
+# doi: whichever data repository serves the DOI
+
+
+async def test_doi_resolves_through_the_provider_that_serves_it(datahost: DataHost, providers: Providers) -> None:
+    zenodo_doi = datahost.add_zenodo("3242074", {"a.txt": b"1"}, concept="3242073")
+    figshare_doi = datahost.add_figshare("9782777", {1: {"a.txt": b"1"}, 2: {"a.txt": b"2"}})
+    by_doi = await providers["doi"].resolve(zenodo_doi)
+    direct = await providers["zenodo"].resolve(zenodo_doi)
+    assert by_doi == direct and by_doi.content == "zenodo", "the same record, so the same image"
+    assert (await providers["doi"].resolve("doi:10.5281/zenodo.3242073")).ref == "3242074", "a concept DOI too"
+    fig = await providers["doi"].resolve(figshare_doi)
+    assert (fig.ref, fig.content, fig.build_slug) == ("9782777.v2", "figshare", "figshare-9782777.v2")
+
+
+async def test_doi_of_a_figshare_article_without_figshare_in_it_is_read_from_its_landing_page(
+        datahost: DataHost, providers: Providers) -> None:
+    """Institutional Figshare DOIs have their own prefixes: the article and version are in the page it leads to."""
+    datahost.add_figshare("4444", {1: {"a.txt": b"1"}, 2: {"a.txt": b"2"}})
+    datahost.dois["10.5522/04.4444.v1"] = f"{datahost.base('figshare')}/articles/dataset/t/4444/1"
+    r = await providers["doi"].resolve("10.5522/04.4444.v1")
+    assert (r.ref, r.content, r.resolved_spec) == ("4444.v1", "figshare", "10.5522/04.4444.v1")
+
+
+async def test_doi_served_by_no_known_repository_or_unknown(datahost: DataHost, providers: Providers) -> None:
+    datahost.dois["10.1000/journal.article"] = f"{datahost.url}/raw/journal-page"
+    with pytest.raises(ResolveError, match=r"not on a data repository this Binder launches from \(zenodo, figshare") as e:
+        await providers["doi"].resolve("10.1000/journal.article")
+    assert e.value.cause == "repo_not_found"
+    with pytest.raises(ResolveError, match="not found") as e:
+        await providers["doi"].resolve("10.1000/nothing")
+    assert e.value.cause == "repo_not_found"
+
+
+async def test_a_doi_launch_builds_the_records_image(datahost: DataHost) -> None:
+    doi = datahost.add_zenodo("3242074", {"requirements.txt": b"numpy\n"})
+    settings = data_settings(datahost)
+    async with Resolving(MemoryBus(settings), settings, FakeRegistry()) as resolving:
+        rid = await resolving.launch("doi", doi)
+        assert resolving.outcome(rid).phase is Phase.RESOLVED
+        [(_, build)] = resolving.builds()
+    assert (build.provider, build.content, build.ref) == ("doi", "zenodo", "3242074")
+    assert build.image_name.endswith("zenodo-2d3242074-b993d2:3242074"), "the image a zenodo/ launch makes"

@@ -37,7 +37,7 @@ class Provider:
     repo_label: str
     placeholder: str
     url_encode: bool  # the form percent-encodes the repository part (a URL or a nested namespace)
-    schema_name: str  # the name BinderHub's launch-event schema (v6) has for it
+    schema_name: str | None  # the name BinderHub's launch-event schema (v6) has for it; None: it has none
     detect: str | None = None  # strips a pasted URL down to the repository part (named group "repo")
     ref_enabled: bool = True  # the form asks for a ref (git providers; data repositories have none)
 
@@ -83,6 +83,9 @@ _TABLE = (
     Provider("figshare", "FigShare DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "FigShare DOI",
              "example: 10.6084/m9.figshare.9782777.v1", False, "Figshare",
              detect=_DOI_DETECT, ref_enabled=False),
+    # Kiln's own: any DOI, launched from whichever data repository above serves it (v6 has no name for it).
+    Provider("doi", "DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "DOI of a Zenodo record, Figshare article, ...",
+             "example: 10.5281/zenodo.3242074", False, None, detect=_DOI_DETECT, ref_enabled=False),
 )
 
 # In the order the form lists them (the first is its default, as in BinderHub).

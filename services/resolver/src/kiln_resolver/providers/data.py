@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kiln_resolver.providers.base import RepoProvider
-from kiln_resolver.providers.doi import DoiResolver
+from kiln_resolver.providers.doi import DoiProvider, DoiResolver
 from kiln_resolver.providers.figshare import FigshareProvider
 from kiln_resolver.providers.zenodo import ZenodoProvider
 from kiln_resolver.settings import Settings
@@ -15,5 +15,6 @@ def data_providers(settings: Settings) -> tuple[list[RepoProvider], GuardedHTTP]
     http = GuardedHTTP(["https", "http"], settings.allowed_private_hosts, settings.provider_timeout_s,
                        user_agent="Kiln (BinderHub-compatible)")
     doi = DoiResolver(http, settings.doi_resolver_url)
-    return [ZenodoProvider(http, doi, settings.zenodo_url),
-            FigshareProvider(http, doi, settings.figshare_url, settings.figshare_api_url)], http
+    zenodo = ZenodoProvider(http, doi, settings.zenodo_url)
+    figshare = FigshareProvider(http, doi, settings.figshare_url, settings.figshare_api_url)
+    return [zenodo, figshare, DoiProvider(doi, [zenodo, figshare])], http

@@ -1,13 +1,15 @@
-"""DOIs to landing pages: ``<resolver>/<doi>`` redirects (doi.org's proxy), followed through the URL guard."""
+"""DOIs to landing pages (``<resolver>/<doi>`` redirects, as doi.org's proxy, followed through the URL guard),
+and the ``doi`` provider: a DOI launched from whichever data repository serves it."""
 
 from __future__ import annotations
 
 import re
+from typing import Protocol
 from urllib.parse import quote
 
 import httpx
 
-from kiln_resolver.providers.base import ResolveError
+from kiln_resolver.providers.base import Resolution, ResolveError
 from kiln_resolver.providers.datahttp import normalize_doi, under
 from kilnbus.guardedhttp import GuardedHTTP
 from kilnbus.urlguard import UnsafeRepoURL
@@ -44,3 +46,36 @@ class DoiResolver:
                 raise ResolveError(f"DOI {doi} not found.", "repo_not_found", 404)
             raise ResolveError(f"The DOI resolver answered {status} for {doi}.", "provider_unreachable", 503)
         return final
+
+
+class LandingProvider(Protocol):
+    """A data repository that can say whether a DOI's landing page is one of its records, and resolve it."""
+
+    name: str
+
+    def claims(self, landing: str) -> bool: ...
+
+    async def from_landing(self, spec: str, landing: str) -> Resolution: ...
+
+
+class DoiProvider:
+    """``doi``: any DOI, resolved by whichever data repository its landing page is on.
+
+    The DOI is looked up once; the provider that claims where it leads resolves it as its own spec
+    would be, so a record gets the same image whichever way it was launched.
+    """
+
+    name = "doi"
+
+    def __init__(self, doi: DoiResolver, providers: list[LandingProvider]) -> None:
+        self._doi = doi
+        self._providers = providers
+
+    async def resolve(self, spec: str) -> Resolution:
+        landing = await self._doi.landing(spec)
+        for provider in self._providers:
+            if provider.claims(landing):
+                return await provider.from_landing(spec, landing)
+        names = ", ".join(p.name for p in self._providers)
+        raise ResolveError(f"DOI {normalize_doi(spec)} leads to {landing}, which is not on a data repository this Binder "
+                           f"launches from ({names}).", "repo_not_found", 404)
