@@ -137,3 +137,15 @@ async def test_figshare_single_zip_is_unpacked_only_when_named_so(datahost: Data
     assert tree(tmp_path / "zip") == {"requirements.txt": b"scipy\n"}
     await fetch_record(f"{base}/2", "figshare", tmp_path / "bin")
     assert tree(tmp_path / "bin") == {"project.bin": archive}, "repo2docker unpacks Figshare files named .zip only"
+
+
+async def test_dataverse_version_files_land_in_their_folders_and_a_lone_folder_is_the_root(
+        datahost: DataHost, tmp_path: Path) -> None:
+    datahost.add_dataverse("10.7910/DVN/X", {(1, 0): {"old.txt": b"old"},
+                                             (2, 0): {"code/requirements.txt": b"numpy\n", "code/nb/a.ipynb": b"{}"}})
+    base = f"{datahost.base('dataverse')}/api/datasets/:persistentId/versions"
+    await fetch_record(f"{base}/2.0?persistentId=doi:10.7910/DVN/X", "dataverse", tmp_path / "v2")
+    assert tree(tmp_path / "v2") == {"requirements.txt": b"numpy\n", "nb/a.ipynb": b"{}"}
+    await fetch_record(f"{base}/1.0?persistentId=doi:10.7910/DVN/X", "dataverse", tmp_path / "v1")
+    assert tree(tmp_path / "v1") == {"old.txt": b"old"}, "the version resolved, not the latest"
+    assert any("format=original" in p for p in datahost.requests)

@@ -20,7 +20,8 @@ from .harness import FakeRegistry, Resolving
 
 def data_settings(host: DataHost, **more: object) -> Settings:
     return Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"), figshare_url=host.base("figshare"),
-                    figshare_api_url=host.base("figshare-api") + "/v2", allowed_private_hosts=["127.0.0.1"], **more)  # type: ignore[arg-type]
+                    figshare_api_url=host.base("figshare-api") + "/v2", dataverse_urls=[host.base("dataverse")],
+                    allowed_private_hosts=["127.0.0.1"], **more)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -169,7 +170,7 @@ async def test_doi_of_a_figshare_article_without_figshare_in_it_is_read_from_its
 
 async def test_doi_served_by_no_known_repository_or_unknown(datahost: DataHost, providers: Providers) -> None:
     datahost.dois["10.1000/journal.article"] = f"{datahost.url}/raw/journal-page"
-    with pytest.raises(ResolveError, match=r"not on a data repository this Binder launches from \(zenodo, figshare") as e:
+    with pytest.raises(ResolveError, match=r"not on a data repository this Binder launches from \(zenodo, figshare, dataverse") as e:
         await providers["doi"].resolve("10.1000/journal.article")
     assert e.value.cause == "repo_not_found"
     with pytest.raises(ResolveError, match="not found") as e:
@@ -186,3 +187,35 @@ async def test_a_doi_launch_builds_the_records_image(datahost: DataHost) -> None
         [(_, build)] = resolving.builds()
     assert (build.provider, build.content, build.ref) == ("doi", "zenodo", "3242074")
     assert build.image_name.endswith("zenodo-2d3242074-b993d2:3242074"), "the image a zenodo/ launch makes"
+
+
+# Dataverse
+
+
+async def test_dataverse_doi_resolves_to_the_latest_published_version(datahost: DataHost, providers: Providers) -> None:
+    doi = datahost.add_dataverse("10.7910/DVN/TJCLKP", {(1, 0): {"a.txt": b"1"}, (2, 1): {"a.txt": b"2"}})
+    r = await providers["dataverse"].resolve(doi)
+    assert (r.ref, r.content, r.resolved_spec) == ("1000.v2.1", "dataverse", "10.7910/DVN/TJCLKP")
+    assert r.build_slug == "dataverse-dvn-2ftjclkp", "BinderHub's: the identifier escaped, lower case"
+    assert r.repo_url == f"{datahost.base('dataverse')}/api/datasets/:persistentId/versions/2.1?persistentId=doi:10.7910/DVN/TJCLKP"
+    assert r.ref_url == "https://doi.org/10.7910/DVN/TJCLKP"
+    assert await providers["doi"].resolve(doi) == r
+
+
+async def test_dataverse_file_doi_stands_for_its_dataset(datahost: DataHost, providers: Providers) -> None:
+    datahost.add_dataverse("10.7910/DVN/6ZXAGT", {(1, 0): {"a.txt": b"1"}})
+    datahost.dataverse_file_dois["doi:10.7910/DVN/6ZXAGT/3YRRYJ"] = "doi:10.7910/DVN/6ZXAGT"
+    datahost.dois["10.7910/DVN/6ZXAGT/3YRRYJ"] = f"{datahost.base('dataverse')}/citation?persistentId=doi:10.7910/DVN/6ZXAGT/3YRRYJ"
+    r = await providers["dataverse"].resolve("10.7910/DVN/6ZXAGT/3YRRYJ")
+    assert r.resolved_spec == "10.7910/DVN/6ZXAGT" and r.ref == "1000.v1.0"
+
+
+async def test_dataverse_unknown_dataset_or_installation(datahost: DataHost, providers: Providers) -> None:
+    datahost.dois["10.7910/DVN/GONE"] = f"{datahost.base('dataverse')}/citation?persistentId=doi:10.7910/DVN/GONE"
+    with pytest.raises(ResolveError, match="dataset 10.7910/DVN/GONE not found") as e:
+        await providers["dataverse"].resolve("10.7910/DVN/GONE")
+    assert e.value.cause == "repo_not_found"
+    datahost.dois["10.9999/ELSEWHERE"] = f"{datahost.url}/raw/other-dataverse/dataset.xhtml"
+    with pytest.raises(ResolveError, match="not a Dataverse installation this Binder knows") as e:
+        await providers["dataverse"].resolve("10.9999/ELSEWHERE")
+    assert e.value.cause == "repo_not_found"

@@ -16,6 +16,11 @@ the base URL the settings name:
     /figshare-api/v2/articles/<id>/versions    Figshare API: the article's versions
     /figshare-api/v2/articles/<id>/versions/<v>    Figshare API: one version (files: name, download_url, is_link_only)
     /figshare-files/<file id>                  Figshare's ndownloader: 302 to the stored bytes (/raw/...), as S3
+    /dataverse/citation?persistentId=<pid>     Dataverse: landing page (302 to dataset.xhtml, as the real one)
+    /dataverse/api/datasets/:persistentId?persistentId=<pid>   Dataverse API: the dataset (latestVersion)
+    /dataverse/api/datasets/:persistentId/versions/<v>?persistentId=<pid>   one version (files)
+    /dataverse/api/files/:persistentId?persistentId=<file pid>&returnDatasetVersion=true   a file's dataset
+    /dataverse/api/access/datafile/<id>?format=original   a file's bytes
     /raw/<name>                                bytes put there by a test (plain downloads, redirect targets)
     /redirect?to=<url>                         302 to <url> (a link that leads elsewhere)
 
@@ -70,6 +75,13 @@ class FigshareArticle:
 
 
 @dataclass
+class DataverseDataset:
+    id: int
+    versions: dict[tuple[int, int], dict[str, bytes]]  # (major, minor) -> path in the dataset -> bytes
+    files: dict[int, bytes] = field(default_factory=dict)  # file id -> bytes (every version's)
+
+
+@dataclass
 class DataHost:
     """The stand-in's state: what it serves, and the paths it was asked for."""
 
@@ -77,6 +89,8 @@ class DataHost:
     dois: dict[str, str] = field(default_factory=dict)  # DOI -> landing URL
     zenodo: dict[str, ZenodoRecord] = field(default_factory=dict)
     figshare: dict[str, FigshareArticle] = field(default_factory=dict)
+    dataverse: dict[str, DataverseDataset] = field(default_factory=dict)  # "doi:<doi>" -> dataset
+    dataverse_file_dois: dict[str, str] = field(default_factory=dict)  # a file's "doi:..." -> its dataset's
     raw: dict[str, bytes] = field(default_factory=dict)
     overrides: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
@@ -106,6 +120,13 @@ class DataHost:
         self.dois[doi] = landing
         for version in versions:
             self.dois[f"{doi}.v{version}"] = f"{landing}/{version}"
+        return doi
+
+    def add_dataverse(self, doi: str, versions: dict[tuple[int, int], dict[str, bytes]]) -> str:
+        """A Dataverse dataset with its DOI leading to its citation page; the DOI."""
+        dataset = DataverseDataset(1000 + len(self.dataverse), versions)
+        self.dataverse[f"doi:{doi}"] = dataset
+        self.dois[doi] = f"{self.base('dataverse')}/citation?persistentId=doi:{doi}"
         return doi
 
     def stop(self) -> None:
@@ -219,6 +240,44 @@ class _Handler(BaseHTTPRequestHandler):
                   "download_url": f"{self.host.base('figshare-files')}/{article_id}-{version}-{quote(name, safe='')}"}
                  for i, (name, data) in enumerate(article.versions[version].items())]
         self._json(200, {"id": int(article_id), "version": version, "files": files})
+
+
+    def _dataverse(self, rest: str, query: dict[str, list[str]]) -> None:
+        pid = query.get("persistentId", [""])[0]
+        if rest == "citation":
+            return self._found(f"{self.host.base('dataverse')}/dataset.xhtml?persistentId={pid}")
+        if rest == "dataset.xhtml":
+            return self._send(200, b"<html>a dataset</html>", content_type="text/html")
+        if rest.startswith("api/access/datafile/"):
+            file_id = int(rest.rsplit("/", 1)[1])
+            found = [d.files[file_id] for d in self.host.dataverse.values() if file_id in d.files]
+            return self._send(200, found[0]) if found else self._json(404, {"status": "ERROR"})
+        if rest == "api/files/:persistentId":
+            parent = self.host.dataverse_file_dois.get(pid)
+            return self._json(200, {"status": "OK", "data": {"datasetVersion": {"datasetPersistentId": parent}}}) \
+                if parent else self._json(404, {"status": "ERROR", "message": "File not found"})
+        dataset = self.host.dataverse.get(pid)
+        if dataset is None or not rest.startswith("api/datasets/:persistentId"):
+            return self._json(404, {"status": "ERROR", "message": f"Dataset with Persistent ID {pid} not found."})
+        authority, _, identifier = pid.removeprefix("doi:").partition("/")
+        if rest == "api/datasets/:persistentId":
+            major, minor = max(dataset.versions)
+            return self._json(200, {"status": "OK", "data": {
+                "id": dataset.id, "protocol": "doi", "authority": authority, "identifier": identifier,
+                "persistentUrl": f"https://doi.org/{pid.removeprefix('doi:')}",
+                "latestVersion": {"versionNumber": major, "versionMinorNumber": minor, "versionState": "RELEASED"}}})
+        wanted = rest.rsplit("/", 1)[1]
+        key = next((v for v in dataset.versions if f"{v[0]}.{v[1]}" == wanted), None)
+        if key is None:
+            return self._json(404, {"status": "ERROR", "message": "Dataset version not found"})
+        files = []
+        for path, data in dataset.versions[key].items():
+            file_id = 100 * dataset.id + len(dataset.files)
+            dataset.files[file_id] = data
+            folder, _, label = path.rpartition("/")
+            files.append({"label": label, **({"directoryLabel": folder} if folder else {}),
+                          "dataFile": {"id": file_id, "filesize": len(data), "persistentId": ""}})
+        self._json(200, {"status": "OK", "data": {"versionNumber": key[0], "versionMinorNumber": key[1], "files": files}})
 
 
 def start_datahost() -> DataHost:

@@ -83,8 +83,10 @@ _TABLE = (
     Provider("figshare", "FigShare DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "FigShare DOI",
              "example: 10.6084/m9.figshare.9782777.v1", False, "Figshare",
              detect=_DOI_DETECT, ref_enabled=False),
+    Provider("dataverse", "Dataverse DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "Dataverse DOI",
+             "example: 10.7910/DVN/TJCLKP", False, "Dataverse", detect=_DOI_DETECT, ref_enabled=False),
     # Kiln's own: any DOI, launched from whichever data repository above serves it (v6 has no name for it).
-    Provider("doi", "DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "DOI of a Zenodo record, Figshare article, ...",
+    Provider("doi", "DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "DOI of a Zenodo record, Figshare article or Dataverse dataset",
              "example: 10.5281/zenodo.3242074", False, None, detect=_DOI_DETECT, ref_enabled=False),
 )
 

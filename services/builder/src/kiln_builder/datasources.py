@@ -98,10 +98,31 @@ async def figshare(http: GuardedHTTP, repo_url: str) -> Listing:
     return Listing(f"Figshare article {parts[-3]} version {parts[-1]}", files, Layout.SINGLE_NAMED_ZIP)
 
 
+async def dataverse(http: GuardedHTTP, repo_url: str) -> Listing:
+    """``<base>/api/datasets/:persistentId/versions/<v>``: its files, each in its original format, in its folder."""
+    version = _get(await read_json(http, repo_url), "data")
+    entries = _get(version, "files")
+    if not isinstance(entries, list):
+        raise FetchFailed(f"The Dataverse dataset at {shown(repo_url)} lists no files.", "fetch_failed")
+    base = repo_url.split("/api/datasets/", 1)[0]
+    files = []
+    for entry in entries:
+        file_id = _get(entry, "dataFile", "id")
+        # Tabular files are served converted (.tab) unless asked for the original, whose name is kept apart.
+        name = _get(entry, "dataFile", "originalFileName") or _get(entry, "label")
+        if not isinstance(file_id, int) or not isinstance(name, str):
+            raise FetchFailed(f"The Dataverse dataset at {shown(repo_url)} lists a file without an id or name.", "fetch_failed")
+        folder = _get(entry, "directoryLabel")
+        files.append(RemoteFile(f"{folder}/{name}" if isinstance(folder, str) and folder else name,
+                                f"{base}/api/access/datafile/{file_id}?format=original",
+                                _size(_get(entry, "dataFile", "filesize"))))
+    return Listing(f"Dataverse dataset version {repo_url.split('/versions/', 1)[-1].split('?', 1)[0]}", files, Layout.HOIST)
+
+
 Lister = Callable[[GuardedHTTP, str], Awaitable[Listing]]
 
 # content kind (BuildRequested.content) -> how its record is read
-LISTERS: dict[str, Lister] = {"zenodo": zenodo, "figshare": figshare}
+LISTERS: dict[str, Lister] = {"zenodo": zenodo, "figshare": figshare, "dataverse": dataverse}
 
 
 def shown(url: str) -> str:

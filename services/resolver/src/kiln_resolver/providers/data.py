@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kiln_resolver.providers.base import RepoProvider
+from kiln_resolver.providers.dataverse import DataverseProvider
 from kiln_resolver.providers.doi import DoiProvider, DoiResolver
 from kiln_resolver.providers.figshare import FigshareProvider
 from kiln_resolver.providers.zenodo import ZenodoProvider
@@ -17,4 +18,5 @@ def data_providers(settings: Settings) -> tuple[list[RepoProvider], GuardedHTTP]
     doi = DoiResolver(http, settings.doi_resolver_url)
     zenodo = ZenodoProvider(http, doi, settings.zenodo_url)
     figshare = FigshareProvider(http, doi, settings.figshare_url, settings.figshare_api_url)
-    return [zenodo, figshare, DoiProvider(doi, [zenodo, figshare])], http
+    dataverse = DataverseProvider(http, doi, settings.dataverse_urls)
+    return [zenodo, figshare, dataverse, DoiProvider(doi, [zenodo, figshare, dataverse])], http
