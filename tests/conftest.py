@@ -12,6 +12,7 @@ import pytest
 
 from kilnbus import BusProducer, BusSettings, Topics, ensure_topics
 
+from .support.datahost import DataHost, start_datahost
 from .support.stack import use_local_kafka_admin, use_local_registry_admin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,14 @@ LOCAL = ROOT / "deploy" / "local"
 
 use_local_kafka_admin()
 use_local_registry_admin()
+
+
+@pytest.fixture
+def datahost() -> Iterator[DataHost]:
+    """Stand-ins for doi.org and the data repositories' real APIs on loopback (tests/support/datahost.py)."""
+    host = start_datahost()
+    yield host
+    host.stop()
 
 
 def run_script(script: str, *args: str, env: dict[str, str] | None = None) -> None:

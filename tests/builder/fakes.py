@@ -129,16 +129,16 @@ class FakeFetcher:
         self.repos: dict[tuple[str, str], dict[str, str]] = {}
         self.fetches: list[tuple[str, str]] = []
 
-    async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink) -> None:
+    async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink, content: str = "git") -> None:
         self.fetches.append((repo_url, ref))
         await on_line(f"Picked Git content provider.\nFetching {repo_url} at {ref}\n")
         files = self.repos.get((repo_url, ref))
         if files is None:
             raise FetchFailed(f"Commit {ref} is not in {repo_url}.", "fetch_failed")
-        for name, content in files.items():
+        for name, text in files.items():
             path = dest / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
+            path.write_text(text)
 
 
 class LossyPublisher:

@@ -26,8 +26,8 @@ def test_positive_control_a_mismatch_either_way_is_refused() -> None:
     check_implemented(PROVIDERS)  # as it is: nothing to say
     with pytest.raises(ProviderTableMismatch, match="in the table but not implemented by the resolver: gl$"):
         check_implemented([p for p in PROVIDERS if p != "gl"])
-    with pytest.raises(ProviderTableMismatch, match="implemented by the resolver but not in kilnbus.providers: zenodo"):
-        check_implemented([*PROVIDERS, "zenodo"])
+    with pytest.raises(ProviderTableMismatch, match="implemented by the resolver but not in kilnbus.providers: swhid"):
+        check_implemented([*PROVIDERS, "swhid"])
 
 
 class _Client:

@@ -71,7 +71,7 @@ async def test_a_build_only_request_for_a_cached_image_is_ready_without_a_launch
     ("gh", "org/demo/no-such-ref", "ref_not_found", 404, "no such branch, tag or commit"),
     ("gh", "org/banned/main", "banned", 403, "not allowed to launch. It mines cryptocurrency."),
     ("git", "http%3A%2F%2F10.0.0.1%2Frepo.git/HEAD", "private_host", 403, "private network"),
-    ("zenodo", "10.5281/zenodo.3242074", "unsupported_provider", 400, "cannot launch from 'zenodo'"),
+    ("swhid", "swh:1:dir:0123", "unsupported_provider", 400, "cannot launch from 'swhid'"),
 ])
 async def test_failures_say_what_to_do(resolving: Resolving, provider: str, spec: str, cause: str, status: int,
                                        text: str) -> None:

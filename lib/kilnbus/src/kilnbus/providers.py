@@ -23,6 +23,7 @@ class RefLayout(enum.Enum):
     AFTER_OWNER_REPO = "after_owner_repo"  # gh: owner/repo/<ref, which may contain "/">
     OPTIONAL_AFTER_ID = "optional_after_id"  # gist: owner/id[/ref], HEAD when left out
     LAST_SEGMENT = "last_segment"  # gl, git: <url-encoded repository>/<ref>
+    NONE = "none"  # data repositories: the spec names a record; its version is found by the resolver
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,17 @@ class Provider:
     repo_label: str
     placeholder: str
     url_encode: bool  # the form percent-encodes the repository part (a URL or a nested namespace)
-    schema_name: str  # the name BinderHub's launch-event schema (v6) has for it
+    schema_name: str | None  # the name BinderHub's launch-event schema (v6) has for it; None: it has none
     detect: str | None = None  # strips a pasted URL down to the repository part (named group "repo")
-    ref_enabled: bool = True  # the form asks for a ref (every provider here is git-based)
+    ref_enabled: bool = True  # the form asks for a ref (git providers; data repositories have none)
 
     def split_ref(self, spec: str) -> tuple[str, str]:
         """``spec`` as (repository part, ref); the spec is assumed to match ``spec_pattern``."""
         if self.ref_layout is RefLayout.AFTER_OWNER_REPO:
             owner, repo, ref = spec.split("/", 2)
             return f"{owner}/{repo}", ref
+        if self.ref_layout is RefLayout.NONE:
+            return spec, ""
         if self.ref_layout is RefLayout.OPTIONAL_AFTER_ID:
             parts = spec.split("/", 2)
             return "/".join(parts[:2]), parts[2] if len(parts) > 2 else "HEAD"
@@ -56,8 +59,11 @@ class Provider:
         return {"id": self.id, "displayName": self.display_name, "spec": {"validateRegex": self.spec_pattern},
                 "detect": {"regex": self.detect} if self.detect else None,
                 "repo": {"label": self.repo_label, "placeholder": self.placeholder, "urlEncode": self.url_encode},
-                "ref": {"enabled": self.ref_enabled, "default": "HEAD"}}
+                "ref": {"enabled": True, "default": "HEAD"} if self.ref_enabled else {"enabled": False}}
 
+
+# A DOI pasted as a doi.org link or with "doi:" is reduced to the DOI itself.
+_DOI_DETECT = r"^((https?://)?(dx\.)?doi\.org/|doi:)?(?P<repo>10\..*[^/])/?$"
 
 _TABLE = (
     Provider("gh", "GitHub", r"[^/]+/[^/]+/.+", RefLayout.AFTER_OWNER_REPO, "GitHub repository name or URL",
@@ -71,6 +77,17 @@ _TABLE = (
              detect=r"^(https?://gitlab\.com/)?(?P<repo>.*[^/])/?$"),
     Provider("git", "Git repository", r"[^/]+/.+", RefLayout.LAST_SEGMENT, "Arbitrary git repository URL",
              "example: http://git.example.com/repo.git", True, "Git"),
+    # Data repositories (BinderHub's spec formats); kiln_resolver.providers.data resolves them.
+    Provider("zenodo", "Zenodo DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "Zenodo DOI", "example: 10.5281/zenodo.3242074",
+             False, "Zenodo", detect=_DOI_DETECT, ref_enabled=False),
+    Provider("figshare", "FigShare DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "FigShare DOI",
+             "example: 10.6084/m9.figshare.9782777.v1", False, "Figshare",
+             detect=_DOI_DETECT, ref_enabled=False),
+    Provider("dataverse", "Dataverse DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "Dataverse DOI",
+             "example: 10.7910/DVN/TJCLKP", False, "Dataverse", detect=_DOI_DETECT, ref_enabled=False),
+    # Kiln's own: any DOI, launched from whichever data repository above serves it (v6 has no name for it).
+    Provider("doi", "DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "DOI of a Zenodo record, Figshare article or Dataverse dataset",
+             "example: 10.5281/zenodo.3242074", False, None, detect=_DOI_DETECT, ref_enabled=False),
 )
 
 # In the order the form lists them (the first is its default, as in BinderHub).

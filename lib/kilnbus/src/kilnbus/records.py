@@ -105,6 +105,7 @@ class BuildRequested(Record):
     hub_user: str | None = None
     launch_host: str = ""
     client_ip: str | None = None
+    content: str = "git"  # git, or a data repository's kind: how the builder fetches repo_url (schema v2)
 
 
 @dataclass

@@ -23,8 +23,8 @@ def launch_event(record: RequestRecord) -> dict[str, Any] | None:
     if record.outcome != "ready" or record.ended is None:
         return None
     known = PROVIDERS.get(record.provider)
-    if known is None:
-        return None  # not a provider Kiln launches, so the schema's enum may have no name for it
+    if known is None or known.schema_name is None:
+        return None  # not a provider Kiln launches, or one the schema's enum has no name for (doi)
     provider = known.schema_name
     stamp = datetime.fromtimestamp(record.ended, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {"timestamp": stamp, "schema": SCHEMA, "version": VERSION, "provider": provider, "spec": record.spec,

@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from kiln_builder.datafetch import ContentFetcher, DataFetcher
 from kiln_builder.executor import BuildExecutor, DockerExecutor
 from kiln_builder.fetch import FetchPolicy, GitFetcher
 from kiln_builder.handler import Builder
@@ -42,12 +43,13 @@ def make_executor(settings: Settings) -> BuildExecutor:
                           cgroup_parent=settings.build_cgroup_parent, cpus=settings.build_cpus)
 
 
-def make_fetcher(settings: Settings) -> GitFetcher:
-    """git, under the builder's limits, keeping mirrors in the work folder."""
+def make_fetcher(settings: Settings) -> ContentFetcher:
+    """git, keeping mirrors in the work folder, and data repositories' records: both under the builder's limits."""
     policy = FetchPolicy(max_bytes=settings.max_repo_bytes, max_entries=settings.max_repo_entries,
                          max_fetch_bytes=settings.max_fetch_bytes, allowed_schemes=settings.git_allowed_protocols,
                          allowed_private_hosts=settings.allowed_private_hosts)
-    return GitFetcher(policy, Path(settings.work_dir) / "git-cache")
+    return ContentFetcher(GitFetcher(policy, Path(settings.work_dir) / "git-cache"),
+                          DataFetcher(policy, timeout=settings.data_fetch_timeout_s))
 
 
 async def run_on(bus: Bus, builder: Builder, stop: asyncio.Event, **options: Any) -> None:

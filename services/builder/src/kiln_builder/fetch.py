@@ -470,8 +470,11 @@ async def _check_sizes(root: Path, policy: FetchPolicy) -> None:
 class Fetcher(Protocol):
     """Where the builder gets a repository's files from: git here, a fake in tests."""
 
-    async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink) -> None:
-        """Check out ``ref`` of ``repo_url`` into ``dest``, telling ``on_line`` how it goes; FetchFailed if not."""
+    async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink, content: str = "git") -> None:
+        """Check out ``ref`` of ``repo_url`` into ``dest``, telling ``on_line`` how it goes; FetchFailed if not.
+
+        ``content`` says what ``repo_url`` is: ``git``, or a data repository's kind (``datafetch``).
+        """
         ...
 
 
@@ -482,5 +485,7 @@ class GitFetcher:
         self._policy = policy
         self._cache_dir = cache_dir
 
-    async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink) -> None:
+    async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink, content: str = "git") -> None:
+        if content != "git":
+            raise FetchFailed(f"{content!r} content is not a git repository.", "fetch_failed")
         await fetch(repo_url, ref, dest, on_line, self._policy.max_bytes, self._cache_dir, policy=self._policy)

@@ -192,7 +192,7 @@ class Builder:
             if await self._executor.has_image(job.image):
                 await building(f"Found {job.image} on this builder; pushing it.\n")
             else:
-                await self._fetcher.fetch(request.repo_url, request.ref, workdir, fetching)
+                await self._fetcher.fetch(request.repo_url, request.ref, workdir, fetching, request.content)
                 await self._build_image(job, workdir, building)
             await self._push(job, builds)
         except (BuildFailed, BuildpackError) as exc:

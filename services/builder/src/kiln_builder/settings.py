@@ -48,6 +48,8 @@ class Settings(BusSettings):
         description="Git hosts the builder may fetch from although they resolve to private, loopback or link-local "
                     "addresses (the resolver's setting of the same name; set both).",
     )
+    data_fetch_timeout_s: float = Field(600, gt=0, description="A data repository's record (Zenodo, ...) taking longer "
+                                        "to download and unpack is refused.")
     work_dir: str = Field("/tmp/kiln-builds", description="Where repositories are checked out while they build.")
     log_tail_lines: int = Field(15, ge=0, description="Lines of the build log repeated in a failure message.")
     # Where builds run. "kubernetes": one pod per build (kiln_builder.kube_executor), for the Helm chart.

@@ -124,7 +124,8 @@ class Resolver:
                                ref=resolution.ref, provider=request.provider, spec=request.spec,
                                ref_url=resolution.ref_url, resolved_spec=resolution.resolved_spec,
                                launch=not request.build_only, hub_user=request.hub_user,
-                               launch_host=request.launch_host, client_ip=request.client_ip)
+                               launch_host=request.launch_host, client_ip=request.client_ip,
+                               content=resolution.content)
         metrics.OUTCOMES.labels(provider=request.provider, outcome="cached" if exists else "build").inc()
         if not exists:
             return [Outgoing(self._topics.build_requested, image, build)]

@@ -32,6 +32,17 @@ class Settings(BusSettings):
         description="Git hosts that may resolve to private, loopback or link-local addresses (e.g. 127.0.0.1). "
                     "Any other such host is refused, so Kiln cannot be used to probe internal networks.",
     )
+    # Data repositories (kiln_resolver.providers.data): bases are settings, as installations are many.
+    doi_resolver_url: str = Field("https://doi.org", description="Where DOIs are resolved: <url>/<doi> answers with a "
+                                  "redirect to the record's landing page.")
+    zenodo_url: str = Field("https://zenodo.org", description="The Zenodo (or other InvenioRDM) installation whose DOIs "
+                            "the zenodo provider launches; its API is under /api.")
+    figshare_url: str = Field("https://figshare.com", description="Figshare's web site, where its DOIs lead.")
+    figshare_api_url: str = Field("https://api.figshare.com/v2", description="Figshare's API (articles and versions).")
+    dataverse_urls: list[str] = Field(["https://dataverse.harvard.edu", "https://dataverse.nl", "https://borealisdata.ca",
+                                       "https://dataverse.no", "https://demo.dataverse.org"],
+                                      description="The Dataverse installations whose DOIs may be launched (base URLs; "
+                                      "their API is under /api). A DOI leading anywhere else is refused.")
     resolve_cache_s: float = Field(60.0, ge=0, description="How long a branch or tag stays resolved to the same commit.")
     provider_timeout_s: float = Field(20.0, gt=0, description="Timeout of one provider API call or git ls-remote.")
 

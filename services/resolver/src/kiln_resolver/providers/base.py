@@ -21,6 +21,7 @@ class Resolution:
     ref_url: str  # a page a person can open for that version
     resolved_spec: str  # the spec with the exact ref, for the persistent launch link
     build_slug: str  # what the image is named after
+    content: str = "git"  # what the builder fetches repo_url as: git, or a data repository's kind (zenodo, ...)
 
 
 class ResolveError(Exception):

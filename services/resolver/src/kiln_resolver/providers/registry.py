@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 
 from kiln_resolver.providers.base import RepoProvider
+from kiln_resolver.providers.data import data_providers
 from kiln_resolver.providers.git import GitProvider
 from kiln_resolver.providers.github import GistProvider, GitHubAPI, GitHubProvider
 from kiln_resolver.providers.gitlab import GitLabProvider
@@ -30,11 +31,13 @@ def make_providers(settings: Settings) -> Providers:
     """One implementation per provider of the shared table; a mismatch stops the resolver at start-up."""
     github = GitHubAPI(settings.github_api_url, settings.github_access_token, settings.provider_timeout_s)
     gitlab = GitLabProvider(settings.gitlab_url, settings.gitlab_access_token, settings.provider_timeout_s)
+    data, data_http = data_providers(settings)
     providers = Providers([
         GitHubProvider(github, settings.github_url),
         GistProvider(github, settings.gist_url, settings.allow_secret_gist),
         gitlab,
         GitProvider(settings.git_allowed_protocols, settings.allowed_private_hosts, settings.provider_timeout_s),
-    ], closers=[github.aclose, gitlab.aclose])
+        *data,
+    ], closers=[github.aclose, gitlab.aclose, data_http.aclose])
     check_implemented(providers)
     return providers

@@ -1,0 +1,291 @@
+"""Stand-ins for the real APIs of doi.org and the data repositories, on loopback, for tests and bench/.
+
+doi.org, Zenodo, Figshare, Dataverse, HydroShare and CKAN cannot be reached from here (and must
+not be contacted), so this threaded HTTP server stands in for them: it answers the paths Kiln's
+resolver and builder call on the real services, with JSON computed from the records a test adds
+(real files, real zip archives the test makes). Each service lives under its own prefix, which is
+the base URL the settings name:
+
+    /doi/<doi>                                 doi.org: 302 to the DOI's landing page; 404 for an unknown DOI
+    /zenodo/records/<id>                       Zenodo: a record's landing page
+    /zenodo/doi/<concept doi>                  Zenodo: a concept DOI's page, 302 to its latest version
+    /zenodo/api/records/<id>                   Zenodo API: the record (links.files)
+    /zenodo/api/records/<id>/files             Zenodo API: its file entries (key, size, links.content)
+    /zenodo/api/records/<id>/files/<key>/content   the file's bytes
+    /figshare/articles/<type>/<title>/<id>[/<v>]   Figshare: an article's landing page
+    /figshare-api/v2/articles/<id>/versions    Figshare API: the article's versions
+    /figshare-api/v2/articles/<id>/versions/<v>    Figshare API: one version (files: name, download_url, is_link_only)
+    /figshare-files/<file id>                  Figshare's ndownloader: 302 to the stored bytes (/raw/...), as S3
+    /dataverse/citation?persistentId=<pid>     Dataverse: landing page (302 to dataset.xhtml, as the real one)
+    /dataverse/api/datasets/:persistentId?persistentId=<pid>   Dataverse API: the dataset (latestVersion)
+    /dataverse/api/datasets/:persistentId/versions/<v>?persistentId=<pid>   one version (files)
+    /dataverse/api/files/:persistentId?persistentId=<file pid>&returnDatasetVersion=true   a file's dataset
+    /dataverse/api/access/datafile/<id>?format=original   a file's bytes
+    /raw/<name>                                bytes put there by a test (plain downloads, redirect targets)
+    /redirect?to=<url>                         302 to <url> (a link that leads elsewhere)
+
+``overrides`` answers a path with a canned (status, headers, body) instead, for failures.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+
+def make_zip(files: dict[str, bytes], links: dict[str, str] | None = None,
+             special: dict[str, int] | None = None) -> bytes:
+    """A real zip archive: ``files`` (name -> bytes; a name ending in "/" is a folder), symbolic ``links``
+    (name -> target, as Unix zip tools store them; written first) and ``special`` entries (name -> file type, e.g. stat.S_IFCHR)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+        for name, data in files.items():
+            zf.writestr(name, data)
+        for name, kind in (special or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = (kind | 0o644) << 16
+            zf.writestr(info, b"")
+    return buf.getvalue()
+
+
+@dataclass
+class ZenodoRecord:
+    files: dict[str, bytes]
+    concept: str | None = None  # the concept record id this is a version of
+    links: dict[str, str] = field(default_factory=dict)  # file name -> a download link other than the stand-in's own
+
+
+@dataclass
+class FigshareArticle:
+    versions: dict[int, dict[str, bytes]]  # version -> files
+    link_only: list[str] = field(default_factory=list)  # names listed as links to elsewhere, not files
+
+
+@dataclass
+class DataverseDataset:
+    id: int
+    versions: dict[tuple[int, int], dict[str, bytes]]  # (major, minor) -> path in the dataset -> bytes
+    files: dict[int, bytes] = field(default_factory=dict)  # file id -> bytes (every version's)
+
+
+@dataclass
+class DataHost:
+    """The stand-in's state: what it serves, and the paths it was asked for."""
+
+    url: str = ""
+    dois: dict[str, str] = field(default_factory=dict)  # DOI -> landing URL
+    zenodo: dict[str, ZenodoRecord] = field(default_factory=dict)
+    figshare: dict[str, FigshareArticle] = field(default_factory=dict)
+    dataverse: dict[str, DataverseDataset] = field(default_factory=dict)  # "doi:<doi>" -> dataset
+    dataverse_file_dois: dict[str, str] = field(default_factory=dict)  # a file's "doi:..." -> its dataset's
+    raw: dict[str, bytes] = field(default_factory=dict)
+    overrides: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    def base(self, service: str) -> str:
+        """The base URL of a stand-in service (zenodo, doi, ...)."""
+        return f"{self.url}/{service}"
+
+    def add_zenodo(self, record: str, files: dict[str, bytes], concept: str | None = None,
+                   links: dict[str, str] | None = None) -> str:
+        """A Zenodo record with its version DOI (and its concept's DOI leading to the latest version); its DOI."""
+        self.zenodo[record] = ZenodoRecord(files, concept, links or {})
+        doi = f"10.5281/zenodo.{record}"
+        self.dois[doi] = f"{self.base('zenodo')}/records/{record}"
+        if concept:
+            concept_doi = f"10.5281/zenodo.{concept}"
+            self.dois[concept_doi] = f"{self.base('zenodo')}/doi/{concept_doi}"
+        return doi
+
+    def add_figshare(self, article: str, versions: dict[int, dict[str, bytes]],
+                     link_only: list[str] | None = None) -> str:
+        """A Figshare article with its DOIs (unversioned and each ``.vN``); the unversioned DOI."""
+        self.figshare[article] = FigshareArticle(versions, link_only or [])
+        doi = f"10.6084/m9.figshare.{article}"
+        landing = f"{self.base('figshare')}/articles/dataset/a_title/{article}"
+        self.dois[doi] = landing
+        for version in versions:
+            self.dois[f"{doi}.v{version}"] = f"{landing}/{version}"
+        return doi
+
+    def add_dataverse(self, doi: str, versions: dict[tuple[int, int], dict[str, bytes]]) -> str:
+        """A Dataverse dataset with its DOI leading to its citation page; the DOI."""
+        dataset = DataverseDataset(1000 + len(self.dataverse), versions)
+        self.dataverse[f"doi:{doi}"] = dataset
+        self.dois[doi] = f"{self.base('dataverse')}/citation?persistentId=doi:{doi}"
+        return doi
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    host: DataHost
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+              content_type: str = "application/octet-stream") -> None:
+        self.send_response(status)
+        headers = {"Content-Type": content_type, **(headers or {})}
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if "Content-Length" not in headers:  # a test may announce a length it never sends
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, body: Any) -> None:
+        self._send(status, json.dumps(body).encode(), content_type="application/json")
+
+    def _found(self, to: str) -> None:
+        self._send(302, b"", {"Location": to}, "text/html")
+
+    def do_GET(self) -> None:
+        self.host.requests.append(self.path)
+        parts = urlsplit(self.path)
+        path, query = unquote(parts.path), parse_qs(parts.query)
+        if path in self.host.overrides:
+            status, headers, body = self.host.overrides[path]
+            return self._send(status, body, headers)
+        service, _, rest = path.lstrip("/").partition("/")
+        handler = getattr(self, f"_{service.replace('-', '_')}", None)
+        if handler is None:
+            return self._json(404, {"message": "not found"})
+        handler(rest, query)
+
+    def _doi(self, doi: str, query: dict[str, list[str]]) -> None:
+        landing = self.host.dois.get(doi)
+        if landing is None:
+            return self._send(404, b"DOI Not Found", content_type="text/html")
+        self._found(landing)
+
+    def _raw(self, name: str, query: dict[str, list[str]]) -> None:
+        if name not in self.host.raw:
+            return self._send(404, b"not found")
+        self._send(200, self.host.raw[name])
+
+    def _redirect(self, rest: str, query: dict[str, list[str]]) -> None:
+        self._found(query["to"][0])
+
+    def _zenodo(self, rest: str, query: dict[str, list[str]]) -> None:
+        base = self.host.base("zenodo")
+        records = self.host.zenodo
+        segments = rest.split("/")
+        if segments[0] == "records" and len(segments) == 2 and segments[1] in records:
+            return self._send(200, b"<html>a Zenodo record</html>", content_type="text/html")
+        if segments[0] == "doi":
+            concept = "/".join(segments[1:]).rsplit(".", 1)[-1]
+            versions = sorted((r for r, rec in records.items() if rec.concept == concept), key=int)
+            return self._found(f"{base}/records/{versions[-1]}") if versions else self._send(404, b"", content_type="text/html")
+        if segments[:2] != ["api", "records"] or len(segments) < 3 or segments[2] not in records:
+            return self._json(404, {"status": 404, "message": "The persistent identifier does not exist."})
+        record_id, record = segments[2], records[segments[2]]
+        api = f"{base}/api/records/{record_id}"
+        entries = [{"key": name, "size": len(data), "checksum": "", "links": {
+            "self": f"{api}/files/{quote(name)}",
+            "content": record.links.get(name, f"{api}/files/{quote(name)}/content")}}
+            for name, data in record.files.items()]
+        if len(segments) == 3:
+            return self._json(200, {"id": int(record_id), "conceptrecid": record.concept or record_id,
+                                    "metadata": {"title": f"record {record_id}"},
+                                    "links": {"self": api, "files": f"{api}/files"},
+                                    "files": [{**e, "links": {"self": e["links"]["content"]}} for e in entries]})
+        if segments[3:] == ["files"]:
+            return self._json(200, {"entries": entries})
+        if len(segments) >= 6 and segments[3] == "files" and segments[-1] == "content":
+            name = "/".join(segments[4:-1])
+            if name in record.files:
+                return self._send(200, record.files[name])
+        self._json(404, {"status": 404, "message": "not found"})
+
+    def _figshare(self, rest: str, query: dict[str, list[str]]) -> None:
+        self._send(200, b"<html>a Figshare article</html>", content_type="text/html")
+
+    def _figshare_files(self, file_id: str, query: dict[str, list[str]]) -> None:
+        article, version, name = file_id.split("-", 2)
+        self.host.raw[f"s3-{file_id}"] = self.host.figshare[article].versions[int(version)][unquote(name)]
+        self._found(f"{self.host.url}/raw/s3-{file_id}")
+
+    def _figshare_api(self, rest: str, query: dict[str, list[str]]) -> None:
+        segments = rest.split("/")
+        if segments[:2] != ["v2", "articles"] or len(segments) < 4 or segments[3] != "versions" \
+                or segments[2] not in self.host.figshare:
+            return self._json(404, {"message": "Entity not found: article", "code": "EntityNotFound"})
+        article_id, article = segments[2], self.host.figshare[segments[2]]
+        api = f"{self.host.base('figshare-api')}/v2/articles/{article_id}"
+        if len(segments) == 4:
+            return self._json(200, [{"version": v, "url": f"{api}/versions/{v}"} for v in sorted(article.versions)])
+        version = int(segments[4]) if segments[4].isdigit() else -1
+        if version not in article.versions:
+            return self._json(404, {"message": "Entity not found: article version", "code": "EntityNotFound"})
+        files = [{"id": i, "name": name, "size": len(data), "is_link_only": name in article.link_only,
+                  "download_url": f"{self.host.base('figshare-files')}/{article_id}-{version}-{quote(name, safe='')}"}
+                 for i, (name, data) in enumerate(article.versions[version].items())]
+        self._json(200, {"id": int(article_id), "version": version, "files": files})
+
+
+    def _dataverse(self, rest: str, query: dict[str, list[str]]) -> None:
+        pid = query.get("persistentId", [""])[0]
+        if rest == "citation":
+            return self._found(f"{self.host.base('dataverse')}/dataset.xhtml?persistentId={pid}")
+        if rest == "dataset.xhtml":
+            return self._send(200, b"<html>a dataset</html>", content_type="text/html")
+        if rest.startswith("api/access/datafile/"):
+            file_id = int(rest.rsplit("/", 1)[1])
+            found = [d.files[file_id] for d in self.host.dataverse.values() if file_id in d.files]
+            return self._send(200, found[0]) if found else self._json(404, {"status": "ERROR"})
+        if rest == "api/files/:persistentId":
+            parent = self.host.dataverse_file_dois.get(pid)
+            return self._json(200, {"status": "OK", "data": {"datasetVersion": {"datasetPersistentId": parent}}}) \
+                if parent else self._json(404, {"status": "ERROR", "message": "File not found"})
+        dataset = self.host.dataverse.get(pid)
+        if dataset is None or not rest.startswith("api/datasets/:persistentId"):
+            return self._json(404, {"status": "ERROR", "message": f"Dataset with Persistent ID {pid} not found."})
+        authority, _, identifier = pid.removeprefix("doi:").partition("/")
+        if rest == "api/datasets/:persistentId":
+            major, minor = max(dataset.versions)
+            return self._json(200, {"status": "OK", "data": {
+                "id": dataset.id, "protocol": "doi", "authority": authority, "identifier": identifier,
+                "persistentUrl": f"https://doi.org/{pid.removeprefix('doi:')}",
+                "latestVersion": {"versionNumber": major, "versionMinorNumber": minor, "versionState": "RELEASED"}}})
+        wanted = rest.rsplit("/", 1)[1]
+        key = next((v for v in dataset.versions if f"{v[0]}.{v[1]}" == wanted), None)
+        if key is None:
+            return self._json(404, {"status": "ERROR", "message": "Dataset version not found"})
+        files = []
+        for path, data in dataset.versions[key].items():
+            file_id = 100 * dataset.id + len(dataset.files)
+            dataset.files[file_id] = data
+            folder, _, label = path.rpartition("/")
+            files.append({"label": label, **({"directoryLabel": folder} if folder else {}),
+                          "dataFile": {"id": file_id, "filesize": len(data), "persistentId": ""}})
+        self._json(200, {"status": "OK", "data": {"versionNumber": key[0], "versionMinorNumber": key[1], "files": files}})
+
+
+def start_datahost() -> DataHost:
+    """The stand-in, serving on a free loopback port in a background thread (``stop`` it when done)."""
+    host = DataHost()
+    handler = type("Handler", (_Handler,), {"host": host})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="datahost", daemon=True).start()
+    host.server = server
+    host.url = f"http://127.0.0.1:{server.server_address[1]}"
+    return host
