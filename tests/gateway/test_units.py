@@ -86,3 +86,13 @@ def test_any_path_is_accepted_or_refused_cleanly(path: str, kind: str) -> None:
     except SpecError:
         return
     assert ".." not in result.split("/") and "\n" not in result
+
+
+def test_idle_connections_outlive_the_clients_keep_alive() -> None:
+    # httpx and browsers drop idle connections after about 5 s; a gateway closing first would race a
+    # client's next request on the same connection, which then fails with no answer (seen under load).
+    from kiln_gateway.bootstrap import server
+    from kiln_gateway.settings import Settings
+
+    assert server(Settings()).config.timeout_keep_alive == 75
+    assert server(Settings(keep_alive_s=120)).config.timeout_keep_alive == 120

@@ -49,7 +49,7 @@ def server(settings: Settings) -> uvicorn.Server:
     # uvicorn's own proxy handling is off: by default it believes X-Forwarded-For from 127.0.0.1,
     # which lets any local process pose as any client. The gateway decides from trusted_proxies.
     config = uvicorn.Config(build_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                            log_level="info", proxy_headers=False)
+                            log_level="info", proxy_headers=False, timeout_keep_alive=settings.keep_alive_s)
     return uvicorn.Server(config)
 
 

@@ -44,6 +44,12 @@ class Settings(BusSettings):
                     "token. Logged-in hub users are not limited.",
     )
     rate_limit_period_s: int = Field(3600, ge=1, description="Length of the rate-limit window in seconds.")
+    keep_alive_s: int = Field(
+        75, ge=1,
+        description="How long an idle client connection is kept open. Longer than clients keep theirs (browsers, "
+                    "httpx: 5 s), so the client closes first and never sends a request on a connection the gateway is "
+                    "closing (the request would fail without an answer). nginx's default is the same.",
+    )
     build_token_secret: str = Field(
         default_factory=lambda: secrets.token_hex(32),
         description="Secret signing build tokens; set it when running more than one gateway (random otherwise).",
