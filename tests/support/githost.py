@@ -10,6 +10,12 @@ repositories it serves, including ETags, 304s and an exhausted rate limit on dem
     /github-api/gists/<id>                    GitHub: a gist's history (repos under gists/<id>)
     /gitlab/<namespace>.git                   git clone (GitLab-like layout)
     /gitlab/api/v4/projects/<ns>/...          GitLab: commit of a ref, project exists
+    POST /<repo>.git/info/lfs/objects/batch   Git LFS batch API (stands in for GitHub's LFS server)
+    /lfs-objects/<oid>                        Git LFS: an object's bytes (what the batch answer points at)
+
+The LFS stand-in serves the objects a test puts in ``GitHost.lfs.objects`` (sha256 -> bytes); a test
+can point the batch answer's hrefs elsewhere (``href_base``), have it refuse an object (``errors``)
+or serve other bytes than asked for (``tamper``).
 """
 
 from __future__ import annotations
@@ -61,11 +67,60 @@ class ApiStats:
     paths: list[str] = field(default_factory=list)
 
 
+@dataclass
+class LFSStore:
+    objects: dict[str, bytes] = field(default_factory=dict)
+    href_base: str = ""  # where the batch answer says objects are ("": this server's /lfs-objects/)
+    errors: dict[str, tuple[int, str]] = field(default_factory=dict)  # oid -> (code, message)
+    tamper: dict[str, bytes] = field(default_factory=dict)  # oid -> bytes served instead
+    batches: list[dict[str, Any]] = field(default_factory=list)  # the batch requests' bodies
+    downloads: list[str] = field(default_factory=list)  # oids downloaded
+
+
 class _Handler(GitHttpHandler):
     stats: ApiStats
+    lfs: LFSStore
+
+    def do_POST(self) -> None:
+        if self.path.split("?", 1)[0].endswith("/info/lfs/objects/batch"):
+            return self._lfs_batch()
+        return self._backend()
+
+    def _lfs_batch(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self.lfs.batches.append(body)
+        base = self.lfs.href_base or f"http://127.0.0.1:{self.server.server_address[1]}/lfs-objects"
+        answered = []
+        for obj in body.get("objects", []):
+            oid = obj["oid"]
+            if oid in self.lfs.errors:
+                code, message = self.lfs.errors[oid]
+                answered.append({"oid": oid, "size": obj["size"], "error": {"code": code, "message": message}})
+            elif oid in self.lfs.objects:
+                answered.append({"oid": oid, "size": obj["size"], "authenticated": True, "actions": {
+                    "download": {"href": f"{base}/{oid}", "header": {"X-Kiln-Test": "lfs"}}}})
+            else:
+                answered.append({"oid": oid, "size": obj["size"], "error": {"code": 404, "message": "Object does not exist"}})
+        data = json.dumps({"transfer": "basic", "objects": answered}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.git-lfs+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        if path.startswith("/lfs-objects/"):
+            oid = path.rsplit("/", 1)[1]
+            data = self.lfs.tamper.get(oid, self.lfs.objects.get(oid))
+            if data is None or self.headers.get("X-Kiln-Test") != "lfs":  # the batch answer's header is sent
+                return self._json(404, {"message": "no such object"})
+            self.lfs.downloads.append(oid)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return None
         if path.startswith("/github-api/"):
             return self._github(path[len("/github-api"):])
         if path.startswith("/gitlab/api/v4/"):
@@ -141,6 +196,7 @@ class GitHost:
     url: str
     stats: ApiStats
     server: Any
+    lfs: LFSStore = field(default_factory=LFSStore)
 
     @property
     def github_api(self) -> str:
@@ -152,7 +208,7 @@ class GitHost:
 
 
 def start_githost(root: Path) -> GitHost:
-    stats = ApiStats()
-    handler = type("Handler", (_Handler,), {"stats": stats})
+    stats, lfs = ApiStats(), LFSStore()
+    handler = type("Handler", (_Handler,), {"stats": stats, "lfs": lfs})
     server = serve(root, 0, handler)
-    return GitHost(root, f"http://127.0.0.1:{server.server_address[1]}", stats, server)
+    return GitHost(root, f"http://127.0.0.1:{server.server_address[1]}", stats, server, lfs)

@@ -58,7 +58,7 @@ class GuardedHTTP:
                                                    headers={"User-Agent": self._user_agent})
         return self._clients[key]
 
-    async def _send(self, url: str, headers: dict[str, str]) -> httpx.Response:
+    async def _send(self, url: str, headers: dict[str, str], method: str = "GET", body: bytes | None = None) -> httpx.Response:
         parts = parse_repo_url(url, self._schemes)
         host = parts.hostname
         assert host is not None
@@ -69,7 +69,7 @@ class GuardedHTTP:
         target = httpx.URL(url)
         last: httpx.TransportError | None = None
         for address in addresses:  # the next checked address if one does not answer
-            request = client.build_request("GET", target.copy_with(host=address),
+            request = client.build_request(method, target.copy_with(host=address), content=body,
                                            headers={**headers, "Host": parts.netloc}, extensions={"sni_hostname": host})
             try:
                 return await client.send(request, stream=True)
@@ -114,6 +114,25 @@ class GuardedHTTP:
             return status, json.loads(data), final
         except ValueError:
             return status, None, final
+
+    async def post_json(self, url: str, body: object, headers: dict[str, str] | None = None,
+                        max_bytes: int = 16 * 2**20) -> tuple[int, object]:
+        """POST ``body`` as JSON to ``url`` (no redirects followed: a POST is not repeated elsewhere);
+        (status, the answer as JSON or None when it is not JSON). Answers past ``max_bytes`` are refused."""
+        sent = {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
+        response = await self._send(url, sent, "POST", json.dumps(body).encode())
+        try:
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > max_bytes:
+                    raise UnsafeRepoURL(f"The answer from {url} is larger than {max_bytes} bytes.", "fetch_failed", 502)
+        finally:
+            await response.aclose()
+        try:
+            return response.status_code, json.loads(data)
+        except ValueError:
+            return response.status_code, None
 
 
 __all__ = ["Answer", "GuardedHTTP"]

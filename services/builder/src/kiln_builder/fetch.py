@@ -26,6 +26,7 @@ from typing import Protocol
 
 from kiln_builder.errors import FetchFailed
 from kiln_builder.executor import LineSink
+from kiln_builder.lfs import fetch_lfs
 from kilnbus.urlguard import UnsafeRepoURL, check_repo_url, git_env, git_safety_args, public_addresses, redact
 
 _PROGRESS = re.compile(r"\d+% \(\d+/\d+\)")
@@ -258,8 +259,8 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
 
     Each repository is kept as a bare mirror under ``cache_dir``: a new commit costs an incremental
     fetch instead of a clone, and a commit already there (a rebuild) costs no network at all. The
-    checkout is a git repository, as repo2docker leaves it (``_git_dir``), with its submodules
-    fetched the same way, each URL checked as this one was (``_submodules``).
+    checkout is a git repository, as repo2docker leaves it (``_git_dir``), with its Git LFS files
+    (``lfs``) and its submodules fetched the same way, each URL checked as this one was (``_submodules``).
     """
     policy = policy or FetchPolicy(max_bytes=max_bytes)
     if dest.exists():
@@ -326,6 +327,12 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
             shutil.rmtree(dest, ignore_errors=True)
             raise
         links = await _submodule_links(mirror, ref)
+    try:
+        await fetch_lfs(dest, repo_url, on_line, cache_dir, policy.max_bytes, policy.allowed_schemes,
+                        policy.allowed_private_hosts, timeout)
+    except FetchFailed:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
     # Outside the mirror's lock: a submodule may be this very repository (at another commit).
     if links:
         budget = _budget or _Budget(dest, MAX_SUBMODULES, asyncio.get_running_loop().time() + timeout)
