@@ -32,11 +32,11 @@ def spec_for(repos: Path, name: str) -> str:
     return quote(f"{GIT}/{repos.name}/{name}", safe="") + "/HEAD"
 
 
-async def launch(spec: str, timeout: float = 600) -> list[dict[str, Any]]:
-    """Follow /build/git/<spec> to its end, as an API client would; return the events."""
+async def launch(spec: str, timeout: float = 600, provider: str = "git") -> list[dict[str, Any]]:
+    """Follow /build/<provider>/<spec> to its end, as an API client would; return the events."""
     events: list[dict[str, Any]] = []
     async with (httpx.AsyncClient(timeout=timeout) as client,
-                client.stream("GET", f"{GATEWAY}/build/git/{spec}", headers={"Accept": "text/event-stream"}) as r):
+                client.stream("GET", f"{GATEWAY}/build/{provider}/{spec}", headers={"Accept": "text/event-stream"}) as r):
         assert r.status_code == 200
         async for line in r.aiter_lines():
             if line.startswith("data:"):
