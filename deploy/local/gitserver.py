@@ -34,6 +34,7 @@ class GitHttpHandler(BaseHTTPRequestHandler):
 
     def _backend(self) -> None:
         path, _, query = self.path.partition("?")
+        path = self._work_tree_path(path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         env = {
@@ -66,6 +67,15 @@ class GitHttpHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _work_tree_path(self, path: str) -> str:
+        # http-backend finds ROOT/owner/repo.git or ROOT/owner/repo/.git, but not a work tree asked
+        # for as repo.git (the URL forges give): point such a request at the work tree.
+        head, sep, tail = path.partition(".git/")
+        work_tree = self.root / head.lstrip("/")
+        if sep and not work_tree.with_name(work_tree.name + ".git").exists() and (work_tree / ".git").is_dir():
+            return f"{head}/{tail}"
+        return path
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -196,7 +196,7 @@ async def test_versions_metrics_repoproviders(gateway: MemoryGateway, client: ht
     assert FAILED_GH_LAUNCHES in metrics
     assert sample(metrics, FAILED_GH_LAUNCHES) == before + 1
     providers = (await client.get("/api/repoproviders")).json()
-    assert [p["id"] for p in providers][:4] == ["gh", "gist", "gl", "git"]
+    assert [p["id"] for p in providers][:6] == ["gh", "gist", "gl", "gitea", "bb", "git"]
 
 
 async def test_api_only_mode_serves_no_pages_and_allows_build_only(settings: Settings) -> None:

@@ -1,6 +1,6 @@
 """Providers against real git repositories on a loopback git host.
 
-GitHub's and GitLab's REST calls are answered by the test git host's API stand-ins (see
+GitHub's, GitLab's, Gitea's and Bitbucket's REST calls are answered by the test git host's API stand-ins (see
 tests/support/githost.py), computed from the same real repositories; git itself is real.
 """
 
@@ -11,11 +11,12 @@ from urllib.parse import quote
 import pytest
 
 from kiln_resolver.providers import ResolveError
+from kiln_resolver.providers.forges import BitbucketProvider, GiteaProvider
 from kiln_resolver.providers.git import GitProvider
 from kiln_resolver.providers.github import GistProvider, GitHubAPI, GitHubProvider
 from kiln_resolver.providers.gitlab import GitLabProvider
 
-from ..support.githost import GitHost, git
+from ..support.githost import GitHost, commit, git, make_repo
 
 
 def gh(host: GitHost) -> GitHubProvider:
@@ -117,3 +118,97 @@ async def test_git_provider_refuses_internal_and_odd_urls(url: str, cause: str) 
     with pytest.raises(ResolveError) as e:
         await git_provider([]).resolve(f"{quote(url, safe='')}/HEAD")
     assert e.value.cause == cause
+
+
+# Gitea/Forgejo (Codeberg) and Bitbucket: the test git host answers their REST calls (commit of a
+# ref, repository exists) from real repositories it also serves for cloning.
+
+@pytest.fixture
+def forges(githost: GitHost) -> GitHost:
+    for forge in ("gitea", "bitbucket"):
+        repo = make_repo(githost.root, f"{forge}/team/notebooks", {"README.md": f"{forge}\n"})
+        git(repo, "tag", "v2")
+        git(repo, "checkout", "-q", "-b", "fix/plots")
+        commit(repo, {"plot.py": "print('plot')\n"}, "plots")
+        git(repo, "checkout", "-q", "main")
+    return githost
+
+
+def gitea(host: GitHost, token: str = "") -> GiteaProvider:
+    return GiteaProvider(host.gitea, token, 5)
+
+
+def bitbucket(host: GitHost, token: str = "") -> BitbucketProvider:
+    return BitbucketProvider(host.bitbucket, host.bitbucket_api, token, 5)
+
+
+@pytest.mark.parametrize("forge", ["gitea", "bitbucket"])
+async def test_forges_resolve_branch_tag_sha_and_slashed_ref(forges: GitHost, forge: str) -> None:
+    repo = forges.root / forge / "team" / "notebooks"
+    main, fix = git(repo, "rev-parse", "main"), git(repo, "rev-parse", "fix/plots")
+    provider = gitea(forges) if forge == "gitea" else bitbucket(forges)
+    try:
+        r = await provider.resolve("team/notebooks/main")
+        web = forges.gitea if forge == "gitea" else forges.bitbucket
+        assert (r.ref, r.repo_url, r.resolved_spec, r.build_slug) == (
+            main, f"{web}/team/notebooks.git", f"team/notebooks/{main}", "team-notebooks")
+        assert r.ref_url.startswith(f"{web}/team/notebooks/src/") and main in r.ref_url
+        assert (await provider.resolve("team/notebooks/v2")).ref == main
+        assert (await provider.resolve("team/notebooks/fix/plots")).ref == fix
+        assert (await provider.resolve(f"team/notebooks.git/{fix[:12]}")).ref == fix
+        # The repository URL the builder will fetch is a real clone of the resolved commit.
+        assert fix in git(forges.root, "ls-remote", r.repo_url)
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize("forge", ["gitea", "bitbucket"])
+async def test_forges_say_which_of_repository_or_ref_is_missing(forges: GitHost, forge: str) -> None:
+    provider = gitea(forges) if forge == "gitea" else bitbucket(forges)
+    try:
+        with pytest.raises(ResolveError, match="Repository team/nope not found") as e:
+            await provider.resolve("team/nope/main")
+        assert (e.value.cause, e.value.status) == ("repo_not_found", 404)
+        with pytest.raises(ResolveError, match="no such branch, tag or commit") as e:
+            await provider.resolve("team/notebooks/no-such-branch")
+        assert e.value.cause == "ref_not_found"
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize("spec", ["../etc/main", "team/../main", "te am/x/main", "team/notebooks/", "team/notebooks", "a/b/ref\nX"])
+async def test_forges_refuse_names_that_are_not_names(spec: str) -> None:
+    for provider in (GiteaProvider("http://127.0.0.1:9", "", 2), BitbucketProvider("http://127.0.0.1:9", "http://127.0.0.1:9", "", 2)):
+        with pytest.raises(ResolveError) as e:
+            await provider.resolve(spec)
+        assert e.value.cause == "bad_spec", "refused before any request (port 9 answers nothing)"
+        await provider.aclose()
+
+
+async def test_forges_unreachable_and_rate_limited(forges: GitHost) -> None:
+    for provider in (GiteaProvider("http://127.0.0.1:9", "", 2), BitbucketProvider("http://127.0.0.1:9", "http://127.0.0.1:9", "", 2)):
+        with pytest.raises(ResolveError, match="could not be reached") as e:
+            await provider.resolve("team/notebooks/main")
+        assert (e.value.cause, e.value.status) == ("provider_unreachable", 503)
+        await provider.aclose()
+    forges.stats.rate_limited = True
+    provider = gitea(forges)
+    with pytest.raises(ResolveError, match="rate limit") as e:
+        await provider.resolve("team/notebooks/main")
+    assert e.value.cause == "provider_rate_limited"
+    await provider.aclose()
+
+
+@pytest.mark.parametrize("forge", ["gitea", "bitbucket"])
+async def test_forge_token_reaches_a_private_repository_through_the_api_only(forges: GitHost, forge: str) -> None:
+    forges.stats.private = "token s3cret" if forge == "gitea" else "Bearer s3cret"
+    anonymous = gitea(forges) if forge == "gitea" else bitbucket(forges)
+    with pytest.raises(ResolveError) as e:
+        await anonymous.resolve("team/notebooks/main")
+    assert e.value.cause == "repo_not_found", "without the token the private repository reads as missing"
+    provider = gitea(forges, "s3cret") if forge == "gitea" else bitbucket(forges, "s3cret")
+    r = await provider.resolve("team/notebooks/main")
+    assert r.ref == git(forges.root / forge / "team" / "notebooks", "rev-parse", "main")
+    assert "s3cret" not in repr(r), "the resolution (which becomes events) holds no token"
+    await anonymous.aclose()
+    await provider.aclose()

@@ -1,6 +1,6 @@
 """A git host on loopback for tests: real repositories over smart HTTP, and API stand-ins.
 
-GitHub's and GitLab's APIs cannot be reached from here, so this server also answers the few REST
+GitHub's, GitLab's, Gitea's and Bitbucket's APIs cannot be reached from here, so this server also answers the few REST
 calls Kiln's providers make (commit lookup, repository lookup, gists), from the same real git
 repositories it serves, including ETags, 304s and an exhausted rate limit on demand:
 
@@ -10,6 +10,10 @@ repositories it serves, including ETags, 304s and an exhausted rate limit on dem
     /github-api/gists/<id>                    GitHub: a gist's history (repos under gists/<id>)
     /gitlab/<namespace>.git                   git clone (GitLab-like layout)
     /gitlab/api/v4/projects/<ns>/...          GitLab: commit of a ref, project exists
+    /gitea/<o>/<r>.git                        git clone (a Gitea/Forgejo such as Codeberg)
+    /gitea/api/v1/repos/<o>/<r>/commits?sha=  Gitea: the ref's commit first; /repos/<o>/<r>: exists
+    /bitbucket/<w>/<r>.git                    git clone (Bitbucket's layout)
+    /bitbucket-api/2.0/repositories/<w>/<r>/commit/<ref>   Bitbucket: commit of a ref; .../<w>/<r>: exists
     POST /<repo>.git/info/lfs/objects/batch   Git LFS batch API (stands in for GitHub's LFS server)
     /lfs-objects/<oid>                        Git LFS: an object's bytes (what the batch answer points at)
 
@@ -27,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
@@ -65,6 +69,10 @@ class ApiStats:
     not_modified: int = 0
     rate_limited: bool = False
     paths: list[str] = field(default_factory=list)
+    # Gitea and Bitbucket stand-ins: with ``private`` set, their repositories read as missing unless
+    # the request carries ``Authorization: <private>``; every Authorization header seen is kept.
+    private: str = ""
+    authorizations: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -125,7 +133,15 @@ class _Handler(GitHttpHandler):
             return self._github(path[len("/github-api"):])
         if path.startswith("/gitlab/api/v4/"):
             return self._gitlab(path[len("/gitlab/api/v4"):])
+        if path.startswith("/gitea/api/v1/"):
+            return self._gitea(path[len("/gitea/api/v1"):])
+        if path.startswith("/bitbucket-api/2.0/"):
+            return self._bitbucket(path[len("/bitbucket-api/2.0"):])
         return self._backend()
+
+    def _authorized(self, expected: str) -> bool:
+        self.stats.authorizations.append(self.headers.get("Authorization") or "")
+        return not self.stats.private or self.headers.get("Authorization") == expected
 
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode() if body is not None else b""
@@ -189,6 +205,41 @@ class _Handler(GitHttpHandler):
             return self._json(200, {"id": sha}) if sha else self._json(404, {"message": "404 Commit Not Found"})
         return self._json(404, {"message": "404 Not Found"})
 
+    def _gitea(self, path: str) -> None:
+        self.stats.requests += 1
+        if self.stats.rate_limited:
+            return self._json(429, {"message": "rate limit"})
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if parts[0] != "repos" or len(parts) < 3:
+            return self._json(404, {"message": "not found"})
+        repo = self._repo("gitea", parts[1], parts[2])
+        if not repo.exists() or not self._authorized(self.stats.private):
+            return self._json(404, {"message": "The target couldn't be found."})
+        if len(parts) == 3:
+            return self._json(200, {"full_name": f"{parts[1]}/{parts[2]}"})
+        if parts[3:] == ["commits"]:
+            query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+            sha = self._rev(repo, query.get("sha", ["HEAD"])[0])
+            return self._json(200, [{"sha": sha}]) if sha else self._json(404, {"message": "sha not found"})
+        return self._json(404, {"message": "not found"})
+
+    def _bitbucket(self, path: str) -> None:
+        self.stats.requests += 1
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if parts[0] != "repositories" or len(parts) < 3:
+            return self._json(404, {"type": "error"})
+        repo = self._repo("bitbucket", parts[1], parts[2])
+        if not repo.exists():
+            return self._json(404, {"type": "error", "error": {"message": "Repository not found"}})
+        if not self._authorized(self.stats.private):
+            return self._json(403, {"type": "error", "error": {"message": "Access denied"}})
+        if len(parts) == 3:
+            return self._json(200, {"full_name": f"{parts[1]}/{parts[2]}"})
+        if parts[3] == "commit" and len(parts) == 5:  # the ref arrives percent-encoded as one segment
+            sha = self._rev(repo, parts[4])
+            return self._json(200, {"hash": sha}) if sha else self._json(404, {"type": "error"})
+        return self._json(404, {"type": "error"})
+
 
 @dataclass
 class GitHost:
@@ -205,6 +256,18 @@ class GitHost:
     @property
     def gitlab(self) -> str:
         return self.url + "/gitlab"
+
+    @property
+    def gitea(self) -> str:
+        return self.url + "/gitea"
+
+    @property
+    def bitbucket(self) -> str:
+        return self.url + "/bitbucket"
+
+    @property
+    def bitbucket_api(self) -> str:
+        return self.url + "/bitbucket-api/2.0"
 
 
 def start_githost(root: Path) -> GitHost:

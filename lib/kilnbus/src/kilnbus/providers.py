@@ -75,6 +75,13 @@ _TABLE = (
     Provider("gl", "GitLab.com", r"[^/]+/.+", RefLayout.LAST_SEGMENT, "GitLab.com repository or URL",
              "example: gitlab-org/gitlab-foss", True, "GitLab",
              detect=r"^(https?://gitlab\.com/)?(?P<repo>.*[^/])/?$"),
+    # Forges BinderHub never finished (BinderHub's launch-event schema v6 has no names for them).
+    Provider("gitea", "Codeberg / Gitea", r"[^/]+/[^/]+/.+", RefLayout.AFTER_OWNER_REPO,
+             "Codeberg (or the operator's Gitea/Forgejo) repository name or URL", "example: forgejo/forgejo", False, None,
+             detect=r"^(https?://codeberg\.org/)?(?P<repo>.*[^/])/?$"),
+    Provider("bb", "Bitbucket", r"[^/]+/[^/]+/.+", RefLayout.AFTER_OWNER_REPO, "Bitbucket repository name or URL",
+             "example: atlassian/python-bitbucket", False, None,
+             detect=r"^(https?://bitbucket\.org/)?(?P<repo>.*[^/])/?$"),
     Provider("git", "Git repository", r"[^/]+/.+", RefLayout.LAST_SEGMENT, "Arbitrary git repository URL",
              "example: http://git.example.com/repo.git", True, "Git"),
     # Data repositories (BinderHub's spec formats); kiln_resolver.providers.data resolves them.

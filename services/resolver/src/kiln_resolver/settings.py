@@ -25,6 +25,12 @@ class Settings(BusSettings):
     allow_secret_gist: bool = Field(False, description="Allow launching secret (unlisted) gists.")
     gitlab_url: str = Field("https://gitlab.com", description="GitLab's base URL; its API is under /api/v4.")
     gitlab_access_token: str = Field("", description="GitLab token (sent as PRIVATE-TOKEN).")
+    gitea_url: str = Field("https://codeberg.org", description="The Gitea or Forgejo the gitea provider launches from "
+                           "(Codeberg by default); its API is under /api/v1.")
+    gitea_access_token: str = Field("", description="Gitea/Forgejo token for its API (higher rate limits).")
+    bitbucket_url: str = Field("https://bitbucket.org", description="Bitbucket's web and clone base URL.")
+    bitbucket_api_url: str = Field("https://api.bitbucket.org/2.0", description="Bitbucket's REST API (2.0).")
+    bitbucket_access_token: str = Field("", description="Bitbucket access token for its API (sent as a bearer token).")
     git_allowed_protocols: list[str] = Field(["https", "http", "git"], description="Schemes the git provider accepts "
                                              "(the builder fetches over these; ssh needs keys Kiln does not hold).")
     allowed_private_hosts: list[str] = Field(

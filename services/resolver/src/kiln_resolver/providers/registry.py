@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from kiln_resolver.providers.base import RepoProvider
 from kiln_resolver.providers.data import data_providers
+from kiln_resolver.providers.forges import BitbucketProvider, GiteaProvider
 from kiln_resolver.providers.git import GitProvider
 from kiln_resolver.providers.github import GistProvider, GitHubAPI, GitHubProvider
 from kiln_resolver.providers.gitlab import GitLabProvider
@@ -31,13 +32,18 @@ def make_providers(settings: Settings) -> Providers:
     """One implementation per provider of the shared table; a mismatch stops the resolver at start-up."""
     github = GitHubAPI(settings.github_api_url, settings.github_access_token, settings.provider_timeout_s)
     gitlab = GitLabProvider(settings.gitlab_url, settings.gitlab_access_token, settings.provider_timeout_s)
+    gitea = GiteaProvider(settings.gitea_url, settings.gitea_access_token, settings.provider_timeout_s)
+    bitbucket = BitbucketProvider(settings.bitbucket_url, settings.bitbucket_api_url, settings.bitbucket_access_token,
+                                  settings.provider_timeout_s)
     data, data_http = data_providers(settings)
     providers = Providers([
         GitHubProvider(github, settings.github_url),
         GistProvider(github, settings.gist_url, settings.allow_secret_gist),
         gitlab,
+        gitea,
+        bitbucket,
         GitProvider(settings.git_allowed_protocols, settings.allowed_private_hosts, settings.provider_timeout_s),
         *data,
-    ], closers=[github.aclose, gitlab.aclose, data_http.aclose])
+    ], closers=[github.aclose, gitlab.aclose, gitea.aclose, bitbucket.aclose, data_http.aclose])
     check_implemented(providers)
     return providers
