@@ -17,6 +17,7 @@ repositories it serves, including ETags, 304s and an exhausted rate limit on dem
     /private/<o>/<r>.git                      git clone that needs ``stats.git_auth`` (a private repository)
     POST /<repo>.git/info/lfs/objects/batch   Git LFS batch API (stands in for GitHub's LFS server)
     /lfs-objects/<oid>                        Git LFS: an object's bytes (what the batch answer points at)
+    /raw/<name>                               a plain file from ROOT/.raw (a benchmark's baseline)
 
 The LFS stand-in serves the objects a test puts in ``GitHost.lfs.objects`` (sha256 -> bytes); a test
 can point the batch answer's hrefs elsewhere (``href_base``), have it refuse an object (``errors``)
@@ -142,6 +143,16 @@ class _Handler(GitHttpHandler):
         if self._private_refused():
             return None
         path = self.path.split("?", 1)[0]
+        if path.startswith("/raw/"):  # a plain file (ROOT/.raw/<name>): benchmarks' baseline download
+            raw = self.root / ".raw" / path[len("/raw/"):].replace("/", "_")
+            if not raw.is_file():
+                return self._json(404, {"message": "no such file"})
+            data = raw.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return None
         if path.startswith("/lfs-objects/"):
             oid = path.rsplit("/", 1)[1]
             data = self.lfs.tamper.get(oid, self.lfs.objects.get(oid))
