@@ -96,6 +96,9 @@ class LFSStore:
 class _Handler(GitHttpHandler):
     stats: ApiStats
     lfs: LFSStore
+    # Headers and body go out as two writes: with Nagle on, the body waits for the client's delayed
+    # ACK (40 ms), which a real forge's server does not make anyone wait for.
+    disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
         if self._private_refused():
