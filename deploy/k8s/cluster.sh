@@ -45,9 +45,19 @@ start_node() {
     --cap-drop ALL --security-opt no-new-privileges --read-only --user 65534:65534 \
     --label org.kiln.stack=k8s kiln.local/pause:1 >/dev/null
   wait_for "the node container" 20 node_pid || die "the node container did not start" "docker logs $NODE_CONTAINER"
+  NEW_NODE=1  # pods kept from before sit in a network that went with the old container (see up)
   # Inside the node only: pods are routed through it, and bridged pod traffic passes its iptables.
   in_node sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward; echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet 2>/dev/null; true'
   in_node ip link set lo up
+  # A Service address kube-proxy has not (or no longer) programmed must go nowhere, not out through
+  # the default route to whatever has that address beyond the host.
+  in_node ip route replace blackhole "$SERVICE_CIDR"
+}
+
+# put FILE: stdin into FILE, only if it differs (kube-proxy exits when its configuration file changes).
+put() {
+  local new; new=$(cat)
+  [[ -f $1 && $(cat "$1") == "$new" ]] || printf '%s\n' "$new" >"$1"
 }
 
 # ---- certificates ----------------------------------------------------------------------------
@@ -65,7 +75,7 @@ cert() {  # cert NAME SUBJECT [SANS]: a key and a certificate signed by the clus
 
 kubeconfig() {  # kubeconfig NAME SERVER: a kubeconfig for the certificate NAME
   local name=$1 server=$2
-  cat >"$STATE/$name.kubeconfig" <<EOF
+  put "$STATE/$name.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -106,14 +116,14 @@ make_pki() {
 # ---- configuration files -------------------------------------------------------------------
 write_configs() {
   mkdir -p "$STATE/cni" "$STATE/sysctl" "$RUN" "$DATA"
-  cat >"$STATE/cni/10-kiln.conflist" <<EOF
+  put "$STATE/cni/10-kiln.conflist" <<EOF
 {"cniVersion": "0.4.0", "name": "kiln-pods", "plugins": [
   {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}
 ]}
 EOF
-  cat >"$STATE/containerd.toml" <<EOF
+  put "$STATE/containerd.toml" <<EOF
 version = 2
 root = "$DATA/containerd"
 state = "$RUN/containerd"
@@ -134,7 +144,7 @@ state = "$RUN/containerd"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni"
 EOF
-  cat >"$STATE/kubelet.yaml" <<EOF
+  put "$STATE/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -159,7 +169,7 @@ imageGCHighThresholdPercent: 97
 imageGCLowThresholdPercent: 95
 maxPods: 60
 EOF
-  cat >"$STATE/kube-proxy.yaml" <<EOF
+  put "$STATE/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $STATE/kube-proxy.kubeconfig}
@@ -183,8 +193,17 @@ daemon() {  # daemon NAME COMMAND...: start COMMAND in the node's network namesp
 
 start_kubelet() {
   [[ -n $(pid_of kubelet) ]] && return 0
-  # A private mount namespace: the kubelet's writes to these global sysctls land in files of ours.
-  nohup nsenter --net="/proc/$(node_pid)/ns/net" -- unshare --mount --propagation slave -- sh -c "
+  # The kubelet mounts pods' volumes (secrets, tokens) under its root; containerd, in the host's
+  # mount namespace, must see them: the root is a shared mount, as Docker's /var/lib/docker is.
+  mkdir -p "$DATA/kubelet"
+  if ! grep -q " $DATA/kubelet .*shared:" /proc/self/mountinfo; then
+    mount --bind "$DATA/kubelet" "$DATA/kubelet"
+    mount --make-rshared "$DATA/kubelet"
+  fi
+  # A mount namespace of its own (the host's / and /proc are private mounts, so nothing below
+  # leaves it): the kubelet's writes to these global sysctls land in files of ours.
+  nohup nsenter --net="/proc/$(node_pid)/ns/net" -- unshare --mount --propagation unchanged -- sh -c "
+    mount --make-private /proc
     mount --bind '$STATE/sysctl/overcommit_memory' /proc/sys/vm/overcommit_memory
     mount --bind '$STATE/sysctl/panic' /proc/sys/kernel/panic
     mount --bind '$STATE/sysctl/panic_on_oops' /proc/sys/kernel/panic_on_oops
@@ -298,6 +317,8 @@ up() {
   command -v /usr/lib/cni/bridge >/dev/null || die "the CNI plugins are not installed" "KILN_WITH_K8S=1 deploy/local/install-system.sh"
   binary_image "kiln.local/pause:1" "$BIN/pause" pause
   binary_image "kiln.local/coredns:$COREDNS_VERSION" "$BIN/coredns" coredns
+  # busybox (Debian's static build), for the cluster's tests: a shell, wget, nc, nslookup, httpd.
+  [[ -x /bin/busybox ]] && binary_image "kiln.local/busybox:1" /bin/busybox busybox
   start_node
   make_pki
   write_configs
@@ -310,7 +331,8 @@ up() {
     --kubelet-certificate-authority "$STATE/pki/ca.crt" \
     --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction --allow-privileged=true --v=1
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction --allow-privileged=true \
+    --kubelet-preferred-address-types InternalIP --v=1
   wait_for "the API server" 120 api_ready || die "the API server did not become ready" "read $LOG/k8s-kube-apiserver.log"
   # The API server may call the kubelet (logs, exec) as a member of this group.
   kubectl_admin get clusterrolebinding kiln:apiserver-kubelet >/dev/null 2>&1 \
@@ -327,10 +349,18 @@ up() {
   wait_for "containerd" 30 test -S "$RUN/containerd.sock" || die "containerd did not start" "read $LOG/k8s-containerd.log"
   import_image "kiln.local/pause:1" "$STATE/images/pause.tar"
   import_image "kiln.local/coredns:$COREDNS_VERSION" "$STATE/images/coredns.tar"
+  [[ -s $STATE/images/busybox.tar ]] && import_image "kiln.local/busybox:1" "$STATE/images/busybox.tar"
+  # The host's values of the sysctls the kubelet sets, as they were before it first ran (tests compare).
+  [[ -s $STATE/host-sysctls ]] || for f in vm/overcommit_memory kernel/panic kernel/panic_on_oops vm/panic_on_oom; do
+    echo "$f $(cat "/proc/sys/$f")"; done >"$STATE/host-sysctls"
   start_kubelet
   daemon kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml" --hostname-override "$NODE_NAME"
   node_ready() { kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
   wait_for "the node" 120 node_ready || die "the node did not become Ready" "read $LOG/k8s-kubelet.log"
+  if [[ ${NEW_NODE:-0} == 1 ]]; then
+    # Their sandboxes' network ended with the previous node: their controllers make them anew.
+    kubectl_admin delete pods --all --all-namespaces --wait=false >/dev/null 2>&1 || true
+  fi
   coredns_manifest | kubectl_admin apply -f - >/dev/null
   kubectl_admin -n kube-system rollout status deployment/coredns --timeout 120s >/dev/null \
     || die "CoreDNS did not start" "kubectl --kubeconfig $STATE/admin.kubeconfig -n kube-system describe pods"
@@ -338,15 +368,20 @@ up() {
 }
 
 down() {
-  local name
+  local name pid pids=()
   for name in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
-    local pid; pid=$(pid_of "$name" || true)
-    [[ -n $pid ]] && { pkill -TERM -P "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; }
+    pid=$(pid_of "$name" || true)
+    [[ -n $pid ]] && { kill "$pid" 2>/dev/null || true; pids+=("$pid"); }
   done
-  # containerd leaves its shims (and the pods' processes) running on purpose: end them too.
-  pkill -f "containerd-shim-runc-v2 -namespace k8s.io -address $RUN/containerd.sock" 2>/dev/null || true
+  # The API server drains for a while once its etcd is gone: give each 20 s, then stop it hard.
+  gone() { local p; for p in "$@"; do kill -0 "$p" 2>/dev/null && return 1; done; return 0; }
+  ((${#pids[@]})) && { wait_for "the cluster's processes" 20 gone "${pids[@]}" || kill -9 "${pids[@]}" 2>/dev/null || true; }
+  # containerd leaves its shims and the pods' processes running on purpose: end them too (the
+  # pods' processes are every process in the kubelet's cgroups).
+  find /sys/fs/cgroup/pids/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  pkill -9 -f "containerd-shim-runc-v2 -namespace k8s.io .*-address $RUN/containerd.sock" 2>/dev/null || true
   docker rm -f "$NODE_CONTAINER" >/dev/null 2>&1 || true  # the namespace, and everything in it, goes with it
-  grep " $DATA/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r umount -l 2>/dev/null || true
+  grep -E " $DATA(/| )" /proc/mounts | awk '{print $2}' | sort -r | xargs -r umount -l 2>/dev/null || true
   rm -f "$RUN"/*.pid
   ok "Kubernetes stopped (state kept in $STATE and $DATA; remove them for a new cluster)"
 }
