@@ -13,7 +13,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 
@@ -21,7 +21,7 @@ from kiln_builder.datasources import LISTERS, Layout, Listing, RemoteFile, shown
 from kiln_builder.errors import FetchFailed
 from kiln_builder.executor import LineSink
 from kiln_builder.fetch import Fetcher, FetchPolicy
-from kiln_builder.unpack import Budget, create_file, extract_zip, hoist_single_folder, is_zip, safe_name
+from kiln_builder.unpack import Budget, create_file, extract_zip, hoist_single_folder, is_zip, keep_folder, safe_name
 from kilnbus.guardedhttp import GuardedHTTP
 from kilnbus.urlguard import UnsafeRepoURL
 
@@ -67,6 +67,8 @@ class DataFetcher:
     async def _lay_out(self, http: GuardedHTTP, listing: Listing, dest: Path, scratch: Path, budget: Budget,
                        on_line: LineSink) -> None:
         files = listing.files
+        if listing.layout is Layout.BAG:
+            return await self._bag(http, listing, dest, scratch, budget, on_line)
         await on_line(f"{listing.title}: {len(files)} file{'s' if len(files) != 1 else ''}\n")
         single_zip = len(files) == 1 and (listing.layout is Layout.SINGLE_ZIP or listing.layout is Layout.SINGLE_NAMED_ZIP
                                           and files[0].name.lower().endswith(".zip"))
@@ -93,6 +95,29 @@ class DataFetcher:
             await download(http, remote, dest, budget, on_line)
         if listing.layout is Layout.HOIST:
             hoist_single_folder(dest)
+
+
+    async def _bag(self, http: GuardedHTTP, listing: Listing, dest: Path, scratch: Path, budget: Budget,
+                   on_line: LineSink) -> None:
+        """A BagIt zip that the repository may still be preparing: asked for again (waiting longer each
+        time, within the fetch's deadline) until it is a zip; then its ``<id>/data/contents`` is the checkout."""
+        bag = listing.files[0]
+        scratch.mkdir()
+        archive, wait = scratch / "bag.zip", 1.0
+        await on_line(f"{listing.title}: its bag\n")
+        while True:
+            await download(http, bag, archive, Budget(self._policy), on_line, count_written=False)
+            if is_zip(archive):
+                break
+            archive.unlink()
+            await on_line(f"The bag is being prepared; asking again in {wait:.0f} s\n")
+            await asyncio.sleep(wait)  # bounded by the fetch's deadline (``fetch``)
+            wait = min(wait * 2, 10.0)
+        budget.fetch(archive.stat().st_size)
+        await on_line(f"Extracting {bag.name}\n")
+        await asyncio.to_thread(extract_zip, archive, dest, budget)
+        resource = bag.name.removesuffix(".zip")
+        keep_folder(dest, PurePosixPath(resource, "data", "contents"))
 
 
 async def download(http: GuardedHTTP, remote: RemoteFile, target: Path, budget: Budget, on_line: LineSink,

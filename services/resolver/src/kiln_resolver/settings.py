@@ -79,6 +79,10 @@ class Settings(BusSettings):
                                        "https://dataverse.no", "https://demo.dataverse.org"],
                                       description="The Dataverse installations whose DOIs may be launched (base URLs; "
                                       "their API is under /api). A DOI leading anywhere else is refused.")
+    hydroshare_url: str = Field("https://www.hydroshare.org", description="The HydroShare whose resources the hydroshare "
+                                "provider launches (its API under /hsapi, its bags under /django_s3).")
+    ckan_urls: list[str] = Field(default_factory=list, description="The CKAN sites whose datasets may be launched (base "
+                                 "URLs, a path prefix included); empty: any public site, as BinderHub.")
     resolve_cache_s: float = Field(60.0, ge=0, description="How long a branch or tag stays resolved to the same commit.")
     provider_timeout_s: float = Field(20.0, gt=0, description="Timeout of one provider API call or git ls-remote.")
 
