@@ -1,10 +1,11 @@
 """Data repositories: resolving and fetching a 10 MB record, against a plain download of the same bytes.
 
-For each provider Kiln launches data from (Zenodo, Figshare, Dataverse, HydroShare, CKAN, and ``doi``
-in front of Zenodo), a record of 10 MB is served by the stand-ins for the real APIs on loopback
+For each provider Kiln launches data from (Zenodo, Figshare, Dataverse, HydroShare, CKAN, Software
+Heritage, and ``doi`` in front of Zenodo), a record of 10 MB is served by the stand-ins for the real APIs on loopback
 (tests/support/datahost.py): one zip archive of incompressible files (so the archive is 10 MB on
 the wire) for Zenodo and Figshare, which unpack it, a BagIt zip of them for HydroShare (unpacked,
-its ``data/contents`` kept), and the same files one by one for Dataverse and CKAN.
+its ``data/contents`` kept), a gzipped tarball for Software Heritage's vault (unpacked), and the same
+files one by one for Dataverse and CKAN.
 Rows: the resolver's provider resolving the spec (DOI redirects and API calls), the builder's
 ``DataFetcher`` fetching and unpacking the record, and the baseline, a plain HTTP GET of the same
 10 MB from the same stand-in with httpx, written to disk. Median of ``--runs`` runs each.
@@ -65,10 +66,11 @@ async def main(runs: int) -> None:
     hydroshare = "b" * 32
     host.add_hydroshare(hydroshare, {name.removeprefix("record/"): data for name, data in files.items()})
     ckan = host.add_ckan("bench", {name.removeprefix("record/"): data for name, data in files.items()})
+    swhid = host.add_swh("c" * 40, {name.removeprefix("record/"): data for name, data in files.items()})
     host.raw["plain.zip"] = archive
     settings = Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"),
                         figshare_url=host.base("figshare"), figshare_api_url=host.base("figshare-api") + "/v2",
-                        dataverse_urls=[host.base("dataverse")], hydroshare_url=host.base("hydroshare"),
+                        dataverse_urls=[host.base("dataverse")], hydroshare_url=host.base("hydroshare"), swh_url=host.base("swh"),
                         allowed_private_hosts=["127.0.0.1"])
     providers = make_providers(settings)
     policy = FetchPolicy(max_bytes=2**30, max_entries=100_000, max_fetch_bytes=2**30, allowed_private_hosts=["127.0.0.1"])
@@ -92,7 +94,7 @@ async def main(runs: int) -> None:
         print(f"{'provider':<10} {'resolve ms':>11} {'fetch ms':>9} {'total ms':>9} {'vs plain GET':>13}")
         print(f"{'plain GET':<10} {'':>11} {baseline * 1000:>9.1f} {baseline * 1000:>9.1f} {'1.00x':>13}")
         for name, spec in (("zenodo", doi_zenodo), ("figshare", f"{doi_figshare}.v1"), ("dataverse", doi_dataverse),
-                           ("hydroshare", hydroshare), ("ckan", quote(ckan, safe="")),
+                           ("hydroshare", hydroshare), ("ckan", quote(ckan, safe="")), ("swh", swhid),
                            ("doi", doi_zenodo)):
             resolution = await providers[name].resolve(spec)
             resolve_s = await timed(lambda n=name, s=spec: providers[n].resolve(s), runs)

@@ -22,7 +22,7 @@ from .harness import FakeRegistry, Resolving
 def data_settings(host: DataHost, **more: object) -> Settings:
     return Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"), figshare_url=host.base("figshare"),
                     figshare_api_url=host.base("figshare-api") + "/v2", dataverse_urls=[host.base("dataverse")],
-                    hydroshare_url=host.base("hydroshare"), allowed_private_hosts=["127.0.0.1"],
+                    hydroshare_url=host.base("hydroshare"), swh_url=host.base("swh"), allowed_private_hosts=["127.0.0.1"],
                     **more)  # type: ignore[arg-type]
 
 
@@ -296,3 +296,42 @@ async def test_ckan_unknown_dataset_activity_or_site(datahost: DataHost) -> None
             await providers["ckan"].resolve(quote(spec, safe=""))
         assert e.value.cause == "repo_not_found"
     await providers.aclose()
+
+
+# Software Heritage
+
+DIR, REV, REL = "d" * 40, "a" * 40, "e" * 40
+
+
+async def test_swhids_of_a_directory_revision_or_release_resolve_to_the_directory(
+        datahost: DataHost, providers: Providers) -> None:
+    datahost.add_swh(DIR, {"README.md": b"archived\n"})
+    datahost.swh_revisions[REV] = DIR
+    datahost.swh_releases[REL] = ("revision", REV)
+    specs = [f"swh:1:dir:{DIR}", f"swh:1:rev:{REV}", f"swh:1:rel:{REL}",
+             f"swh:1:rev:{REV};origin=https://github.com/lab/code;visit=swh:1:snp:{'0' * 40}"]
+    for spec in specs:
+        r = await providers["swh"].resolve(spec)
+        assert (r.ref, r.build_slug, r.content, r.resolved_spec) == (DIR, f"swh-{DIR}", "swh", f"swh:1:dir:{DIR}"), spec
+        assert r.repo_url == f"{datahost.base('swh')}/api/1/vault/flat/swh:1:dir:{DIR}/"
+        assert r.ref_url == f"{datahost.base('swh')}/swh:1:dir:{DIR}"
+
+
+@pytest.mark.parametrize(("spec", "cause"), [
+    ("swh:1:cnt:" + "c" * 40, "bad_spec"),  # a file, not source to build
+    ("swh:2:dir:" + "d" * 40, "bad_spec"),
+    ("swh:1:dir:../../api", "bad_spec"),
+    ("swh:1:dir:" + "f" * 40, "repo_not_found"),
+    ("swh:1:rev:" + "f" * 40, "repo_not_found"),
+])
+async def test_swhids_that_name_nothing_buildable(providers: Providers, spec: str, cause: str) -> None:
+    with pytest.raises(ResolveError) as e:
+        await providers["swh"].resolve(spec)
+    assert e.value.cause == cause
+
+
+async def test_a_release_of_something_other_than_code_is_refused(datahost: DataHost, providers: Providers) -> None:
+    datahost.swh_releases[REL] = ("content", "c" * 40)
+    with pytest.raises(ResolveError, match="not of source code") as e:
+        await providers["swh"].resolve(f"swh:1:rel:{REL}")
+    assert e.value.cause == "bad_spec"

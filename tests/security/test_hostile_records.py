@@ -17,7 +17,7 @@ from kiln_builder.datafetch import DataFetcher
 from kiln_builder.errors import FetchFailed
 from kiln_builder.fetch import FetchPolicy
 
-from ..support.datahost import DataHost, make_zip
+from ..support.datahost import DataHost, make_tar_gz, make_zip
 
 POLICY = FetchPolicy(max_bytes=2**20, max_entries=20, max_fetch_bytes=2**20, allowed_private_hosts=["127.0.0.1"])
 
@@ -172,3 +172,19 @@ async def test_ckan_resource_links_obey_the_same_rules(datahost: DataHost, tmp_p
 
 async def _quiet(line: str) -> None:
     pass
+
+
+
+@pytest.mark.parametrize(("members", "links", "says"), [
+    ({"../escape.txt": b"x"}, {}, "outside"),
+    ({"top/a.txt": b"a"}, {"top/l": "../../etc/passwd"}, "symbolic link leading outside"),
+    ({"top/.git/config": b"[core]"}, {}, ".git"),
+    ({"top/big.bin": b"x" * (2**20 + 1)}, {}, "larger than"),
+])
+async def test_hostile_vault_tarballs_are_refused(datahost: DataHost, tmp_path: Path, members: dict[str, bytes],
+                                                  links: dict[str, str], says: str) -> None:
+    swhid = datahost.add_swh("d" * 40, {}, tarball=make_tar_gz(members, links))
+    with pytest.raises(FetchFailed, match=says):
+        await DataFetcher(POLICY).fetch(f"{datahost.base('swh')}/api/1/vault/flat/{swhid}/", "v", tmp_path / "co",
+                                        _quiet, "swh")
+    assert not (tmp_path / "co").exists() and not list(tmp_path.parent.glob("escape.txt"))

@@ -28,6 +28,9 @@ the base URL the settings name:
     /ckan/dataset/<name>                       CKAN: a dataset's page
     /ckan/api/3/action/package_show?id=<name>  CKAN API: the dataset now (metadata_modified, resources)
     /ckan/api/3/action/activity_data_show?id=<activity>&object_type=package   the dataset as it was then
+    /swh/api/1/{revision,release,directory}/<id>/   Software Heritage API: a revision's directory, a release's target
+    POST|GET /swh/api/1/vault/flat/swh:1:dir:<id>/   the vault: "pending" the first ``cook`` times, then "done" (or
+                                               "failed") with fetch_url .../raw/, the directory's tar.gz
     /raw/<name>                                bytes put there by a test (plain downloads, redirect targets)
     /redirect?to=<url>                         302 to <url> (a link that leads elsewhere)
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 import io
 import json
 import stat
+import tarfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -110,6 +114,29 @@ def make_bag(resource: str, files: dict[str, bytes]) -> bytes:
 
 
 @dataclass
+class SwhDirectory:
+    tarball: bytes  # what the vault serves once cooked
+    cook: int = 0  # how many more times it answers "pending"
+    fails: str = ""  # a reason: the cooking fails with it
+    asked: int = 0  # POSTs and GETs of its vault entry
+
+
+def make_tar_gz(files: dict[str, bytes], links: dict[str, str] | None = None, top: str = "") -> bytes:
+    """A real gzipped tarball of ``files`` and symbolic ``links`` (name -> target), under the folder ``top``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+@dataclass
 class DataHost:
     """The stand-in's state: what it serves, and the paths it was asked for."""
 
@@ -121,6 +148,9 @@ class DataHost:
     dataverse_file_dois: dict[str, str] = field(default_factory=dict)  # a file's "doi:..." -> its dataset's
     hydroshare: dict[str, HydroShareResource] = field(default_factory=dict)
     ckan: dict[str, CKANDataset] = field(default_factory=dict)
+    swh_dirs: dict[str, SwhDirectory] = field(default_factory=dict)
+    swh_revisions: dict[str, str] = field(default_factory=dict)  # revision id -> directory id
+    swh_releases: dict[str, tuple[str, str]] = field(default_factory=dict)  # release id -> (target type, target id)
     raw: dict[str, bytes] = field(default_factory=dict)
     overrides: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
@@ -184,6 +214,14 @@ class DataHost:
                                       {a: (m, resources(a, f)) for a, (m, f) in (activities or {}).items()})
         return f"{self.base('ckan')}/dataset/{name}"
 
+    def add_swh(self, directory: str, files: dict[str, bytes], cook: int = 0, fails: str = "",
+                tarball: bytes | None = None) -> str:
+        """An archived directory (its vault tarball holding ``files`` under swh:1:dir:<id>/); its SWHID."""
+        swhid = f"swh:1:dir:{directory}"
+        self.swh_dirs[directory] = SwhDirectory(tarball if tarball is not None else make_tar_gz(files, top=swhid),
+                                                cook, fails)
+        return swhid
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()
@@ -212,6 +250,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _found(self, to: str) -> None:
         self._send(302, b"", {"Location": to}, "text/html")
+
+    def do_POST(self) -> None:
+        self.host.requests.append(f"POST {self.path}")
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = unquote(urlsplit(self.path).path)
+        if path.startswith("/swh/"):
+            return self._swh(path[len("/swh/"):], {})
+        self._json(405, {"message": "method not allowed"})
 
     def do_GET(self) -> None:
         self.host.requests.append(self.path)
@@ -375,6 +421,36 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._json(200, {"success": True, "result": {"name": name, "metadata_modified": modified,
                                                                          "resources": resources}})
             return self._json(404, missing)
+        self._json(404, missing)
+
+
+    def _swh(self, rest: str, query: dict[str, list[str]]) -> None:
+        segments = rest.strip("/").split("/")
+        missing = {"exception": "NotFoundExc", "reason": "not found"}
+        if segments[:2] != ["api", "1"] or len(segments) < 4:
+            return self._json(404, missing)
+        kind, ident = segments[2], segments[3]
+        if kind == "revision" and ident in self.host.swh_revisions:
+            return self._json(200, {"id": ident, "directory": self.host.swh_revisions[ident]})
+        if kind == "release" and ident in self.host.swh_releases:
+            target_type, target = self.host.swh_releases[ident]
+            return self._json(200, {"id": ident, "target_type": target_type, "target": target})
+        if kind == "directory" and ident in self.host.swh_dirs:
+            return self._json(200, [{"name": "README.md", "type": "file"}])
+        if kind == "vault" and segments[3] == "flat" and len(segments) >= 5:
+            found = self.host.swh_dirs.get(segments[4].removeprefix("swh:1:dir:"))
+            if found is None:
+                return self._json(404, missing)
+            base = f"{self.host.base('swh')}/api/1/vault/flat/{segments[4]}/"
+            if segments[5:] == ["raw"]:
+                return self._send(200, found.tarball, content_type="application/gzip")
+            found.asked += 1
+            if found.cook > 0:
+                found.cook -= 1
+                return self._json(200, {"status": "pending", "swhid": segments[4], "progress_message": "Processing..."})
+            if found.fails:
+                return self._json(200, {"status": "failed", "swhid": segments[4], "progress_message": found.fails})
+            return self._json(200, {"status": "done", "swhid": segments[4], "fetch_url": f"{base}raw/"})
         self._json(404, missing)
 
 

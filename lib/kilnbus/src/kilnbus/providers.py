@@ -96,10 +96,15 @@ _TABLE = (
              "example: 10.7910/DVN/TJCLKP", False, "Dataverse", detect=_DOI_DETECT, ref_enabled=False),
     Provider("ckan", "CKAN dataset", r"[^/]+", RefLayout.NONE, "CKAN dataset URL",
              "https://demo.ckan.org/dataset/my-sample-dataset-001", True, "CKAN", ref_enabled=False),
-    # Kiln's own: any DOI, launched from whichever data repository above serves it (v6 has no name for it).
+    # Kiln's own, beyond BinderHub (v6 has no names for them): an archived tree by its SWHID, and any DOI,
+    # launched from whichever data repository above serves it.
     Provider("doi", "DOI", r"10\.\d+\/(.)+", RefLayout.NONE,
              "DOI of a Zenodo record, Figshare article, HydroShare resource or Dataverse dataset",
              "example: 10.5281/zenodo.3242074", False, None, detect=_DOI_DETECT, ref_enabled=False),
+    Provider("swh", "Software Heritage", r"swh:1:(dir|rev|rel):[0-9a-f]{40}(;.*)?", RefLayout.NONE,
+             "SWHID of a directory, revision or release", "example: swh:1:rev:309cf2674ee7a0749978cf8265ab91a60aea0f7d",
+             False, None, detect=r"^(https?://archive\.softwareheritage\.org/)?(?P<repo>swh:1:[^/]*[^/])/?$",
+             ref_enabled=False),
 )
 
 # In the order the form lists them (the first is its default, as in BinderHub).

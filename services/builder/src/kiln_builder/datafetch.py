@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
+from urllib.parse import urljoin
 
 import httpx
 
@@ -21,7 +22,16 @@ from kiln_builder.datasources import LISTERS, Layout, Listing, RemoteFile, shown
 from kiln_builder.errors import FetchFailed
 from kiln_builder.executor import LineSink
 from kiln_builder.fetch import Fetcher, FetchPolicy
-from kiln_builder.unpack import Budget, create_file, extract_zip, hoist_single_folder, is_zip, keep_folder, safe_name
+from kiln_builder.unpack import (
+    Budget,
+    create_file,
+    extract_tar_gz,
+    extract_zip,
+    hoist_single_folder,
+    is_zip,
+    keep_folder,
+    safe_name,
+)
 from kilnbus.guardedhttp import GuardedHTTP
 from kilnbus.urlguard import UnsafeRepoURL
 
@@ -69,6 +79,8 @@ class DataFetcher:
         files = listing.files
         if listing.layout is Layout.BAG:
             return await self._bag(http, listing, dest, scratch, budget, on_line)
+        if listing.layout is Layout.VAULT:
+            return await self._vault(http, listing, dest, scratch, budget, on_line)
         await on_line(f"{listing.title}: {len(files)} file{'s' if len(files) != 1 else ''}\n")
         single_zip = len(files) == 1 and (listing.layout is Layout.SINGLE_ZIP or listing.layout is Layout.SINGLE_NAMED_ZIP
                                           and files[0].name.lower().endswith(".zip"))
@@ -118,6 +130,38 @@ class DataFetcher:
         await asyncio.to_thread(extract_zip, archive, dest, budget)
         resource = bag.name.removesuffix(".zip")
         keep_folder(dest, PurePosixPath(resource, "data", "contents"))
+
+
+    async def _vault(self, http: GuardedHTTP, listing: Listing, dest: Path, scratch: Path, budget: Budget,
+                     on_line: LineSink) -> None:
+        """Ask the vault to cook the directory (POST), ask again until it is done (waiting longer each time,
+        within the fetch's deadline), download the tarball and unpack it; its lone top folder is the checkout."""
+        cooking = listing.files[0]
+        status, answer = await http.post_json(cooking.url, {})
+        wait = 1.0
+        while True:
+            if status not in (200, 201, 202) or not isinstance(answer, dict):
+                raise FetchFailed(f"The Software Heritage vault answered {status} for {cooking.name}.", "fetch_failed")
+            state = answer.get("status")
+            if state == "done":
+                break
+            if state == "failed":
+                why = str(answer.get("progress_message") or "no reason given")[:300]
+                raise FetchFailed(f"The Software Heritage vault could not prepare {cooking.name}: {why}", "fetch_failed")
+            await on_line(f"The vault is preparing {cooking.name} ({state}); asking again in {wait:.0f} s\n")
+            await asyncio.sleep(wait)  # bounded by the fetch's deadline (``fetch``)
+            wait = min(wait * 2, 10.0)
+            status, answer, _ = await http.get_json(cooking.url)
+        fetch_url = answer.get("fetch_url")
+        if not isinstance(fetch_url, str):
+            raise FetchFailed(f"The Software Heritage vault gave no download for {cooking.name}.", "fetch_failed")
+        scratch.mkdir()
+        archive = scratch / "directory.tar.gz"
+        await download(http, RemoteFile(f"{cooking.name}.tar.gz", urljoin(cooking.url, fetch_url)), archive, budget,
+                       on_line, count_written=False)
+        await on_line(f"Extracting {cooking.name}\n")
+        await asyncio.to_thread(extract_tar_gz, archive, dest, budget)
+        hoist_single_folder(dest)
 
 
 async def download(http: GuardedHTTP, remote: RemoteFile, target: Path, budget: Budget, on_line: LineSink,

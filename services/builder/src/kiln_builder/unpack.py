@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tarfile
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -129,6 +130,42 @@ def extract_zip(archive: Path, dest: Path, budget: Budget) -> None:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
         raise CheckoutRefused(f"The record's zip archive could not be unpacked ({type(exc).__name__}: {exc}).",
                               "fetch_failed") from None
+
+
+def extract_tar_gz(archive: Path, dest: Path, budget: Budget) -> None:
+    """Unpack the gzipped tar ``archive`` into ``dest`` under the rules zip members obey: folders, files and
+    links that stay inside only, every name checked, sizes counted from the headers before writing."""
+    try:
+        with tarfile.open(archive, mode="r|gz") as tar:
+            for member in tar:
+                if member.type in (tarfile.XGLTYPE, tarfile.XHDTYPE):
+                    continue
+                budget.entry()
+                name = safe_name(member.name.rstrip("/"))
+                target = os.path.join(parent_dir(dest, name), name.parts[-1])
+                if member.isdir():
+                    if os.path.islink(target) or os.path.exists(target) and not os.path.isdir(target):
+                        raise CheckoutRefused(f"The record's archive contains {name} twice.", "unsafe_repository")
+                    os.makedirs(target, mode=0o755, exist_ok=True)
+                elif member.issym():
+                    if len(member.linkname) > _MAX_LINK or not _link_stays_inside(name, member.linkname):
+                        raise CheckoutRefused("The record's archive contains a symbolic link leading outside it.",
+                                              "unsafe_repository")
+                    if os.path.lexists(target):
+                        raise CheckoutRefused(f"The record's archive contains {name} twice.", "unsafe_repository")
+                    os.symlink(member.linkname, target)
+                elif member.isfile():
+                    budget.write(member.size)
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    with os.fdopen(create_file(dest, name, executable=bool(member.mode & 0o111)), "wb") as out:
+                        shutil.copyfileobj(source, out, 1 << 20)
+                else:  # hard links, devices, pipes
+                    raise CheckoutRefused("The record's archive contains an entry that is not a file, folder or "
+                                          "symbolic link.", "unsafe_repository")
+        _check_links(dest)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise CheckoutRefused(f"The record's archive could not be unpacked ({type(exc).__name__}).", "fetch_failed") from None
 
 
 def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budget: Budget) -> None:

@@ -8,6 +8,7 @@ from kiln_resolver.providers.dataverse import DataverseProvider
 from kiln_resolver.providers.doi import DoiProvider, DoiResolver
 from kiln_resolver.providers.figshare import FigshareProvider
 from kiln_resolver.providers.hydroshare import HydroShareProvider
+from kiln_resolver.providers.swh import SoftwareHeritageProvider
 from kiln_resolver.providers.zenodo import ZenodoProvider
 from kiln_resolver.settings import Settings
 from kilnbus.guardedhttp import GuardedHTTP
@@ -23,4 +24,4 @@ def data_providers(settings: Settings) -> tuple[list[RepoProvider], GuardedHTTP]
     dataverse = DataverseProvider(http, doi, settings.dataverse_urls)
     hydroshare = HydroShareProvider(http, doi, settings.hydroshare_url)
     return [zenodo, figshare, hydroshare, dataverse, CKANProvider(http, settings.ckan_urls),
-            DoiProvider(doi, [zenodo, figshare, hydroshare, dataverse])], http
+            DoiProvider(doi, [zenodo, figshare, hydroshare, dataverse]), SoftwareHeritageProvider(http, settings.swh_url)], http
