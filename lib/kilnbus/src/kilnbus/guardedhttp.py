@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -85,13 +85,17 @@ class GuardedHTTP:
         Raises ``UnsafeRepoURL`` for a URL the guard refuses or too many redirects, and httpx's
         errors for a host that does not answer.
         """
-        current = url
+        current, sent = url, dict(headers or {})
         for _ in range(self._max_redirects + 1):
-            response = await self._send(current, headers or {})
+            response = await self._send(current, sent)
             location = response.headers.get("location")
             if response.status_code in _REDIRECTS and location:
                 await response.aclose()
-                current = urljoin(current, location)
+                following = urljoin(current, location)
+                if _origin(following) != _origin(current):
+                    # Credentials are for the host they were given for, not wherever it redirects (as browsers and curl do).
+                    sent = {k: v for k, v in sent.items() if k.lower() not in ("authorization", "cookie")}
+                current = following
                 continue
             try:
                 yield Answer(current, response)
@@ -136,3 +140,9 @@ class GuardedHTTP:
 
 
 __all__ = ["Answer", "GuardedHTTP"]
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme)
