@@ -208,3 +208,16 @@ async def test_a_refused_github_app_says_so_without_its_key(github_app: tuple[Gi
         await fetch_with(store, "https://github.example/lab/secret", "a" * 40, tmp_path)
     assert "PRIVATE KEY" not in str(e.value)
     await store.aclose()
+
+
+async def test_a_submodule_cannot_take_a_private_repository_from_the_builders_mirror(private: GitHost, tmp_path: Path) -> None:
+    """The private repository is built once, with the credential (its mirror now holds it); a public
+    repository then names it as a submodule at a commit it holds: the uncredentialed fetch must ask
+    the server (and be refused), not find it in that mirror."""
+    secret = make_repo(private.root, "private/lab/secret", {"README.md": "shared start\n"})
+    shared = git(secret, "rev-parse", "HEAD")
+    url = f"{private.url}/private/lab/secret.git"
+    await fetch_with(CredentialStore([cred(private)], None), url, shared, tmp_path)
+    top_url, top = with_submodules(private, "pub2", {"README.md": "public\n"}, {"vendor": (url, shared)})
+    with pytest.raises(FetchFailed, match="Could not clone"):
+        await fetch_with(CredentialStore([cred(private, "/private/")], None), top_url, top, tmp_path)

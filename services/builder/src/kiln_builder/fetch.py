@@ -291,11 +291,14 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
         pinned = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
         options += ["-c", f"http.curloptResolve={host}:{port}:{pinned}"]
     shown = redact(repo_url)
-    mirror = cache_dir / (hashlib.sha256(repo_url.encode()).hexdigest()[:20] + ".git")
+    # A mirror filled with a credential is kept apart: an uncredentialed fetch of the same URL (a
+    # submodule of someone else's repository) must not find a private repository's commits there.
+    cache_key = repo_url if credential is None else f"{repo_url}\0credential:{credential.url}"
+    mirror = cache_dir / (hashlib.sha256(cache_key.encode()).hexdigest()[:20] + ".git")
     watch = (mirror, policy.max_fetch_bytes)
     auth = git_auth_env(repo_url, credential) if credential else None
     await on_line(f"Picked Git content provider.\nFetching {shown} at {ref}\n")
-    async with _locks.setdefault(repo_url, asyncio.Lock()):  # one git process per mirror at a time
+    async with _locks.setdefault(cache_key, asyncio.Lock()):  # one git process per mirror at a time
         if not (mirror / "HEAD").exists():
             shutil.rmtree(mirror, ignore_errors=True)
             cache_dir.mkdir(parents=True, exist_ok=True)

@@ -238,7 +238,10 @@ class Builder:
         request = job.first
         labels = {"repo2docker.repo": request.repo_url, "repo2docker.ref": request.ref,
                   "repo2docker.version": f"kiln-{version('kiln-builder')}"}
-        the_plan = plan(repo, self._s.base_image, self._s.offered_pythons, labels, max_file_bytes=self._s.max_config_file_bytes,
+        # In a thread: a hostile environment.yml can take PyYAML many seconds, and the event loop carries
+        # every other build's log and the consumer's heartbeats.
+        the_plan = await asyncio.to_thread(
+            plan, repo, self._s.base_image, self._s.offered_pythons, labels, max_file_bytes=self._s.max_config_file_bytes,
                         base_images=self._s.base_images,
                         conda=CondaSettings(self._s.conda_channel_alias, tuple(self._s.conda_channels)),
                         r_settings=RSettings(self._s.r_cran_url, tuple(self._s.r_versions.items())))

@@ -164,7 +164,9 @@ async def fetch_lfs(root: Path, repo_url: str, on_line: LineSink, cache_dir: Pat
     server = endpoint(repo_url)
     # Kept per LFS server: an object is only ever handed to a repository whose server gave it out,
     # so knowing a hash is not enough to get another repository's file.
-    store = cache_dir / "lfs-objects" / hashlib.sha256(server.encode()).hexdigest()[:20]
+    # Objects fetched with a credential are kept apart from anonymous ones, as git mirrors are.
+    store_key = server if credential is None else f"{server}\0credential:{credential.url}"
+    store = cache_dir / "lfs-objects" / hashlib.sha256(store_key.encode()).hexdigest()[:20]
     store.mkdir(parents=True, exist_ok=True)
     missing = [o for o in objects if not (store / o.oid).is_file()]
     await on_line(f"Git LFS: {sum(len(o.paths) for o in objects)} file(s), {total / 2**20:.1f} MiB"
