@@ -212,3 +212,13 @@ async def test_forge_token_reaches_a_private_repository_through_the_api_only(for
     assert "s3cret" not in repr(r), "the resolution (which becomes events) holds no token"
     await anonymous.aclose()
     await provider.aclose()
+
+
+async def test_a_public_gitea_repository_of_a_limited_organisation_is_private(forges: GitHost) -> None:
+    """Gitea shows such a repository as public (private and internal false) to a signed-in token; anonymous
+    users cannot read it, so it must count as private."""
+    provider = gitea(forges, "s3cret")
+    assert not (await provider.resolve("team/notebooks/main")).private, "control: a public organisation's"
+    forges.stats.gitea_limited_owners.add("team")
+    assert (await provider.resolve("team/notebooks/main")).private
+    await provider.aclose()

@@ -81,6 +81,7 @@ class ApiStats:
     git_auth: str = ""
     github_private: dict[str, str] = field(default_factory=dict)
     git_authorizations: list[str] = field(default_factory=list)  # what git sent to /private/
+    gitea_limited_owners: set[str] = field(default_factory=set)  # Gitea owners whose visibility is "limited"
 
 
 @dataclass
@@ -257,7 +258,9 @@ class _Handler(GitHttpHandler):
         if not repo.exists() or not self._authorized(self.stats.private):
             return self._json(404, {"message": "The target couldn't be found."})
         if len(parts) == 3:
-            return self._json(200, {"full_name": f"{parts[1]}/{parts[2]}"})
+            visibility = "limited" if parts[1] in self.stats.gitea_limited_owners else "public"
+            return self._json(200, {"full_name": f"{parts[1]}/{parts[2]}", "private": False, "internal": False,
+                                    "owner": {"login": parts[1], "visibility": visibility}})
         if parts[3:] == ["commits"]:
             query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
             sha = self._rev(repo, query.get("sha", ["HEAD"])[0])

@@ -96,7 +96,9 @@ class GiteaProvider:
         sha = body[0].get("sha") if status == 200 and isinstance(body, list) and body and isinstance(body[0], dict) else None
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", sha):
             await self._api.missing(base, f"{owner}/{repo}", ref, self._web)
-        private = await self._api.private(base, lambda body: body.get("private") is not False or body.get("internal"))
+        # A "public" repository of a limited or private organisation is readable only when signed in.
+        private = await self._api.private(base, lambda body: body.get("private") is not False or body.get("internal")
+                                          or (body.get("owner") or {}).get("visibility", "public") != "public")
         return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{owner}/{repo}.git", ref=sha,
                           ref_url=f"{self._web}/{owner}/{repo}/src/commit/{sha}", resolved_spec=f"{owner}/{repo}/{sha}",
                           build_slug=f"{owner}-{repo}", private=private)

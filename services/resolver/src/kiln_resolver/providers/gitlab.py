@@ -48,7 +48,9 @@ class GitLabProvider:
         if self._authenticated:  # without a token GitLab shows Kiln public projects only
             project_r = await self._get(f"/projects/{project}")
             body = project_r.json() if project_r.status_code == 200 else {}
-            private = not isinstance(body, dict) or body.get("visibility") != "public"
+            # A public project may still keep its repository to members (repository_access_level).
+            private = not isinstance(body, dict) or body.get("visibility") != "public" \
+                or body.get("repository_access_level", "enabled") != "enabled"
         slug = "-".join(part.replace("-", "_-") for part in namespace.split("/"))
         return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{namespace}.git", ref=sha,
                           ref_url=f"{self._web}/{namespace}/-/tree/{sha}", resolved_spec=f"{encoded_ns}/{sha}",
