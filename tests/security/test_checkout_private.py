@@ -134,6 +134,9 @@ def test_credentials_cover_what_git_would_send_them_to() -> None:
     assert credential_for("https://git.example.org:8443/lab/x", [host, group]) is None, "another port"
     assert credential_for("http://git.example.org/lab/x", [host, group]) is None, "another scheme"
     assert credential_for("https://git.example.org.evil.test/lab/x", [host, group]) is None
+    for odd in ("https://git.example.org/lab/../other/x.git", "https://git.example.org/lab/%2e%2e/other/x",
+                "https://git.example.org//lab/x", "https://git.example.org/lab/x?y=1", "https://u@git.example.org/lab/x"):
+        assert credential_for(odd, [group]) is None, odd
     env = git_auth_env("https://git.example.org/lab/x.git", group)
     assert env["GIT_CONFIG_KEY_0"] == "http.https://git.example.org/lab/x.git.extraHeader", "scoped to the repository"
     for bad in ("ftp://h/", "https://user@h/", "https://h/?q=1", "h/x"):

@@ -55,7 +55,14 @@ class GitCredential(BaseModel):
         return url
 
     def covers(self, url: str) -> bool:
-        """Whether git would send these credentials to ``url``."""
+        """Whether git would send these credentials to ``url``; never for a URL whose path git could read
+        otherwise than segment by segment (dot segments, encoded dots, empty segments, a query or fragment,
+        a user part)."""
+        parts = urlsplit(url)
+        raw = parts.path
+        if "@" in parts.netloc or parts.query or parts.fragment or "//" in raw or "%2e" in raw.lower() \
+                or any(seg in (".", "..") for seg in raw.split("/")):
+            return False
         scheme, host, port, path = _key(url)
         c_scheme, c_host, c_port, c_path = _key(self.url)
         return (scheme, host, port) == (c_scheme, c_host, c_port) and path[:len(c_path)] == c_path
