@@ -136,9 +136,11 @@ CASES = [
     ("anyone", {}, None, True),
     ("signed_in", {}, None, False),
     ("signed_in", {}, "bob", True),
-    ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="alice|dave", pattern=r"gh/lab/")]}, "alice", True),
-    ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="alice|dave", pattern=r"gh/lab/")]}, "alicex", False),
-    ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="bob", pattern=r"gh/other/")]}, "bob", False),
+    ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="alice|dave", pattern=r"gh/lab/.*")]}, "alice", True),
+    ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="alice|dave", pattern=r"gh/lab/.*")]}, "alicex", False),
+    ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="bob", pattern=r"gh/other/.*")]}, "bob", False),
+    ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="bob", pattern=r"gh/lab/secre")]}, "bob", False),
+    ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="bob", pattern=r"gh/lab/secret")]}, "bob", True),
     ("forge_token", {}, "alice", True),  # her own token reads it
     ("forge_token", {}, "bob", False),  # his does not
     ("forge_token", {}, "carol", False),  # the hub keeps no token for her

@@ -26,6 +26,7 @@ import httpx
 from kiln_resolver.policy import Refusal
 from kiln_resolver.providers.base import RepoProvider
 from kiln_resolver.settings import Settings
+from kilnbus.providers import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,11 @@ class PrivateAccess:
         if self._mode == "signed_in":
             return None
         if self._mode == "allow_list":
-            if any(u.fullmatch(user) and p.match(target) for u, p in self._rules):
+            # Matched whole against the repository (no ref): "gh/lab/analysis" must not also allow
+            # "gh/lab/analysis-secret", nor a ref or encoded path stretch a rule.
+            repository = f"{provider_name}/{PROVIDERS[provider_name].split_ref(spec)[0]}" if provider_name in PROVIDERS \
+                else target
+            if any(u.fullmatch(user) and p.fullmatch(repository) for u, p in self._rules):
                 return None
             return _refuse(target, "you are not on this Binder's list of who may launch it.")
         can_read = getattr(provider, "can_read", None)

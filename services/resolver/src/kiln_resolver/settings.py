@@ -19,7 +19,7 @@ class SpecRule(BaseModel):
 
 class PrivateRepoRule(BaseModel):
     """Hub users (``user``, a regular expression matched whole) who may launch the private repositories
-    whose ``<provider>/<spec>`` matches ``pattern`` (from the start, case-insensitively)."""
+    whose ``<provider>/<repository>`` (the spec without its ref) ``pattern`` matches whole, case-insensitively."""
 
     user: str
     pattern: str
