@@ -48,8 +48,9 @@ class _ForgeAPI:
         try:
             r = await self._client.get(path, params=params, headers=headers)
         except httpx.HTTPError as exc:
-            raise ResolveError(f"{self._forge} could not be reached: {type(exc).__name__}.", "provider_unreachable",
-                               503) from None
+            setting = "KILN_GITEA_URL" if self._forge == "Gitea" else "KILN_BITBUCKET_API_URL"
+            raise ResolveError(f"{self._forge} at {self._client.base_url} could not be reached: {type(exc).__name__} "
+                               f"(the resolver's {setting} names it).", "provider_unreachable", 503) from None
         if r.status_code == 429:
             raise ResolveError(f"{self._forge}'s rate limit was reached; try again in a few minutes.",
                                "provider_rate_limited", 503)
