@@ -35,29 +35,27 @@ class GitProvider:
         parts = check_shape(url, self._protocols)
         assert parts.hostname is not None
         await check_public(parts.hostname, self._allowed_hosts)
-        private = False
         try:
             credential = await self._credentials.for_url(url) if self._credentials else None
         except GitHubAppError as exc:
             raise ResolveError(f"{exc} Kiln cannot resolve this repository right now.", "provider_unreachable", 503) from None
-        if credential:
-            # Asked without the credential first: only a repository that needs it is private.
+        exact = bool(_SHA.match(ref))
+        found: str | None = None
+        private = False
+        # An exact commit needs no lookup, unless a credential could make the repository readable: then
+        # it is asked without the credential first, as every lookup is, since only a repository that
+        # needs it is private.
+        if credential or not exact:
+            probe = "HEAD" if exact else ref
             try:
-                found = await ls_remote(url, "HEAD" if _SHA.match(ref) else ref, self._timeout)
+                found = await ls_remote(url, probe, self._timeout)
             except ResolveError as exc:
-                if exc.cause != "repo_not_found":
+                if credential is None or exc.cause != "repo_not_found":
                     raise
-                found = await ls_remote(url, "HEAD" if _SHA.match(ref) else ref, self._timeout, git_auth_env(url, credential))
+                found = await ls_remote(url, probe, self._timeout, git_auth_env(url, credential))
                 private = True
-            if not _SHA.match(ref) and found is None:
+            if not exact and found is None:
                 raise ResolveError(f"Could not resolve ref {ref!r} of {url}: no such branch, tag or commit.", "ref_not_found", 404)
-            sha = ref if _SHA.match(ref) else str(found)
-        elif _SHA.match(ref):
-            sha = ref  # already exact; the build's fetch will say if it does not exist
-        else:
-            found = await ls_remote(url, ref, self._timeout)
-            if found is None:
-                raise ResolveError(f"Could not resolve ref {ref!r} of {url}: no such branch, tag or commit.", "ref_not_found", 404)
-            sha = found
+        sha = ref if exact else str(found)
         return Resolution(provider=self.name, spec=spec, repo_url=url, ref=sha, ref_url=url,
                           resolved_spec=f"{quote(url, safe='')}/{sha}", build_slug=url, private=private)
