@@ -56,6 +56,29 @@ async def timed(call: Callable[[], Awaitable[object]], runs: int) -> float:
     return statistics.median(times)
 
 
+async def plain_get(url: str, scratch: Path, runs: int) -> float:
+    """The baseline: median seconds of a plain httpx GET of ``url`` streamed to a file in ``scratch``."""
+    async def once() -> None:
+        async with httpx.AsyncClient() as client, client.stream("GET", url) as r:
+            with open(scratch / "plain.download", "wb") as out:
+                async for chunk in r.aiter_bytes(1 << 16):
+                    out.write(chunk)
+        (scratch / "plain.download").unlink()
+
+    return await timed(once, runs)
+
+
+def print_header(title: str, baseline: float) -> None:
+    print(title)
+    print(f"{'provider':<10} {'resolve ms':>11} {'fetch ms':>9} {'total ms':>9} {'vs plain GET':>13}")
+    print(f"{'plain GET':<10} {'':>11} {baseline * 1000:>9.1f} {baseline * 1000:>9.1f} {'1.00x':>13}")
+
+
+def print_row(name: str, resolve_s: float, fetch_s: float, baseline: float) -> None:
+    total = resolve_s + fetch_s
+    print(f"{name:<10} {resolve_s * 1000:>11.1f} {fetch_s * 1000:>9.1f} {total * 1000:>9.1f} {total / baseline:>12.2f}x")
+
+
 async def main(runs: int) -> None:
     host: DataHost = start_datahost()
     files = record_files()
@@ -82,17 +105,8 @@ async def main(runs: int) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
 
-        async def plain() -> None:
-            async with httpx.AsyncClient() as client, client.stream("GET", f"{host.url}/raw/plain.zip") as r:
-                with open(work / "plain.zip", "wb") as out:
-                    async for chunk in r.aiter_bytes(1 << 16):
-                        out.write(chunk)
-            (work / "plain.zip").unlink()
-
-        baseline = await timed(plain, runs)
-        print(f"10 MB record, median of {runs} runs, stand-ins on loopback")
-        print(f"{'provider':<10} {'resolve ms':>11} {'fetch ms':>9} {'total ms':>9} {'vs plain GET':>13}")
-        print(f"{'plain GET':<10} {'':>11} {baseline * 1000:>9.1f} {baseline * 1000:>9.1f} {'1.00x':>13}")
+        baseline = await plain_get(f"{host.url}/raw/plain.zip", work, runs)
+        print_header(f"10 MB record, median of {runs} runs, stand-ins on loopback", baseline)
         for name, spec in (("zenodo", doi_zenodo), ("figshare", f"{doi_figshare}.v1"), ("dataverse", doi_dataverse),
                            ("hydroshare", hydroshare), ("ckan", quote(ckan, safe="")), ("swh", swhid),
                            ("doi", doi_zenodo)):
@@ -103,10 +117,7 @@ async def main(runs: int) -> None:
                             content: str = resolution.content) -> None:
                 await fetcher.fetch(url, ref, work / "checkout", quiet, content)
 
-            fetch_s = await timed(fetch, runs)
-            total = resolve_s + fetch_s
-            print(f"{name:<10} {resolve_s * 1000:>11.1f} {fetch_s * 1000:>9.1f} {total * 1000:>9.1f} "
-                  f"{total / baseline:>12.2f}x")
+            print_row(name, resolve_s, await timed(fetch, runs), baseline)
     await providers.aclose()
     host.stop()
 

@@ -19,33 +19,19 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx
 
+from bench.data_providers import MB, plain_get, print_header, print_row, timed
 from kiln_builder.fetch import FetchPolicy, GitFetcher
 from kiln_resolver.providers import make_providers
 from kiln_resolver.settings import Settings
 from tests.support.githost import GitHost, git, make_repo, start_githost
-
-MB = 10 * 2**20
-
-
-async def timed(call: Callable[[], Awaitable[object]], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        await call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 async def main(runs: int) -> None:
@@ -72,17 +58,9 @@ async def main(runs: int) -> None:
         async def quiet(line: str) -> None:
             pass
 
-        async def plain() -> None:
-            async with httpx.AsyncClient() as client, client.stream("GET", f"{host.url}/raw/plain.bin") as r:
-                with open(work / "plain.bin", "wb") as out:
-                    async for chunk in r.aiter_bytes(1 << 16):
-                        out.write(chunk)
-            (work / "plain.bin").unlink()
-
-        baseline = await timed(plain, runs)
-        print(f"10 MB repository (one commit), median of {runs} runs, git host and API stand-ins on loopback")
-        print(f"{'provider':<10} {'resolve ms':>11} {'fetch ms':>9} {'total ms':>9} {'vs plain GET':>13}")
-        print(f"{'plain GET':<10} {'':>11} {baseline * 1000:>9.1f} {baseline * 1000:>9.1f} {'1.00x':>13}")
+        baseline = await plain_get(f"{host.url}/raw/plain.bin", work, runs)
+        print_header(f"10 MB repository (one commit), median of {runs} runs, git host and API stand-ins on loopback",
+                     baseline)
         specs = {"gh": "lab/data/main", "gl": f"{quote('lab/data', safe='')}/main", "gitea": "lab/data/main",
                  "bb": "lab/data/main", "git": f"{quote(host.url + '/lab/data', safe='')}/main"}
         for name, spec in specs.items():
@@ -93,10 +71,7 @@ async def main(runs: int) -> None:
                 shutil.rmtree(work / "cache", ignore_errors=True)  # cold: a repository the builder never saw
                 await GitFetcher(policy, work / "cache").fetch(url, ref, work / "checkout", quiet)
 
-            fetch_s = await timed(fetch, runs)
-            total = resolve_s + fetch_s
-            print(f"{name:<10} {resolve_s * 1000:>11.1f} {fetch_s * 1000:>9.1f} {total * 1000:>9.1f} "
-                  f"{total / baseline:>12.2f}x")
+            print_row(name, resolve_s, await timed(fetch, runs), baseline)
         await providers.aclose()
         host.server.shutdown()
 
