@@ -32,7 +32,14 @@ export PATH="$BIN:$PATH"
 
 node_pid() { docker inspect -f '{{.State.Pid}}' "$NODE_CONTAINER" 2>/dev/null | grep -v '^0$'; }
 in_node() { nsenter --net="/proc/$(node_pid)/ns/net" -- "$@"; }
-pid_of() { local f="$RUN/$1.pid"; [[ -s $f ]] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
+# A pid file outlives a reboot or a killed session, and its number may since name another process:
+# it counts only while that process is still the command it was written for.
+pid_of() {
+  local f="$RUN/$1.pid" pid
+  [[ -s $f ]] || return 1
+  pid=$(cat "$f")
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$1" && echo "$pid"
+}
 kubectl_admin() { "$BIN/kubectl" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
 
 # ---- the node's network namespace ------------------------------------------------------------
@@ -322,7 +329,7 @@ up() {
   start_node
   make_pki
   write_configs
-  daemon etcd "$BIN/etcd" --name kiln --data-dir "$DATA/etcd" --listen-client-urls http://127.0.0.1:2379 \
+  daemon etcd "$BIN/etcd" --name kiln --data-dir "$STATE/etcd" --listen-client-urls http://127.0.0.1:2379 \
     --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 --log-level warn
   daemon kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 --advertise-address "$NODE_IP" \
     --bind-address "$NODE_IP" --secure-port 6443 --service-cluster-ip-range "$SERVICE_CIDR" \
@@ -345,8 +352,10 @@ up() {
   daemon kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/scheduler.kubeconfig" \
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
     --leader-elect=false --bind-address 127.0.0.1 --v=1
+  # A socket left by a containerd that was killed answers nothing: wait for the new one to answer.
+  [[ -n $(pid_of containerd) ]] || rm -f "$RUN/containerd.sock" "$RUN/containerd.sock.ttrpc"
   daemon containerd containerd --config "$STATE/containerd.toml"
-  wait_for "containerd" 30 test -S "$RUN/containerd.sock" || die "containerd did not start" "read $LOG/k8s-containerd.log"
+  wait_for "containerd" 30 ctr --address "$RUN/containerd.sock" version || die "containerd did not start" "read $LOG/k8s-containerd.log"
   import_image "kiln.local/pause:1" "$STATE/images/pause.tar"
   import_image "kiln.local/coredns:$COREDNS_VERSION" "$STATE/images/coredns.tar"
   [[ -s $STATE/images/busybox.tar ]] && import_image "kiln.local/busybox:1" "$STATE/images/busybox.tar"
