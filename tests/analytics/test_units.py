@@ -50,6 +50,31 @@ def test_folding_is_idempotent_and_order_tolerant() -> None:
     assert fold(once, events[4]) is None
 
 
+def test_a_private_repositorys_name_is_kept_nowhere_whatever_the_order() -> None:
+    """The resolver marks a private repository's resolved event; its spec, URL and commit, which the
+    gateway's accepted event and the launcher's ready event also carry, must not stay in the record,
+    reach the index (dashboard, API) or the public export, whichever event comes first."""
+    events = history("p1", utc(2026, 5, 1, 10), build=True, spec="lab/secret/main",
+                     repo="https://github.com/lab/secret")
+    for event in events:
+        if event.phase.value == "resolved":
+            event.private = True
+    rng = random.Random(3)
+    for _ in range(5):
+        shuffled = events + events[:3]
+        rng.shuffle(shuffled)
+        record = replay(shuffled)
+        assert record.private and (record.spec, record.repo, record.ref) == ("", "", ""), record
+        assert "secret" not in record.dumps().decode() and "a" * 40 not in record.dumps().decode()
+        assert (record.provider, record.outcome) == ("gh", "ready")
+        index = Index()
+        index.update(record)
+        assert [s.repo for s in index.running()] == ["(a private repository)"]
+        assert launch_event(record) is None, "not in the archive meant for publishing"
+    public = replay(history("p2", utc(2026, 5, 1, 11)))
+    assert not public.private and launch_event(public) is not None, "control: a public launch is exported"
+
+
 def test_failures_keep_their_cause() -> None:
     record = replay(history("r1", utc(2026, 5, 1), outcome="failed", cause="repo_not_found"))
     assert (record.outcome, record.failure_cause) == ("failed", "repo_not_found")

@@ -96,7 +96,8 @@ async def test_a_private_repository_launches_only_when_allowed_and_its_credentia
         # The operator's credential alone does not make the repository launchable.
         kiln_services.restart_many({"resolver": creds, "builder": creds})
         refused = await launch(spec)
-        assert refused[-1]["phase"] == "failed" and "is a private repository" in refused[-1]["message"], refused[-1]
+        # Refused as if it did not exist: nobody learns which private repositories there are.
+        assert refused[-1]["phase"] == "failed" and f"Repository {url} not found" in refused[-1]["message"], refused[-1]
         assert not any(marker in json.dumps(e) for e in refused)
 
         kiln_services.restart("resolver", {**creds, "KILN_PRIVATE_REPOS": "anyone"})

@@ -82,7 +82,8 @@ async def test_concurrent_launches_never_share_a_warm_server() -> None:
         outcomes = await asyncio.gather(*(h.launch() for _ in range(5)))
         names = [e.server_name for e in outcomes]
         assert all(e.phase is Phase.READY for e in outcomes) and len(set(names)) == 5
-        assert sum(bool(e.warm) for e in outcomes) == 2, "two warm, three started for their launch"
+        # Both warm servers are used; a later launch may also get one the pool refilled meanwhile.
+        assert sum(bool(e.warm) for e in outcomes) >= 2, "the two warm servers were handed out"
 
 
 async def test_a_warm_server_that_claims_it_was_handed_over_is_retired_and_its_image_not_pooled() -> None:

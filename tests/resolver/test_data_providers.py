@@ -82,6 +82,22 @@ async def test_zenodo_api_down_is_unreachable_not_missing(datahost: DataHost, pr
     assert e.value.cause == "provider_unreachable"
 
 
+async def test_an_api_whose_name_does_not_resolve_is_unreachable_not_missing(
+        datahost: DataHost, providers: Providers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name lookup is replaced (a name that fails to resolve cannot be made here without asking an
+    outside DNS server): doi.org failing to resolve is Kiln's network's fault, told as such (503)."""
+    import kilnbus.guardedhttp
+    from kilnbus.urlguard import UnsafeRepoURL
+
+    async def no_such_name(host: str, allowed: list[str]) -> list[str]:
+        raise UnsafeRepoURL(f"The host {host!r} does not resolve.", "provider_unreachable", 404)
+
+    monkeypatch.setattr(kilnbus.guardedhttp, "public_addresses", no_such_name)
+    with pytest.raises(ResolveError, match="could not be reached: The host '127.0.0.1' does not resolve") as e:
+        await providers["zenodo"].resolve("10.5281/zenodo.3242074")
+    assert (e.value.cause, e.value.status) == ("provider_unreachable", 503)
+
+
 async def test_a_doi_redirect_to_a_private_address_is_refused(datahost: DataHost, providers: Providers) -> None:
     """Only the test's own loopback is allowed: a DOI leading into a private network is not followed."""
     datahost.dois["10.5281/zenodo.66"] = "http://10.0.0.1/records/66"

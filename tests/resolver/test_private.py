@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from kiln_resolver.providers import ResolveError
 from kiln_resolver.providers.git import GitProvider
-from kiln_resolver.providers.github import GitHubAPI, GitHubProvider
+from kiln_resolver.providers.github import GistProvider, GitHubAPI, GitHubProvider
 from kiln_resolver.settings import PrivateRepoRule, Settings
 from kilnbus import MemoryBus, Phase
 from kilnbus.credentials import CredentialStore, GitCredential
@@ -56,6 +56,12 @@ async def test_git_repository_read_only_with_the_credential_is_private(private: 
     public = await provider.resolve(f"{quote(private.url + '/org/demo', safe='')}/main")
     assert not public.private, "a repository git reads without the credential is public"
     assert private.stats.git_authorizations.count("") >= 2, "each private lookup was tried anonymously first"
+    with pytest.raises(ResolveError) as e:
+        await provider.resolve(f"{quote(url, safe='')}/no-such-branch")
+    assert (e.value.cause, e.value.private) == ("ref_not_found", True)
+    with pytest.raises(ResolveError) as e:
+        await provider.resolve(f"{quote(private.url + '/org/demo', safe='')}/no-such-branch")
+    assert (e.value.cause, e.value.private) == ("ref_not_found", False)
 
 
 @pytest.mark.parametrize("store", ["none", "wrong password", "another prefix"])
@@ -76,6 +82,11 @@ async def test_github_says_which_repositories_are_private(private: GitHost) -> N
     with pytest.raises(ResolveError) as e:
         await anonymous.resolve("lab/secret/main")
     assert e.value.cause == "repo_not_found", "without the operator's token it does not exist"
+    assert str(e.value) == str(provider.not_found("lab/secret/x"))
+    for github, private_ref in ((provider, True), (anonymous, False)):
+        with pytest.raises(ResolveError) as e:
+            await github.resolve("org/demo/no-such-branch" if github is anonymous else "lab/secret/no-such-branch")
+        assert (e.value.cause, e.value.private) == ("ref_not_found", private_ref)
     assert await provider.can_read("lab/secret/main", "operator-token")
     assert not await provider.can_read("lab/secret/main", "someone-elses-token")
 
@@ -105,9 +116,13 @@ class _Hub(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hub() -> Iterator[str]:
-    handler = type("Hub", (_Hub,), {"states": {"alice": {"access_token": "operator-token"},
-                                               "bob": {"access_token": "bobs-token"}, "carol": None}})
+def hub_states() -> dict[str, dict[str, str] | None]:
+    return {"alice": {"access_token": "operator-token"}, "bob": {"access_token": "bobs-token"}, "carol": None}
+
+
+@pytest.fixture
+def hub(hub_states: dict[str, dict[str, str] | None]) -> Iterator[str]:
+    handler = type("Hub", (_Hub,), {"states": hub_states})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hub/api"
@@ -157,16 +172,26 @@ async def test_who_may_launch_a_private_repository(resolving_with: object, hub: 
                                hub_auth_state_token="resolver-hub-token", **extra)
     rid = await r.launch("gh", "lab/secret/main", hub_user=user)
     outcome = r.outcome(rid)
+    if mode in ("signed_in", "allow_list", "forge_token") and not launched:
+        assert "sign in" in (outcome.message or "") if user is None else "may not" in (outcome.message or "")
     if launched:
         assert outcome.phase is Phase.RESOLVED and len(r.builds()) == 1
+        assert outcome.private is True, "analytics is told to keep the repository's name to itself"
     else:
-        assert outcome.phase is Phase.FAILED and outcome.failure_cause == "private_repository", outcome
-        assert "is a private repository" in (outcome.message or "")
+        assert outcome.phase is Phase.FAILED, outcome
         assert not r.builds() and not any(e.phase is Phase.RESOLVED for e in r.events(rid)), \
             "nothing about the private repository (its commit) was told before the refusal"
+        # Told exactly what a repository that does not exist tells, whatever the ref: a refused
+        # user learns nothing of which private repositories, branches or commits exist.
+        for ref in ("main", "no-such-branch", "master", "0" * 40):
+            told = [(e.phase, e.failure_cause, (e.message or "").replace("lab/secret", "X"))
+                    for e in r.events(await r.launch("gh", f"lab/secret/{ref}", hub_user=user))]
+            missing = [(e.phase, e.failure_cause, (e.message or "").replace("lab/absent", "X"))
+                       for e in r.events(await r.launch("gh", f"lab/absent/{ref}", hub_user=user))]
+            assert told == missing and told[-1][1] == "repo_not_found", (ref, told, missing)
     # A public repository launches in every mode, anonymous or not.
     public = await r.launch("gh", "org/demo/main", hub_user=user)
-    assert r.outcome(public).phase is Phase.RESOLVED
+    assert r.outcome(public).phase is Phase.RESOLVED and r.outcome(public).private is None
 
 
 async def test_a_cached_resolution_is_checked_again_for_each_user(resolving_with: object, hub: str) -> None:
@@ -174,3 +199,38 @@ async def test_a_cached_resolution_is_checked_again_for_each_user(resolving_with
                                         hub_auth_state_token="resolver-hub-token")
     assert r.outcome(await r.launch("gh", "lab/secret/main", hub_user="alice")).phase is Phase.RESOLVED
     assert r.outcome(await r.launch("gh", "lab/secret/main", hub_user="bob")).phase is Phase.FAILED
+
+
+async def test_a_users_forge_token_is_sent_to_its_own_forge_only(
+        resolving_with: object, hub: str, hub_states: dict[str, dict[str, str] | None], private: GitHost) -> None:
+    """alice's auth state holds a GitHub token; a private Gitea repository must never be asked about
+    with it (Gitea would receive her GitHub credential) unless the operator maps a Gitea key."""
+    make_repo(private.root, "gitea/team/notebooks", {"README.md": "gitea\n"})
+    private.stats.private = "token gitea-operator"  # Gitea shows the repository to the operator's token only
+    common = {"private_repos": "forge_token", "hub_api_url": hub, "hub_auth_state_token": "resolver-hub-token",
+              "gitea_url": private.gitea, "gitea_access_token": "gitea-operator"}
+    r: Resolving = await resolving_with(**common)  # type: ignore[operator]
+    outcome = r.outcome(await r.launch("gitea", "team/notebooks/main", hub_user="alice"))
+    assert (outcome.phase, outcome.failure_cause) == (Phase.FAILED, "repo_not_found")
+    assert set(private.stats.authorizations) == {"token gitea-operator"}, "only the operator's token reached Gitea"
+    # Mapped, her token for Gitea (here under another key) is the one Gitea checks.
+    hub_states["alice"] = {"access_token": "operator-token", "gitea_token": "gitea-operator"}
+    r = await resolving_with(auth_state_tokens={"gh": "access_token", "gitea": "gitea_token"},  # type: ignore[operator]
+                             **common)
+    assert r.outcome(await r.launch("gitea", "team/notebooks/main", hub_user="alice")).phase is Phase.RESOLVED
+
+
+async def test_a_gist_is_private_when_git_reads_it_only_with_the_operators_credential(private: GitHost) -> None:
+    """As on a GitHub Enterprise in private mode: the gist host under /private/ serves git only to the credential."""
+    history = make_repo(private.root, "gists/feed42", {"nb.ipynb": "{}"})
+    for where in ("private/g/ann/feed42", "g/ann/feed42"):
+        git(private.root, "clone", "-q", "--bare", str(history), str(private.root / f"{where}.git"))
+    store = CredentialStore([credential(private, "/")], None)
+    api = GitHubAPI(private.github_api, "operator-token", 5)
+    secret_host = GistProvider(api, private.url + "/private/g", False, store, 5)
+    assert (await secret_host.resolve("ann/feed42")).private
+    assert not (await GistProvider(api, private.url + "/g", False, store, 5).resolve("ann/feed42")).private, \
+        "git reads it without the credential: public"
+    assert not (await GistProvider(api, private.url + "/private/g", False, None, 5).resolve("ann/feed42")).private, \
+        "no credential: the builder clones anonymously, and fails"
+    assert str(secret_host.not_found("ann/feed42")) == str(secret_host.not_found("ann/feed42/v1"))

@@ -210,6 +210,14 @@ async def test_forge_token_reaches_a_private_repository_through_the_api_only(for
     r = await provider.resolve("team/notebooks/main")
     assert r.ref == git(forges.root / forge / "team" / "notebooks", "rev-parse", "main")
     assert "s3cret" not in repr(r), "the resolution (which becomes events) holds no token"
+    with pytest.raises(ResolveError) as e:
+        await provider.resolve("team/notebooks/no-such-branch")
+    assert (e.value.cause, e.value.private) == ("ref_not_found", True), "a private repository's missing ref says so"
+    assert str(provider.not_found("team/notebooks/x")) == str(provider.not_found("team/notebooks.git/y"))
+    forges.stats.private = None
+    with pytest.raises(ResolveError) as e:
+        await provider.resolve("team/notebooks/no-such-branch")
+    assert (e.value.cause, e.value.private) == ("ref_not_found", False), "control: once public"
     await anonymous.aclose()
     await provider.aclose()
 

@@ -101,7 +101,7 @@ async def test_a_private_host_is_refused_without_telling_its_address(caplog: pyt
     caplog.set_level(logging.INFO, logger="kilnbus.urlguard")
     with pytest.raises(UnsafeRepoURL) as refused:
         await public_addresses("localhost", [])
-    assert str(refused.value) == "The git host 'localhost' is on a private network; this Binder does not launch from there."
+    assert str(refused.value) == "The host 'localhost' is on a private network; this Binder does not launch from there."
     assert refused.value.cause == "private_host" and refused.value.status == 403
     assert "127.0.0.1" in caplog.text or "::1" in caplog.text, "control: the address it resolved to is in the log"
     assert await public_addresses("localhost", ["localhost"]), "control: an allowed host resolves"

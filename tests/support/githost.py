@@ -259,7 +259,7 @@ class _Handler(GitHttpHandler):
             return self._json(404, {"message": "The target couldn't be found."})
         if len(parts) == 3:
             visibility = "limited" if parts[1] in self.stats.gitea_limited_owners else "public"
-            return self._json(200, {"full_name": f"{parts[1]}/{parts[2]}", "private": False, "internal": False,
+            return self._json(200, {"full_name": f"{parts[1]}/{parts[2]}", "private": bool(self.stats.private), "internal": False,
                                     "owner": {"login": parts[1], "visibility": visibility}})
         if parts[3:] == ["commits"]:
             query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
@@ -278,7 +278,7 @@ class _Handler(GitHttpHandler):
         if not self._authorized(self.stats.private):
             return self._json(403, {"type": "error", "error": {"message": "Access denied"}})
         if len(parts) == 3:
-            return self._json(200, {"full_name": f"{parts[1]}/{parts[2]}"})
+            return self._json(200, {"full_name": f"{parts[1]}/{parts[2]}", "is_private": bool(self.stats.private)})
         if parts[3] == "commit" and len(parts) == 5:  # the ref arrives percent-encoded as one segment
             sha = self._rev(repo, parts[4])
             return self._json(200, {"hash": sha}) if sha else self._json(404, {"type": "error"})

@@ -173,6 +173,7 @@ class PhaseEvent(Record):
     build_token: bool | None = None
     warm: bool | None = None
     client_tag: str | None = None
+    private: bool | None = None
 
     def to_avro(self) -> dict[str, Any]:
         out = super().to_avro()

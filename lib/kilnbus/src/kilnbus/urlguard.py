@@ -100,14 +100,14 @@ async def public_addresses(host: str, allowed: list[str]) -> list[str]:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise UnsafeRepoURL(f"The git host {host!r} does not resolve.", "provider_unreachable", 404) from None
+        raise UnsafeRepoURL(f"The host {host!r} does not resolve.", "provider_unreachable", 404) from None
     addresses: list[str] = []
     for info in infos:
         addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if host not in allowed and str(addr) not in allowed and _is_internal(addr):
             # Which address it resolved to would tell the user about Kiln's own network: that goes to the log.
-            log.info("git host %r refused: it resolves to the internal address %s", host, addr)
-            raise UnsafeRepoURL(f"The git host {host!r} is on a private network; this Binder does not launch from there.",
+            log.info("host %r refused: it resolves to the internal address %s", host, addr)
+            raise UnsafeRepoURL(f"The host {host!r} is on a private network; this Binder does not launch from there.",
                                 "private_host", 403)
         if str(addr) not in addresses:
             addresses.append(str(addr))

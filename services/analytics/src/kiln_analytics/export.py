@@ -1,7 +1,8 @@
 """Launch events as BinderHub writes them: JSON Lines of schema ``binderhub.jupyter.org/launch`` v6.
 
 mybinder.org's analytics tools read that archive format; Kiln's history exported this way can be
-read by them unchanged. As in BinderHub, only successful launches are events.
+read by them unchanged. As in BinderHub, only successful launches are events; launches of private
+repositories are left out, since the archive is meant to be published.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ VERSION = 6
 
 def launch_event(record: RequestRecord) -> dict[str, Any] | None:
     """The v6 launch event for a request, or None when it is not a successful launch of a known provider."""
-    if record.outcome != "ready" or record.ended is None:
-        return None
+    if record.outcome != "ready" or record.ended is None or record.private:
+        return None  # private repositories' launches are not published (the archive is public)
     known = PROVIDERS.get(record.provider)
     if known is None or known.schema_name is None:
         return None  # not a provider Kiln launches, or one the schema's enum has no name for (doi)

@@ -18,6 +18,9 @@ from kiln_analytics.requests import SPAN_NAMES, RequestRecord
 WINDOWS = {"hour": 3600, "day": 86400}
 
 
+PRIVATE = "(a private repository)"  # what the dashboard and the API show in place of its name
+
+
 @dataclass(frozen=True)
 class Summary:
     """One request as the queries see it."""
@@ -35,7 +38,7 @@ class Summary:
 
     @classmethod
     def of(cls, record: RequestRecord) -> Summary:
-        return cls(request_id=record.request_id, provider=record.provider, repo=record.repo or record.spec,
+        return cls(request_id=record.request_id, provider=record.provider, repo=PRIVATE if record.private else record.repo or record.spec,
                    started=record.started, ended=record.ended, outcome=record.outcome,
                    failure_cause=record.failure_cause, running=record.running, spans=record.spans(), warm=record.warm)
 

@@ -53,6 +53,7 @@ class RequestRecord:
     server: str = ""  # "user/server" (or its URL) once kilnbus.servers says one started
     stopped: bool = False
     warm: bool | None = None  # its server was a warm pool's (True) or started for it (False); None: not said
+    private: bool = False  # a private repository's: its spec, URL and commit are not kept (see fold)
 
     @property
     def started(self) -> float:
@@ -105,15 +106,24 @@ def fold(record: RequestRecord | None, event: PhaseEvent) -> RequestRecord | Non
     if record is None:
         record = RequestRecord(request_id=event.request_id)
     elif phase in record.marks and ts >= record.marks[phase] and not _adds_identity(record, event) \
-            and not (started and not record.server) and not (stops and not record.stopped):
+            and not (started and not record.server) and not (stops and not record.stopped) \
+            and not (event.private and not record.private):
         return None  # the fast path for a build's many log lines
     changed = False
     if phase not in record.marks or ts < record.marks[phase]:
         record.marks[phase] = ts
         changed = True
-    for name, value in (("provider", event.provider), ("spec", event.spec), ("repo", event.repo_url),
-                        ("ref", event.ref)):
-        if value and not getattr(record, name):
+    if event.private and not record.private:
+        # A private repository's name is the operator's users' business, not the dashboard's or the
+        # public archive's: forgotten whichever event brought it, and never taken again.
+        record.private = True
+        record.spec = record.repo = record.ref = ""
+        changed = True
+    if event.provider and not record.provider:
+        record.provider = event.provider
+        changed = True
+    for name, value in (("spec", event.spec), ("repo", event.repo_url), ("ref", event.ref)):
+        if value and not record.private and not getattr(record, name):
             setattr(record, name, value)
             changed = True
     if event.phase is Phase.ACCEPTED:
@@ -137,5 +147,5 @@ def fold(record: RequestRecord | None, event: PhaseEvent) -> RequestRecord | Non
 
 def _adds_identity(record: RequestRecord, event: PhaseEvent) -> bool:
     """A repeated phase still matters if it brings a field the record lacks (say, the repository URL)."""
-    return bool((event.repo_url and not record.repo) or (event.ref and not record.ref)
+    return bool((not record.private and ((event.repo_url and not record.repo) or (event.ref and not record.ref)))
                 or (event.provider and not record.provider))

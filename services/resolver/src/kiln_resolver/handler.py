@@ -70,7 +70,7 @@ class Resolver:
         self._policy = Policy(settings)
         self.private = PrivateAccess(settings)
         self.running = running
-        self._cache: dict[tuple[str, str], tuple[float, Resolution]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, tuple[Resolution, str]]] = {}
         self._handled = _Recent()
         self._in_flight: set[str] = set()
         self.resolutions = 0  # provider calls made (cache misses)
@@ -102,16 +102,20 @@ class Resolver:
         if provider is None:
             raise BadRequest(f"Kiln cannot launch from {request.provider!r} repositories yet.", cause="unsupported_provider")
         try:
-            resolution = await self._resolve(request, provider)
+            resolution, fell_back = await self._resolve(request, provider)
         except ResolveError as exc:
-            raise KilnError(f"Error resolving ref for {request.provider}:{request.spec}: {exc}", cause=exc.cause,
-                            status=exc.status) from exc
-        if resolution.private and (refusal := await self.private.refusal(request.provider, provider, request.spec,
-                                                                          request.hub_user)):
-            raise KilnError(refusal.message, cause=refusal.cause, status=refusal.status)
+            if exc.private:  # a missing ref of a private repository: said only to who may launch it
+                await self._check_private(request, provider)
+            raise self._failure(request, exc) from exc
+        if resolution.private:
+            await self._check_private(request, provider)
+        if fell_back:
+            await self._report.report(request, Phase.WAITING, message=f"Ref {fell_back!r} not found; using the default "
+                                      "branch (HEAD) instead. Please update your links.\n")
         image = image_name(self._s.image_prefix, resolution.build_slug, resolution.ref)
         await self._report.report(request, Phase.RESOLVED, repo_url=resolution.repo_url, ref=resolution.ref,
                                   ref_url=resolution.ref_url, resolved_spec=resolution.resolved_spec, image_name=image,
+                                  private=resolution.private or None,
                                   message=f"Resolved {request.spec} to {resolution.ref}\n")
         _, repository, tag = split_image(image)
         try:
@@ -139,11 +143,31 @@ class Resolver:
         return [self._report.event(request, Phase.BUILT, image_name=image, message="Found built image, launching...\n"),
                 Outgoing(self._topics.hub_launch_requested, request.request_id, HubLaunchRequested.from_build(build))]
 
-    async def _resolve(self, request: LaunchRequested, provider: RepoProvider) -> Resolution:
+    async def _check_private(self, request: LaunchRequested, provider: RepoProvider) -> None:
+        """Refuse a private repository to who may not launch it, as if it did not exist: its name,
+        refs and commits are told to nobody who could not read them anyway."""
+        refusal = await self.private.refusal(request.provider, provider, request.spec, request.hub_user)
+        if refusal is None:
+            return
+        log.info("launch %s of %s/%s refused: %s", request.request_id, request.provider, request.spec, refusal.message)
+        not_found = getattr(provider, "not_found", None)
+        missing = not_found(request.spec) if not_found else ResolveError("Repository not found (or not public).",
+                                                                         "repo_not_found", 404)
+        raise self._failure(request, missing)
+
+    def _failure(self, request: LaunchRequested, exc: ResolveError) -> KilnError:
+        message = f"Error resolving ref for {request.provider}:{request.spec}: {exc}"
+        if exc.cause == "repo_not_found":
+            message += self.private.hint(request.hub_user)
+        return KilnError(message, cause=exc.cause, status=exc.status)
+
+    async def _resolve(self, request: LaunchRequested, provider: RepoProvider) -> tuple[Resolution, str]:
+        """The resolution, and the ref it fell back from to the default branch ("" when it did not)."""
         key = (request.provider, request.spec)
         cached = self._cache.get(key)
         if cached and time.monotonic() - cached[0] < self._s.resolve_cache_s:
             return cached[1]
+        fell_back = ""
         try:
             resolution = await self._timed(request.provider, provider.resolve(request.spec))
         except ResolveError as exc:
@@ -152,13 +176,12 @@ class Resolver:
             if exc.cause != "ref_not_found" or request.provider != "gh" or ref not in ("master", "main"):
                 raise
             resolution = await self._timed(request.provider, provider.resolve(f"{owner_repo}/HEAD"))
-            await self._report.report(request, Phase.WAITING, message=f"Ref {ref!r} not found; using the default branch "
-                                      "(HEAD) instead. Please update your links.\n")
+            fell_back = ref
         self.resolutions += 1
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[key] = (time.monotonic(), resolution)
-        return resolution
+        self._cache[key] = (time.monotonic(), (resolution, fell_back))
+        return resolution, fell_back
 
     @staticmethod
     async def _timed(provider: str, call: Awaitable[Resolution]) -> Resolution:

@@ -56,8 +56,11 @@ class Settings(BusSettings):
     hub_api_url: str = Field("", description="For private_repos=forge_token: JupyterHub's API (http://hub:8081/hub/api).")
     hub_auth_state_token: str = Field("", description="For private_repos=forge_token: a hub API token "
                                             "with the admin:auth_state scope (reads users' forge tokens).")
-    auth_state_token_key: str = Field("access_token", description="The auth state's key holding the user's forge token "
-                                      "(OAuthenticator's: access_token).")
+    auth_state_tokens: dict[str, str] = Field({"gh": "access_token"}, description="For private_repos=forge_token: "
+                                              "JSON {provider: auth-state key}, which key of the hub's auth state holds "
+                                              "the user's token for which provider (an OAuthenticator keeps its one "
+                                              "forge's as access_token). A token is sent to its provider only; private "
+                                              "repositories of providers not listed are refused.")
     github_app: GitHubApp | None = Field(None, description="A GitHub App installation whose short-lived tokens "
                                          "resolve private repositories: JSON {app_id, installation_id, private_key, "
                                          "api_url, web_url}. Set it for the resolver and the builder alike.")

@@ -28,19 +28,30 @@ class Resolution:
 class ResolveError(Exception):
     """Resolution failed in a way the user should be told about.
 
-    ``cause`` is machine-readable (for analytics), ``status`` the HTTP-like status BinderHub uses.
+    ``cause`` is machine-readable (for analytics), ``status`` the HTTP-like status BinderHub uses;
+    ``private`` is set when the operator's credentials showed the repository exists but is private
+    (a missing ref of a private repository), so a user who may not launch it is told no more than
+    of a repository that does not exist.
     """
 
-    def __init__(self, message: str, cause: str, status: int = 404) -> None:
+    def __init__(self, message: str, cause: str, status: int = 404, *, private: bool = False) -> None:
         super().__init__(message)
         self.cause = cause
         self.status = status
+        self.private = private
 
 
 class RepoProvider(Protocol):
     name: str  # the URL prefix: gh, gl, git, gist, ...
 
     async def resolve(self, spec: str) -> Resolution: ...
+
+
+class PrivateCapable(Protocol):
+    """A provider whose repositories may be private: it says what a missing repository's error is,
+    so a private one a user may not launch can be answered with exactly that."""
+
+    def not_found(self, spec: str) -> ResolveError: ...
 
 
 class ReadCheck(Protocol):

@@ -17,6 +17,8 @@ async def api_json(http: GuardedHTTP, url: str, what: str) -> tuple[int, Any]:
     try:
         status, body, _ = await http.get_json(url)
     except UnsafeRepoURL as exc:
+        if exc.cause == "provider_unreachable":  # the API's own name does not resolve: Kiln's network, not the spec
+            raise ResolveError(f"{what} could not be reached: {exc}", "provider_unreachable", 503) from None
         raise ResolveError(str(exc), exc.cause, exc.status) from None
     except httpx.HTTPError as exc:
         raise ResolveError(f"{what} could not be reached: {type(exc).__name__}", "provider_unreachable", 503) from None

@@ -37,6 +37,9 @@ class DoiResolver:
             async with self._http.get(f"{self.url}/{quote(doi, safe='/:;()._-')}") as answer:
                 status, final = answer.response.status_code, answer.url
         except UnsafeRepoURL as exc:
+            if exc.cause == "provider_unreachable":  # doi.org's name, or a hop's, does not resolve: try again later
+                raise ResolveError(f"DOI {doi} could not be followed, a host could not be reached: {exc}",
+                                   "provider_unreachable", 503) from None
             raise ResolveError(f"DOI {doi} leads somewhere Kiln does not fetch from: {exc}", exc.cause, exc.status) from None
         except httpx.HTTPError as exc:
             raise ResolveError(f"The DOI resolver could not be reached: {type(exc).__name__}", "provider_unreachable",

@@ -8,8 +8,7 @@ Forgejo works as GitHub Enterprise does for ``gh``; a token, when set, goes to t
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -62,20 +61,25 @@ class _ForgeAPI:
             return r.status_code, None
 
 
-    async def missing(self, repo_path: str, name: str, ref: str, where: str) -> NoReturn:
+    async def missing(self, repo_path: str, spec: str, ref: str, forge: _Forge) -> NoReturn:
         """Say whether the repository or the ref is what is missing (one more request)."""
-        status, _ = await self.get(repo_path)
+        status, body = await self.get(repo_path)
         if status in (403, 404):  # a private repository without access reads as missing
-            raise ResolveError(f"Repository {name} not found on {where} (or not public).", "repo_not_found", 404)
-        raise ResolveError(f"Could not resolve ref {ref!r} of {name}: no such branch, tag or commit.", "ref_not_found", 404)
+            raise forge.not_found(spec)
+        raise ResolveError(f"Could not resolve ref {ref!r} of {repo_path.split('/', 2)[2]}: no such branch, tag or commit.",
+                           "ref_not_found", 404, private=self.authenticated and forge.is_private(status, body))
 
-
-    async def private(self, repo_path: str, is_private: Callable[[dict[str, Any]], object]) -> bool:
+    async def private(self, repo_path: str, forge: _Forge) -> bool:
         """Whether the repository is private (only asked with a token: without one a forge shows only public ones)."""
         if not self.authenticated:
             return False
-        status, body = await self.get(repo_path)
-        return status != 200 or not isinstance(body, dict) or bool(is_private(body))
+        return forge.is_private(*await self.get(repo_path))
+
+
+class _Forge(Protocol):
+    def not_found(self, spec: str) -> ResolveError: ...
+
+    def is_private(self, status: int, body: Any) -> bool: ...
 
 
 class GiteaProvider:
@@ -96,13 +100,23 @@ class GiteaProvider:
                                                                 "verification": "false", "files": "false"})
         sha = body[0].get("sha") if status == 200 and isinstance(body, list) and body and isinstance(body[0], dict) else None
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", sha):
-            await self._api.missing(base, f"{owner}/{repo}", ref, self._web)
-        # A "public" repository of a limited or private organisation is readable only when signed in.
-        private = await self._api.private(base, lambda body: body.get("private") is not False or body.get("internal")
-                                          or (body.get("owner") or {}).get("visibility", "public") != "public")
+            await self._api.missing(base, spec, ref, self)
+        private = await self._api.private(base, self)
         return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{owner}/{repo}.git", ref=sha,
                           ref_url=f"{self._web}/{owner}/{repo}/src/commit/{sha}", resolved_spec=f"{owner}/{repo}/{sha}",
                           build_slug=f"{owner}-{repo}", private=private)
+
+    @staticmethod
+    def is_private(status: int, body: Any) -> bool:
+        """Whether the repository's API answer (with the operator's token) shows a private repository."""
+        # A "public" repository of a limited or private organisation is readable only when signed in.
+        return status != 200 or not isinstance(body, dict) or body.get("private") is not False \
+            or bool(body.get("internal")) or (body.get("owner") or {}).get("visibility", "public") != "public"
+
+    def not_found(self, spec: str) -> ResolveError:
+        """The error for a repository that does not exist (or that this user may not launch)."""
+        owner, repo, _ = _owner_repo_ref(spec, "Gitea")
+        return ResolveError(f"Repository {owner}/{repo} not found on {self._web} (or not public).", "repo_not_found", 404)
 
     async def can_read(self, spec: str, user_token: str) -> bool:
         """Whether ``user_token`` (the launching user's own) reads the repository."""
@@ -127,11 +141,21 @@ class BitbucketProvider:
         status, body = await self._api.get(f"{base}/commit/{quote(ref, safe='')}")
         sha = body.get("hash") if status == 200 and isinstance(body, dict) else None
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha):
-            await self._api.missing(base, f"{workspace}/{repo}", ref, "Bitbucket")
-        private = await self._api.private(base, lambda body: body.get("is_private") is not False)
+            await self._api.missing(base, spec, ref, self)
+        private = await self._api.private(base, self)
         return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{workspace}/{repo}.git", ref=sha,
                           ref_url=f"{self._web}/{workspace}/{repo}/src/{sha}/", resolved_spec=f"{workspace}/{repo}/{sha}",
                           build_slug=f"{workspace}-{repo}", private=private)
+
+    @staticmethod
+    def is_private(status: int, body: Any) -> bool:
+        """Whether the repository's API answer (with the operator's token) shows a private repository."""
+        return status != 200 or not isinstance(body, dict) or body.get("is_private") is not False
+
+    def not_found(self, spec: str) -> ResolveError:
+        """The error for a repository that does not exist (or that this user may not launch)."""
+        workspace, repo, _ = _owner_repo_ref(spec, "Bitbucket")
+        return ResolveError(f"Repository {workspace}/{repo} not found on Bitbucket (or not public).", "repo_not_found", 404)
 
     async def can_read(self, spec: str, user_token: str) -> bool:
         """Whether ``user_token`` (the launching user's own, OAuth) reads the repository."""

@@ -7,7 +7,7 @@ from urllib.parse import quote, unquote
 
 from kiln_resolver.netguard import check_public, check_shape
 from kiln_resolver.providers.base import Resolution, ResolveError
-from kiln_resolver.providers.gitcli import ls_remote
+from kiln_resolver.providers.gitcli import ls_remote, repo_not_found
 from kilnbus.credentials import CredentialStore, GitHubAppError, git_auth_env
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -25,12 +25,20 @@ class GitProvider:
         self._timeout = timeout
         self._credentials = credentials
 
-    async def resolve(self, spec: str) -> Resolution:
-        encoded_url, _, ref = spec.rpartition("/")
-        url = unquote(encoded_url)
-        ref = unquote(ref)
+    @staticmethod
+    def _url(spec: str) -> str:
+        url = unquote(spec.rpartition("/")[0])
         if m := re.match(r"^([\w.-]+)@([\w.-]+):(.+)$", url):  # scp-like user@host:path
             url = f"ssh://{m.group(1)}@{m.group(2)}/{m.group(3)}"
+        return url
+
+    def not_found(self, spec: str) -> ResolveError:
+        """The error for a repository that does not exist (or that this user may not launch)."""
+        return repo_not_found(self._url(spec))
+
+    async def resolve(self, spec: str) -> Resolution:
+        url = self._url(spec)
+        ref = unquote(spec.rpartition("/")[2])
         # Scheme, remote helpers (ext::), credentials in the URL, host: the rule the builder applies too.
         parts = check_shape(url, self._protocols)
         assert parts.hostname is not None
@@ -55,7 +63,8 @@ class GitProvider:
                 found = await ls_remote(url, probe, self._timeout, git_auth_env(url, credential))
                 private = True
             if not exact and found is None:
-                raise ResolveError(f"Could not resolve ref {ref!r} of {url}: no such branch, tag or commit.", "ref_not_found", 404)
+                raise ResolveError(f"Could not resolve ref {ref!r} of {url}: no such branch, tag or commit.", "ref_not_found",
+                                   404, private=private)
         sha = ref if exact else str(found)
         return Resolution(provider=self.name, spec=spec, repo_url=url, ref=sha, ref_url=url,
                           resolved_spec=f"{quote(url, safe='')}/{sha}", build_slug=url, private=private)

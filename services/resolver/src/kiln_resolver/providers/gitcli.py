@@ -10,6 +10,11 @@ from kilnbus.urlguard import git_env, git_safety_args
 _ENV = git_env()
 
 
+def repo_not_found(url: str) -> ResolveError:
+    """What a repository git cannot find (or may not read) is told as."""
+    return ResolveError(f"Repository {url} not found (or not public).", "repo_not_found", 404)
+
+
 async def ls_remote(url: str, ref: str, timeout: float, auth: dict[str, str] | None = None) -> str | None:
     """The commit ``ref`` names in the repository at ``url``, or None when it names none; ``auth`` is
     environment giving git a credential (``kilnbus.credentials.git_auth_env``)."""
@@ -29,7 +34,7 @@ async def ls_remote(url: str, ref: str, timeout: float, auth: dict[str, str] | N
         lowered = text.lower()
         if "not found" in lowered or "404" in lowered or "does not appear to be a git repository" in lowered \
                 or "authentication failed" in lowered or "could not read username" in lowered:
-            raise ResolveError(f"Repository {url} not found (or not public).", "repo_not_found", 404)
+            raise repo_not_found(url)
         raise ResolveError(f"Could not reach the git server for {url}: {text.splitlines()[-1] if text else 'git failed'}",
                            "provider_unreachable", 503)
     found = {}

@@ -16,7 +16,8 @@ import httpx
 
 from kiln_resolver.metrics import GITHUB_RATE_LIMIT
 from kiln_resolver.providers.base import Resolution, ResolveError
-from kilnbus.credentials import GitHubAppError, GitHubAppTokens
+from kiln_resolver.providers.gitcli import ls_remote
+from kilnbus.credentials import CredentialStore, GitHubAppError, GitHubAppTokens
 
 
 class _ETagCache:
@@ -111,21 +112,30 @@ class GitHubProvider:
         repo = repo.removesuffix(".git")
         status, body = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}/commits/{quote(ref, safe='')}")
         if status != 200:
-            repo_status, _ = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}")
+            repo_status, repo_body = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}")
             if repo_status == 404:
-                raise ResolveError(f"Repository {owner}/{repo} not found on GitHub (or not public). "
-                                   "Double check your URL.", "repo_not_found", 404)
+                raise self.not_found(spec)
             raise ResolveError(f"Could not resolve ref {ref!r} of {owner}/{repo}: no such branch, tag or commit.",
-                               "ref_not_found", 404)
+                               "ref_not_found", 404, private=self._private(repo_status, repo_body))
         sha = body["sha"]
         private = False
         if self._api.authenticated:
             # ETag-revalidated like the commit lookup, so a popular private badge costs no rate limit.
-            repo_status, repo_body = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}")
-            private = repo_status != 200 or not isinstance(repo_body, dict) or repo_body.get("private") is not False
+            private = self._private(*await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}"))
         return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{owner}/{repo}", ref=sha,
                           ref_url=f"{self._web}/{owner}/{repo}/tree/{sha}", resolved_spec=f"{owner}/{repo}/{sha}",
                           build_slug=f"{owner}-{repo}", private=private)
+
+    def _private(self, repo_status: int, repo_body: Any) -> bool:
+        # Without a token GitHub shows only public repositories, so none found is private.
+        return self._api.authenticated and (repo_status != 200 or not isinstance(repo_body, dict)
+                                            or repo_body.get("private") is not False)
+
+    def not_found(self, spec: str) -> ResolveError:
+        """The error for a repository that does not exist (or that this user may not launch)."""
+        owner, repo, _ = spec.split("/", 2)
+        return ResolveError(f"Repository {owner}/{repo.removesuffix('.git')} not found on GitHub (or not public). "
+                            "Double check your URL.", "repo_not_found", 404)
 
     async def can_read(self, spec: str, user_token: str) -> bool:
         """Whether ``user_token`` (the launching user's own) reads the repository."""
@@ -135,12 +145,38 @@ class GitHubProvider:
 
 
 class GistProvider:
+    """``gist/<user>/<id>[/<version>]``: a GitHub gist, cloned from the gist host.
+
+    Gists are never private on github.com, but a GitHub Enterprise in private mode serves them
+    only to signed-in git: when an operator's git credential covers the gist's clone URL (so the
+    builder would clone with it), the gist counts as private unless git reads it without one.
+    """
+
     name = "gist"
 
-    def __init__(self, api: GitHubAPI, gist_url: str, allow_secret: bool) -> None:
+    def __init__(self, api: GitHubAPI, gist_url: str, allow_secret: bool, credentials: CredentialStore | None = None,
+                 timeout: float = 10) -> None:
         self._api = api
         self._web = gist_url.rstrip("/")
         self._allow_secret = allow_secret
+        self._credentials = credentials
+        self._timeout = timeout
+
+    def not_found(self, spec: str) -> ResolveError:
+        """The error for a gist that does not exist (or that this user may not launch)."""
+        return ResolveError(f"Gist {spec.split('/', 2)[1]} not found.", "repo_not_found", 404)
+
+    async def _private(self, clone_url: str) -> bool:
+        try:
+            credential = await self._credentials.for_url(clone_url) if self._credentials else None
+        except GitHubAppError:
+            return True  # the builder would try a credential: never take the gist for public untested
+        if credential is None:
+            return False
+        try:
+            return await ls_remote(clone_url, "HEAD", self._timeout) is None
+        except ResolveError:
+            return True
 
     async def resolve(self, spec: str) -> Resolution:
         parts = spec.split("/", 2)
@@ -148,7 +184,7 @@ class GistProvider:
         ref = parts[2] if len(parts) > 2 else "HEAD"
         status, body = await self._api.get(f"/gists/{quote(gist_id)}")
         if status != 200:
-            raise ResolveError(f"Gist {gist_id} not found.", "repo_not_found", 404)
+            raise self.not_found(spec)
         if not body.get("public", True) and not self._allow_secret:
             raise ResolveError("Secret gists cannot be launched on this Binder.", "banned", 403)
         versions = [h["version"] for h in body.get("history", [])]
@@ -160,6 +196,7 @@ class GistProvider:
             sha = ref
         else:
             raise ResolveError(f"Gist {gist_id} has no version {ref!r}.", "ref_not_found", 404)
-        return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{user}/{gist_id}.git", ref=sha,
+        clone_url = f"{self._web}/{user}/{gist_id}.git"
+        return Resolution(provider=self.name, spec=spec, repo_url=clone_url, ref=sha,
                           ref_url=f"{self._web}/{user}/{gist_id}/{sha}", resolved_spec=f"{user}/{gist_id}/{sha}",
-                          build_slug=gist_id)
+                          build_slug=gist_id, private=await self._private(clone_url))

@@ -40,7 +40,7 @@ def make_providers(settings: Settings) -> Providers:
     data, data_http = data_providers(settings)
     providers = Providers([
         GitHubProvider(github, settings.github_url),
-        GistProvider(github, settings.gist_url, settings.allow_secret_gist),
+        GistProvider(github, settings.gist_url, settings.allow_secret_gist, credentials, settings.provider_timeout_s),
         gitlab,
         gitea,
         bitbucket,
