@@ -37,8 +37,8 @@ def test_a_provider_outside_the_table_is_not_exported() -> None:
     assert launch_event(launched("gh")) is not None, "control: the same history for a table provider is"
 
 
-@pytest.mark.parametrize("provider", ["doi", "gitea", "bb"])
+@pytest.mark.parametrize("provider", ["doi", "gitea", "bb", "swh"])
 def test_kilns_own_providers_have_no_v6_name_and_are_not_exported(provider: str) -> None:
     """v6's provider enum is BinderHub's; a launch written under another provider's name would be false."""
     assert PROVIDERS[provider].schema_name is None and launch_event(launched(provider)) is None
-    assert {p for p, known in PROVIDERS.items() if known.schema_name is None} == {"doi", "gitea", "bb"}
+    assert {p for p, known in PROVIDERS.items() if known.schema_name is None} == {"doi", "gitea", "bb", "swh"}

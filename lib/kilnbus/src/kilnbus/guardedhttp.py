@@ -16,13 +16,18 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from kilnbus.urlguard import UnsafeRepoURL, parse_repo_url, public_addresses
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,12 @@ class GuardedHTTP:
             location = response.headers.get("location")
             if response.status_code in _REDIRECTS and location:
                 await response.aclose()
-                current = urljoin(current, location)
+                following = urljoin(current, location)
+                if _origin(following) != _origin(current):
+                    # As browsers and httpx do: a token meant for an API is not handed to wherever it redirects
+                    # (the Software Heritage vault's downloads redirect to a storage host).
+                    headers = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+                current = following
                 continue
             try:
                 yield Answer(current, response)
@@ -100,9 +110,10 @@ class GuardedHTTP:
             return
         raise UnsafeRepoURL(f"{url} redirects more than {self._max_redirects} times.", "fetch_failed", 502)
 
-    async def get_json(self, url: str, max_bytes: int = 16 * 2**20) -> tuple[int, object, str]:
+    async def get_json(self, url: str, max_bytes: int = 16 * 2**20,
+                       headers: dict[str, str] | None = None) -> tuple[int, object, str]:
         """GET ``url`` as JSON: (status, body or None when not JSON, last URL). Bodies past ``max_bytes`` are refused."""
-        async with self.get(url, {"Accept": "application/json"}) as answer:
+        async with self.get(url, {"Accept": "application/json", **(headers or {})}) as answer:
             data = bytearray()
             async for chunk in answer.response.aiter_bytes():
                 data += chunk

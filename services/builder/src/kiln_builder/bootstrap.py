@@ -20,6 +20,7 @@ from kiln_builder.handler import Builder
 from kiln_builder.kube_executor import KubernetesExecutor, PodSettings
 from kiln_builder.service import GROUP, SERVE_OPTIONS, routes
 from kiln_builder.settings import Settings
+from kiln_builder.swhvault import SwhVault
 from kilnbus import Bus, KafkaBus, PhaseReporter, serve
 
 
@@ -49,7 +50,9 @@ def make_fetcher(settings: Settings) -> ContentFetcher:
                          max_fetch_bytes=settings.max_fetch_bytes, allowed_schemes=settings.git_allowed_protocols,
                          allowed_private_hosts=settings.allowed_private_hosts)
     return ContentFetcher(GitFetcher(policy, Path(settings.work_dir) / "git-cache"),
-                          DataFetcher(policy, timeout=settings.data_fetch_timeout_s))
+                          DataFetcher(policy, timeout=settings.data_fetch_timeout_s,
+                                      swh=SwhVault(settings.swh_url, settings.swh_access_token,
+                                                   settings.swh_cooking_timeout_s)))
 
 
 async def run_on(bus: Bus, builder: Builder, stop: asyncio.Event, **options: Any) -> None:

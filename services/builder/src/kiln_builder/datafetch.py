@@ -10,6 +10,7 @@ repo2docker does (``datasources.Layout``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import uuid
@@ -17,11 +18,21 @@ from pathlib import Path
 
 import httpx
 
-from kiln_builder.datasources import LISTERS, Layout, Listing, RemoteFile, shown
+from kiln_builder.datasources import LISTERS, Layout, Lister, Listing, RemoteFile, shown
 from kiln_builder.errors import FetchFailed
 from kiln_builder.executor import LineSink
 from kiln_builder.fetch import Fetcher, FetchPolicy
-from kiln_builder.unpack import Budget, create_file, extract_zip, hoist_single_folder, is_zip, safe_name
+from kiln_builder.swhvault import SwhVault
+from kiln_builder.unpack import (
+    Budget,
+    create_file,
+    extract_tar,
+    extract_zip,
+    hoist_named_folder,
+    hoist_single_folder,
+    is_zip,
+    safe_name,
+)
 from kilnbus.guardedhttp import GuardedHTTP
 from kilnbus.urlguard import UnsafeRepoURL
 
@@ -29,13 +40,17 @@ from kilnbus.urlguard import UnsafeRepoURL
 class DataFetcher:
     """``Fetcher`` for data repositories: ``content`` names the kind of record ``repo_url`` is."""
 
-    def __init__(self, policy: FetchPolicy, timeout: float = 600, request_timeout: float = 60) -> None:
+    def __init__(self, policy: FetchPolicy, timeout: float = 600, request_timeout: float = 60,
+                 swh: SwhVault | None = None) -> None:
         self._policy = policy
         self._timeout = timeout
         self._request_timeout = request_timeout
+        self._swh = swh or SwhVault()
 
     async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink, content: str = "git") -> None:
-        lister = LISTERS.get(content)
+        # The vault's cooking is waited for with progress lines, so its lister is the one that writes to the log.
+        lister: Lister | None = functools.partial(self._swh.listing, on_line=on_line) if content == "swh" \
+            else LISTERS.get(content)
         if lister is None:
             raise FetchFailed(f"Kiln does not know how to fetch {content!r} content.", "fetch_failed")
         if dest.exists():
@@ -68,12 +83,16 @@ class DataFetcher:
                        on_line: LineSink) -> None:
         files = listing.files
         await on_line(f"{listing.title}: {len(files)} file{'s' if len(files) != 1 else ''}\n")
+        if listing.layout is Layout.SINGLE_TARBALL:
+            archive = await self._download_archive(http, files[0], scratch, budget, on_line)
+            await on_line(f"Extracting {files[0].name}\n")
+            await asyncio.to_thread(extract_tar, archive, dest, budget)
+            hoist_named_folder(dest, listing.roots)
+            return
         single_zip = len(files) == 1 and (listing.layout is Layout.SINGLE_ZIP or listing.layout is Layout.SINGLE_NAMED_ZIP
                                           and files[0].name.lower().endswith(".zip"))
         if single_zip:
-            scratch.mkdir()
-            archive = scratch / "archive"
-            await download(http, files[0], archive, budget, on_line, count_written=False)
+            archive = await self._download_archive(http, files[0], scratch, budget, on_line)
             if is_zip(archive):
                 await on_line(f"Extracting {files[0].name}\n")
                 await asyncio.to_thread(extract_zip, archive, dest, budget)
@@ -93,6 +112,16 @@ class DataFetcher:
             await download(http, remote, dest, budget, on_line)
         if listing.layout is Layout.HOIST:
             hoist_single_folder(dest)
+
+
+    @staticmethod
+    async def _download_archive(http: GuardedHTTP, remote: RemoteFile, scratch: Path, budget: Budget,
+                                on_line: LineSink) -> Path:
+        """``remote`` into the scratch folder, counted as downloaded only: what it unpacks to is counted as written."""
+        scratch.mkdir()
+        archive = scratch / "archive"
+        await download(http, remote, archive, budget, on_line, count_written=False)
+        return archive
 
 
 async def download(http: GuardedHTTP, remote: RemoteFile, target: Path, budget: Budget, on_line: LineSink,

@@ -24,6 +24,7 @@ class Layout(enum.Enum):
     SINGLE_ZIP = "single_zip"  # one file that is a zip: unpacked, and a lone top folder becomes the root
     SINGLE_NAMED_ZIP = "single_named_zip"  # the same, when the one file's name ends in .zip (Figshare)
     HOIST = "hoist"  # files as named, then a lone top folder becomes the root (Dataverse)
+    SINGLE_TARBALL = "single_tarball"  # one tar.gz holding one folder named one of Listing.roots, which becomes the root
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Listing:
     title: str  # what the build log calls the record
     files: list[RemoteFile]
     layout: Layout
+    roots: tuple[str, ...] = ()  # SINGLE_TARBALL: the names its one top folder may have
 
 
 def _get(body: Any, *path: str) -> Any:

@@ -6,6 +6,7 @@ from kiln_resolver.providers.base import RepoProvider
 from kiln_resolver.providers.dataverse import DataverseProvider
 from kiln_resolver.providers.doi import DoiProvider, DoiResolver
 from kiln_resolver.providers.figshare import FigshareProvider
+from kiln_resolver.providers.swh import SwhProvider
 from kiln_resolver.providers.zenodo import ZenodoProvider
 from kiln_resolver.settings import Settings
 from kilnbus.guardedhttp import GuardedHTTP
@@ -19,4 +20,5 @@ def data_providers(settings: Settings) -> tuple[list[RepoProvider], GuardedHTTP]
     zenodo = ZenodoProvider(http, doi, settings.zenodo_url)
     figshare = FigshareProvider(http, doi, settings.figshare_url, settings.figshare_api_url)
     dataverse = DataverseProvider(http, doi, settings.dataverse_urls)
-    return [zenodo, figshare, dataverse, DoiProvider(doi, [zenodo, figshare, dataverse])], http
+    swh = SwhProvider(http, settings.swh_url, settings.swh_access_token)
+    return [zenodo, figshare, dataverse, DoiProvider(doi, [zenodo, figshare, dataverse]), swh], http
