@@ -21,17 +21,30 @@ the base URL the settings name:
     /dataverse/api/datasets/:persistentId/versions/<v>?persistentId=<pid>   one version (files)
     /dataverse/api/files/:persistentId?persistentId=<file pid>&returnDatasetVersion=true   a file's dataset
     /dataverse/api/access/datafile/<id>?format=original   a file's bytes
+    /swh/api/1/directory/<id>/                 Software Heritage API: a directory's entries; 404 for one it lacks
+    /swh/api/1/revision/<id>/                  a revision (its directory)
+    /swh/api/1/release/<id>/                   a release (target_type, target)
+    /swh/api/1/snapshot/<id>/?branches_from=<name>&branches_count=<n>   a snapshot's branches, a page at a time
+    POST /swh/api/1/vault/flat/<swhid>/        the vault: cooking asked for ("new", or "done" once cooked; 404 unknown)
+    /swh/api/1/vault/flat/<swhid>/             its progress: "pending" for SwhDirectory.cook_polls answers, then
+                                               "done" or "failed" (cook_error); 404 when cooking was never asked for
+    /swh/api/1/vault/flat/<swhid>/raw/         302 to /raw/swh-<id>.tar.gz: a real tar.gz of one folder named by the
+                                               SWHID (the vault's flat bundle), as the vault redirects to its storage
     /raw/<name>                                bytes put there by a test (plain downloads, redirect targets)
     /redirect?to=<url>                         302 to <url> (a link that leads elsewhere)
 
-``overrides`` answers a path with a canned (status, headers, body) instead, for failures.
+``overrides`` answers a path with a canned (status, headers, body) instead, for failures;
+``authorizations`` records each request's path with its Authorization header (tokens must reach
+APIs only).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import stat
+import tarfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -59,6 +72,57 @@ def make_zip(files: dict[str, bytes], links: dict[str, str] | None = None,
             info.external_attr = (kind | 0o644) << 16
             zf.writestr(info, b"")
     return buf.getvalue()
+
+
+def make_targz(files: dict[str, bytes], links: dict[str, str] | None = None, special: dict[str, bytes] | None = None,
+               hardlinks: dict[str, str] | None = None, pax: dict[str, str] | None = None) -> bytes:
+    """A real gzipped tar: symbolic ``links`` (name -> target; first, as in make_zip), ``files`` (name -> bytes; a
+    name ending in "/" is a folder; names ending in ``.sh`` executable), ``hardlinks`` (name -> target),
+    ``special`` entries (name -> tarfile type, e.g. tarfile.CHRTYPE) and a ``pax`` header on the first member."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        first = True
+
+        def add(info: tarfile.TarInfo, data: bytes = b"") -> None:
+            nonlocal first
+            if first and pax:
+                info.pax_headers = dict(pax)
+            first = False
+            info.mtime = 1_700_000_000
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            add(info)
+        for name, data in files.items():
+            if name.endswith("/"):
+                info = tarfile.TarInfo(name.rstrip("/"))
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                add(info)
+            else:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o755 if name.endswith(".sh") else 0o644
+                add(info, data)
+        for name, target in (hardlinks or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.LNKTYPE, target
+            add(info)
+        for name, kind in (special or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            add(info)
+    return buf.getvalue()
+
+
+@dataclass
+class SwhDirectory:
+    """A directory of the Software Heritage stand-in, and how its vault cooking goes."""
+
+    files: dict[str, bytes]
+    archive: bytes  # the flat bundle the vault serves
+    cook_polls: int = 0  # progress answers saying "pending" before the last one
+    cook_error: str | None = None  # the last one says "failed" with this message, instead of "done"
 
 
 @dataclass
@@ -91,9 +155,15 @@ class DataHost:
     figshare: dict[str, FigshareArticle] = field(default_factory=dict)
     dataverse: dict[str, DataverseDataset] = field(default_factory=dict)  # "doi:<doi>" -> dataset
     dataverse_file_dois: dict[str, str] = field(default_factory=dict)  # a file's "doi:..." -> its dataset's
+    swh_dirs: dict[str, SwhDirectory] = field(default_factory=dict)  # sha1_git -> directory
+    swh_revisions: dict[str, str] = field(default_factory=dict)  # sha1_git -> its directory's
+    swh_releases: dict[str, tuple[str, str]] = field(default_factory=dict)  # sha1_git -> (target_type, target)
+    swh_snapshots: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)  # -> branch -> (type, target)
+    swh_cooking: dict[str, int] = field(default_factory=dict)  # SWHID -> progress answers given since asked
     raw: dict[str, bytes] = field(default_factory=dict)
     overrides: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    authorizations: list[tuple[str, str]] = field(default_factory=list)  # (path, Authorization header or "")
     server: ThreadingHTTPServer | None = None
 
     def base(self, service: str) -> str:
@@ -129,6 +199,40 @@ class DataHost:
         self.dois[doi] = f"{self.base('dataverse')}/citation?persistentId=doi:{doi}"
         return doi
 
+    def _swh_id(self, *parts: object) -> str:
+        # Not git's hashing of the object (the stand-in need not compute trees), but as unique and as long.
+        return hashlib.sha1(repr((len(self.swh_dirs) + len(self.swh_revisions) + len(self.swh_releases)
+                                  + len(self.swh_snapshots), *parts)).encode(), usedforsecurity=False).hexdigest()
+
+    def add_swh_directory(self, files: dict[str, bytes], archive: bytes | None = None, cook_polls: int = 0,
+                          cook_error: str | None = None) -> str:
+        """A directory whose flat bundle holds ``files`` in one folder named by its SWHID (or is ``archive``); its id."""
+        sha1_git = self._swh_id("dir", sorted(files.items()))
+        if archive is None:
+            archive = make_targz({f"swh:1:dir:{sha1_git}/": b""}
+                                 | {f"swh:1:dir:{sha1_git}/{name}": data for name, data in files.items()})
+        self.swh_dirs[sha1_git] = SwhDirectory(files, archive, cook_polls, cook_error)
+        self.raw[f"swh-{sha1_git}.tar.gz"] = archive
+        return sha1_git
+
+    def add_swh_revision(self, directory: str) -> str:
+        """A revision (a commit) of ``directory``; its id."""
+        sha1_git = self._swh_id("rev", directory)
+        self.swh_revisions[sha1_git] = directory
+        return sha1_git
+
+    def add_swh_release(self, target_type: str, target: str) -> str:
+        """A release (a tag) of ``target`` (a revision's or a directory's id, by ``target_type``); its id."""
+        sha1_git = self._swh_id("rel", target_type, target)
+        self.swh_releases[sha1_git] = (target_type, target)
+        return sha1_git
+
+    def add_swh_snapshot(self, branches: dict[str, tuple[str, str]]) -> str:
+        """A snapshot of branches (name -> (target_type, target); "alias" targets another branch's name); its id."""
+        sha1_git = self._swh_id("snp", sorted(branches.items()))
+        self.swh_snapshots[sha1_git] = branches
+        return sha1_git
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()
@@ -158,10 +262,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _found(self, to: str) -> None:
         self._send(302, b"", {"Location": to}, "text/html")
 
-    def do_GET(self) -> None:
-        self.host.requests.append(self.path)
+    def do_POST(self) -> None:
+        """Only the Software Heritage vault is asked with POST (its body, a JSON object, says nothing)."""
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET(post=True)
+
+    def do_GET(self, post: bool = False) -> None:
+        self.host.requests.append(f"POST {self.path}" if post else self.path)
+        self.host.authorizations.append((self.path, self.headers.get("Authorization", "")))
         parts = urlsplit(self.path)
         path, query = unquote(parts.path), parse_qs(parts.query)
+        if post:
+            return self._swh_cook(path) if path not in self.host.overrides else self._send(*self._override(path))
         if path in self.host.overrides:
             status, headers, body = self.host.overrides[path]
             return self._send(status, body, headers)
@@ -170,6 +282,61 @@ class _Handler(BaseHTTPRequestHandler):
         if handler is None:
             return self._json(404, {"message": "not found"})
         handler(rest, query)
+
+    def _override(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        status, headers, body = self.host.overrides[path]
+        return status, body, headers
+
+    def _swh_not_found(self, reason: str) -> None:
+        self._json(404, {"exception": "NotFoundExc", "reason": reason})
+
+    def _swh_receipt(self, swhid: str, status: str, message: str | None) -> None:
+        self._json(200, {"fetch_url": f"{self.host.base('swh')}/api/1/vault/flat/{swhid}/raw/", "id": 1,
+                         "progress_message": message, "status": status, "swhid": swhid})
+
+    def _swh_cook(self, path: str) -> None:
+        """POST <api>/vault/flat/<swhid>/: cooking asked for; "done" at once when there is nothing left to wait for."""
+        swhid = path.removeprefix("/swh/api/1/vault/flat/").rstrip("/")
+        directory = self.host.swh_dirs.get(swhid.removeprefix("swh:1:dir:"))
+        if not path.startswith("/swh/api/1/vault/flat/swh:1:dir:") or directory is None:
+            return self._swh_not_found(f"{swhid} not found.")
+        self.host.swh_cooking.setdefault(swhid, 0)
+        waiting = directory.cook_polls or directory.cook_error
+        self._swh_receipt(swhid, "new" if waiting else "done", None)
+
+    def _swh(self, rest: str, query: dict[str, list[str]]) -> None:
+        segments = rest.removeprefix("api/1/").rstrip("/").split("/")
+        kind, sha1_git = (segments + ["", ""])[:2]
+        if kind == "vault" and sha1_git == "flat" and len(segments) >= 3:
+            swhid, raw = segments[2], segments[3:] == ["raw"]
+            directory = self.host.swh_dirs.get(swhid.removeprefix("swh:1:dir:"))
+            if directory is None or swhid not in self.host.swh_cooking:
+                return self._swh_not_found(f"Cooking of {swhid} was never requested.")
+            if raw:
+                return self._found(f"{self.host.url}/raw/swh-{swhid.removeprefix('swh:1:dir:')}.tar.gz")
+            answered = self.host.swh_cooking[swhid] = self.host.swh_cooking[swhid] + 1
+            if answered <= directory.cook_polls:
+                return self._swh_receipt(swhid, "pending", f"Processing... {answered}/{directory.cook_polls}")
+            if directory.cook_error:
+                return self._swh_receipt(swhid, "failed", directory.cook_error)
+            return self._swh_receipt(swhid, "done", None)
+        if kind == "directory" and sha1_git in self.host.swh_dirs:
+            tops = {name.split("/", 1)[0]: "/" in name for name in self.host.swh_dirs[sha1_git].files}
+            return self._json(200, [{"name": name, "type": "dir" if is_dir else "file", "dir_id": sha1_git}
+                                    for name, is_dir in sorted(tops.items())])
+        if kind == "revision" and sha1_git in self.host.swh_revisions:
+            return self._json(200, {"id": sha1_git, "directory": self.host.swh_revisions[sha1_git], "message": "a commit"})
+        if kind == "release" and sha1_git in self.host.swh_releases:
+            target_type, target = self.host.swh_releases[sha1_git]
+            return self._json(200, {"id": sha1_git, "name": "v1", "target": target, "target_type": target_type})
+        if kind == "snapshot" and sha1_git in self.host.swh_snapshots:
+            branches = self.host.swh_snapshots[sha1_git]
+            start, count = query.get("branches_from", [""])[0], int(query.get("branches_count", ["1000"])[0])
+            names = sorted(name for name in branches if name >= start)
+            page = {name: {"target": branches[name][1], "target_type": branches[name][0]} for name in names[:count]}
+            return self._json(200, {"id": sha1_git, "branches": page,
+                                    "next_branch": names[count] if len(names) > count else None})
+        self._swh_not_found(f"{kind.capitalize()} with sha1_git {sha1_git} not found.")
 
     def _doi(self, doi: str, query: dict[str, list[str]]) -> None:
         landing = self.host.dois.get(doi)

@@ -91,7 +91,7 @@ class SwhVault:
                           f"{f' ({receipt.message})' if receipt.message else ''}, {waited:.0f}s so far\n")
             if waited >= self.max_wait_s:
                 raise FetchFailed(f"The Software Heritage vault had not finished preparing {swhid} after "
-                                  f"{self.max_wait_s:.0f} seconds (it said: {receipt.status}"
+                                  f"{self.max_wait_s:g} seconds (it said: {receipt.status}"
                                   f"{f', {receipt.message}' if receipt.message else ''}). It goes on without Kiln: "
                                   "launch again later.", "fetch_failed")
             await asyncio.sleep(min(delay, self.max_wait_s - waited))
