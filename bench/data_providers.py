@@ -4,6 +4,9 @@ For each provider Kiln launches data from (Zenodo, Figshare, Dataverse, and ``do
 Zenodo), a record of 10 MB is served by the stand-ins for the real APIs on loopback
 (tests/support/datahost.py): one zip archive of incompressible files (so the archive is 10 MB on
 the wire) for Zenodo and Figshare, which unpack it, and the same files one by one for Dataverse.
+Software Heritage (``swh``) serves the same files as a revision's directory, its vault bundle a
+tar.gz already cooked (a cold cooking is the archive's time, not Kiln's); its baseline is a plain
+GET of that tar.gz.
 Rows: the resolver's provider resolving the spec (DOI redirects and API calls), the builder's
 ``DataFetcher`` fetching and unpacking the record, and the baseline, a plain HTTP GET of the same
 10 MB from the same stand-in with httpx, written to disk. Median of ``--runs`` runs each.
@@ -31,6 +34,7 @@ import httpx
 
 from kiln_builder.datafetch import DataFetcher
 from kiln_builder.fetch import FetchPolicy
+from kiln_builder.swhvault import SwhVault
 from kiln_resolver.providers import make_providers
 from kiln_resolver.settings import Settings
 from tests.support.datahost import DataHost, make_zip, start_datahost
@@ -60,12 +64,15 @@ async def main(runs: int) -> None:
     doi_figshare = host.add_figshare("2002", {1: {"record.zip": archive}})
     doi_dataverse = host.add_dataverse("10.7910/DVN/BENCH", {(1, 0): files})
     host.raw["plain.zip"] = archive
+    swh_rev = host.add_swh_revision(host.add_swh_directory({name.removeprefix("record/"): data
+                                                             for name, data in files.items()}))
     settings = Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"),
                         figshare_url=host.base("figshare"), figshare_api_url=host.base("figshare-api") + "/v2",
-                        dataverse_urls=[host.base("dataverse")], allowed_private_hosts=["127.0.0.1"])
+                        dataverse_urls=[host.base("dataverse")], swh_url=host.base("swh"),
+                        allowed_private_hosts=["127.0.0.1"])
     providers = make_providers(settings)
     policy = FetchPolicy(max_bytes=2**30, max_entries=100_000, max_fetch_bytes=2**30, allowed_private_hosts=["127.0.0.1"])
-    fetcher = DataFetcher(policy)
+    fetcher = DataFetcher(policy, swh=SwhVault(host.base("swh")))
 
     async def quiet(line: str) -> None:
         pass
@@ -73,19 +80,22 @@ async def main(runs: int) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
 
-        async def plain() -> None:
-            async with httpx.AsyncClient() as client, client.stream("GET", f"{host.url}/raw/plain.zip") as r:
-                with open(work / "plain.zip", "wb") as out:
+        async def plain(name: str = "plain.zip") -> None:
+            async with httpx.AsyncClient() as client, client.stream("GET", f"{host.url}/raw/{name}") as r:
+                with open(work / "plain", "wb") as out:
                     async for chunk in r.aiter_bytes(1 << 16):
                         out.write(chunk)
-            (work / "plain.zip").unlink()
+            (work / "plain").unlink()
 
         baseline = await timed(plain, runs)
+        swh_tarball = next(name for name in host.raw if name.startswith("swh-"))
+        baselines = {"swh": await timed(lambda: plain(swh_tarball), runs)}
         print(f"10 MB record, median of {runs} runs, stand-ins on loopback")
         print(f"{'provider':<10} {'resolve ms':>11} {'fetch ms':>9} {'total ms':>9} {'vs plain GET':>13}")
         print(f"{'plain GET':<10} {'':>11} {baseline * 1000:>9.1f} {baseline * 1000:>9.1f} {'1.00x':>13}")
+        print(f"{'(tar.gz)':<10} {'':>11} {baselines['swh'] * 1000:>9.1f} {baselines['swh'] * 1000:>9.1f} {'1.00x':>13}")
         for name, spec in (("zenodo", doi_zenodo), ("figshare", f"{doi_figshare}.v1"), ("dataverse", doi_dataverse),
-                           ("doi", doi_zenodo)):
+                           ("doi", doi_zenodo), ("swh", f"swh:1:rev:{swh_rev}")):
             resolution = await providers[name].resolve(spec)
             resolve_s = await timed(lambda n=name, s=spec: providers[n].resolve(s), runs)
 
@@ -96,7 +106,7 @@ async def main(runs: int) -> None:
             fetch_s = await timed(fetch, runs)
             total = resolve_s + fetch_s
             print(f"{name:<10} {resolve_s * 1000:>11.1f} {fetch_s * 1000:>9.1f} {total * 1000:>9.1f} "
-                  f"{total / baseline:>12.2f}x")
+                  f"{total / baselines.get(name, baseline):>12.2f}x")
     await providers.aclose()
     host.stop()
 
