@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: up down status dev images lint test test-e2e test-fast bench clean
+.PHONY: up down status dev images lint test test-e2e test-fast bench clean k8s-up k8s-down k8s-status test-k8s
 
 up:          ## install what is missing and run all of Kiln on 127.0.0.1
 	@deploy/local/up.sh
@@ -34,11 +34,25 @@ test-e2e:    ## the end-to-end suite alone, against the running stack
 
 test-fast:   ## tests that need no infrastructure at all (no broker, engine, hub or browser)
 	@deploy/local/venv.sh
-	@$(PY) -m pytest -m "not kafka and not docker and not hub and not e2e and not browser" $(T)
+	@$(PY) -m pytest -m "not kafka and not docker and not hub and not e2e and not browser and not k8s" $(T)
 
 bench:       ## benchmarks (print their figures; see bench/README.md)
 	@deploy/local/up.sh infra
 	@for b in bus_latency gateway_stream resolver_throughput launcher_latency builder_builds analytics_rebuild; do $(PY) bench/$$b.py; done
+
+k8s-up:      ## a single-node Kubernetes in a network namespace of its own (built once per machine)
+	@KILN_WITH_K8S=1 deploy/local/install-system.sh && deploy/local/docker.sh start
+	@deploy/k8s/cluster.sh up
+
+test-k8s:    ## the Kubernetes suite alone (brings the cluster up first)
+	@deploy/local/venv.sh
+	@$(PY) -m pytest -m k8s
+
+k8s-down:    ## stop that cluster (its state stays in .state/k8s)
+	@deploy/k8s/cluster.sh down
+
+k8s-status:  ## the cluster's processes and node
+	@deploy/k8s/cluster.sh status
 
 clean: down  ## stop everything and delete .state (Kafka log, registry, hub database)
 	rm -rf .state

@@ -1,12 +1,12 @@
 """Data repositories: resolving and fetching a 10 MB record, against a plain download of the same bytes.
 
-For each provider Kiln launches data from (Zenodo, Figshare, Dataverse, and ``doi`` in front of
-Zenodo), a record of 10 MB is served by the stand-ins for the real APIs on loopback
+For each provider Kiln launches data from (Zenodo, Figshare, Dataverse, HydroShare, CKAN, Software
+Heritage, and ``doi`` in front of Zenodo), a record of 10 MB is served by the stand-ins for the real APIs on loopback
 (tests/support/datahost.py): one zip archive of incompressible files (so the archive is 10 MB on
-the wire) for Zenodo and Figshare, which unpack it, and the same files one by one for Dataverse.
-Software Heritage (``swh``) serves the same files as a revision's directory, its vault bundle a
-tar.gz already cooked (a cold cooking is the archive's time, not Kiln's); its baseline is a plain
-GET of that tar.gz.
+the wire) for Zenodo and Figshare, which unpack it, a BagIt zip of them for HydroShare (unpacked,
+its ``data/contents`` kept), and the same files one by one for Dataverse and CKAN. Software
+Heritage (``swh``) serves them as a revision's directory, its vault bundle a tar.gz already cooked
+(a cold cooking is the archive's time, not Kiln's); its baseline is a plain GET of that tar.gz.
 Rows: the resolver's provider resolving the spec (DOI redirects and API calls), the builder's
 ``DataFetcher`` fetching and unpacking the record, and the baseline, a plain HTTP GET of the same
 10 MB from the same stand-in with httpx, written to disk. Median of ``--runs`` runs each.
@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from urllib.parse import quote
 
 import httpx
 
@@ -63,12 +65,15 @@ async def main(runs: int) -> None:
     doi_zenodo = host.add_zenodo("1001", {"record.zip": archive})
     doi_figshare = host.add_figshare("2002", {1: {"record.zip": archive}})
     doi_dataverse = host.add_dataverse("10.7910/DVN/BENCH", {(1, 0): files})
+    hydroshare = "b" * 32
+    host.add_hydroshare(hydroshare, {name.removeprefix("record/"): data for name, data in files.items()})
+    ckan = host.add_ckan("bench", {name.removeprefix("record/"): data for name, data in files.items()})
     host.raw["plain.zip"] = archive
     swh_rev = host.add_swh_revision(host.add_swh_directory({name.removeprefix("record/"): data
                                                              for name, data in files.items()}))
     settings = Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"),
                         figshare_url=host.base("figshare"), figshare_api_url=host.base("figshare-api") + "/v2",
-                        dataverse_urls=[host.base("dataverse")], swh_url=host.base("swh"),
+                        dataverse_urls=[host.base("dataverse")], hydroshare_url=host.base("hydroshare"), swh_url=host.base("swh"),
                         allowed_private_hosts=["127.0.0.1"])
     providers = make_providers(settings)
     policy = FetchPolicy(max_bytes=2**30, max_entries=100_000, max_fetch_bytes=2**30, allowed_private_hosts=["127.0.0.1"])
@@ -95,7 +100,8 @@ async def main(runs: int) -> None:
         print(f"{'plain GET':<10} {'':>11} {baseline * 1000:>9.1f} {baseline * 1000:>9.1f} {'1.00x':>13}")
         print(f"{'(tar.gz)':<10} {'':>11} {baselines['swh'] * 1000:>9.1f} {baselines['swh'] * 1000:>9.1f} {'1.00x':>13}")
         for name, spec in (("zenodo", doi_zenodo), ("figshare", f"{doi_figshare}.v1"), ("dataverse", doi_dataverse),
-                           ("doi", doi_zenodo), ("swh", f"swh:1:rev:{swh_rev}")):
+                           ("hydroshare", hydroshare), ("ckan", quote(ckan, safe="")), ("swh", f"swh:1:rev:{swh_rev}"),
+                           ("doi", doi_zenodo)):
             resolution = await providers[name].resolve(spec)
             resolve_s = await timed(lambda n=name, s=spec: providers[n].resolve(s), runs)
 

@@ -142,6 +142,7 @@ def values_schema() -> dict[str, Any]:
                             description="BinderHub's registry settings, same keys."),
             "secrets": obj({"existingSecret": STR, "tokenSealKey": STR, "buildTokenSecret": STR, "resumeSecret": STR,
                             "sessionSecret": STR}),
+            "privateRepos": obj({"existingSecret": STR}),
             "hub": obj({"apiUrl": STR, "publicUrl": STR, "proxyUrl": STR, "tokenSecret": obj({"name": STR, "key": STR})}),
             "metrics": obj({"annotations": BOOL}),
             "networkPolicy": obj({

@@ -27,6 +27,7 @@ ${KILN_PROXY_API_PORT:-8001} ${KILN_GATEWAY_PORT:-8585} ${KILN_ANALYTICS_PORT:-8
 NETWORKS=(
   "$KILN_USER_NETWORK $KILN_USER_SUBNET kiln-br0 USERS $KILN_HUB_API_PORT"
   "$KILN_BUILD_NETWORK $KILN_BUILD_SUBNET kiln-br1 BUILDS $KILN_BUILD_MIRROR_PORTS"
+  "$KILN_K8S_NETWORK $KILN_K8S_SUBNET kiln-br2 K8S -"
 )
 
 first_address() { local base=${1%/*}; echo "${base%.*}.$(( ${base##*.} + 1 ))"; }
@@ -127,7 +128,7 @@ start() {
     sysctl -qw "net.ipv6.conf.$bridge.disable_ipv6=1" 2>/dev/null || warn "could not turn IPv6 off on $bridge"
   done
   apply_rules
-  ok "networks $KILN_USER_NETWORK and $KILN_BUILD_NETWORK: servers and builds isolated from the host"
+  ok "networks $KILN_USER_NETWORK, $KILN_BUILD_NETWORK and $KILN_K8S_NETWORK: servers, builds and the test cluster isolated from the host"
 }
 
 stop() {

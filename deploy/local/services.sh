@@ -52,6 +52,8 @@ write_env() {
         resolver) export KILN_REGISTRY_USERNAME=puller KILN_REGISTRY_PASSWORD="$(cat "$KILN_STATE/secrets/registry-puller")" ;;
       esac
     fi
+    # Private repositories' credentials are the resolver's and the builder's alone.
+    [[ $s == resolver || $s == builder ]] || unset KILN_GIT_CREDENTIALS KILN_GITHUB_APP
     case $s in
       resolver) export KILN_METRICS_PORT=$KILN_RESOLVER_METRICS_PORT ;;
       builder) export KILN_METRICS_PORT=$KILN_BUILDER_METRICS_PORT

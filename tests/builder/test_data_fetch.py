@@ -149,3 +149,52 @@ async def test_dataverse_version_files_land_in_their_folders_and_a_lone_folder_i
     await fetch_record(f"{base}/1.0?persistentId=doi:10.7910/DVN/X", "dataverse", tmp_path / "v1")
     assert tree(tmp_path / "v1") == {"old.txt": b"old"}, "the version resolved, not the latest"
     assert any("format=original" in p for p in datahost.requests)
+
+
+# HydroShare: the resource's bag, prepared on demand; its data/contents is the checkout.
+
+HS = "8f7c2f0341ef4180b0dbe97f59130756"
+
+
+async def test_hydroshare_bag_is_waited_for_and_its_contents_become_the_root(datahost: DataHost, tmp_path: Path) -> None:
+    datahost.add_hydroshare(HS, {"environment.yml": b"dependencies: [numpy]\n", "nb/a.ipynb": b"{}"}, prepare=2)
+    lines = await fetch_record(f"{datahost.base('hydroshare')}/django_s3/download/bags/{HS}.zip", "hydroshare",
+                               tmp_path / "co")
+    assert tree(tmp_path / "co") == {"environment.yml": b"dependencies: [numpy]\n", "nb/a.ipynb": b"{}"}, \
+        "bag metadata (bagit.txt, manifests, resourcemap) left out"
+    assert sum("being prepared" in line for line in lines) == 2 and datahost.hydroshare[HS].prepare == 0
+
+
+async def test_hydroshare_bag_never_ready_or_without_contents_fails_saying_why(datahost: DataHost, tmp_path: Path) -> None:
+    datahost.add_hydroshare(HS, {"a.txt": b"a"}, prepare=1000)
+    with pytest.raises(FetchFailed, match="took longer than 2 seconds"):
+        await fetch_record(f"{datahost.base('hydroshare')}/django_s3/download/bags/{HS}.zip", "hydroshare",
+                           tmp_path / "slow", timeout=2)
+    assert not (tmp_path / "slow").exists(), "nothing half-fetched is left to build"
+    datahost.add_hydroshare(HS, {}, bag=make_zip({f"{HS}/bagit.txt": b"x", f"{HS}/data/other.txt": b"y"}))
+    with pytest.raises(FetchFailed, match="no folder"):
+        await fetch_record(f"{datahost.base('hydroshare')}/django_s3/download/bags/{HS}.zip", "hydroshare",
+                           tmp_path / "empty")
+
+
+async def test_a_hydroshare_bag_link_out_of_its_contents_is_refused(datahost: DataHost, tmp_path: Path) -> None:
+    """Inside the archive the link stays inside it; once data/contents is the root, it would lead out."""
+    bag = make_zip({f"{HS}/bagit.txt": b"x", f"{HS}/data/contents/a.txt": b"a"},
+                   links={f"{HS}/data/contents/meta": "../../bagit.txt"})
+    datahost.add_hydroshare(HS, {}, bag=bag)
+    with pytest.raises(FetchFailed, match="symbolic link leading outside"):
+        await fetch_record(f"{datahost.base('hydroshare')}/django_s3/download/bags/{HS}.zip", "hydroshare",
+                           tmp_path / "co")
+
+
+# CKAN: every resource with a URL, named as its URL ends.
+
+async def test_ckan_resources_are_fetched_as_their_urls_name_them(datahost: DataHost, tmp_path: Path) -> None:
+    datahost.add_ckan("levels", {"levels.csv": b"a,b\n", "requirements.txt": b"pandas\n"},
+                      activities={"act1": ("2026-01-01T00:00:00.000001", {"old.csv": b"old\n"})})
+    api = f"{datahost.base('ckan')}/api/3/action"
+    await fetch_record(f"{api}/package_show?id=levels", "ckan", tmp_path / "now")
+    assert set(tree(tmp_path / "now").values()) == {b"a,b\n", b"pandas\n"}
+    assert all(name.startswith("ckan-levels-now-") for name in tree(tmp_path / "now"))
+    await fetch_record(f"{api}/activity_data_show?id=act1&object_type=package", "ckan", tmp_path / "then")
+    assert list(tree(tmp_path / "then").values()) == [b"old\n"], "the version of that activity"

@@ -5,6 +5,7 @@ by stand-ins on loopback (tests/support/datahost.py), from records the tests mak
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import pytest
 
@@ -21,7 +22,8 @@ from .harness import FakeRegistry, Resolving
 def data_settings(host: DataHost, **more: object) -> Settings:
     return Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"), figshare_url=host.base("figshare"),
                     figshare_api_url=host.base("figshare-api") + "/v2", dataverse_urls=[host.base("dataverse")],
-                    allowed_private_hosts=["127.0.0.1"], **more)  # type: ignore[arg-type]
+                    hydroshare_url=host.base("hydroshare"), swh_url=host.base("swh"), allowed_private_hosts=["127.0.0.1"],
+                    **more)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -170,7 +172,7 @@ async def test_doi_of_a_figshare_article_without_figshare_in_it_is_read_from_its
 
 async def test_doi_served_by_no_known_repository_or_unknown(datahost: DataHost, providers: Providers) -> None:
     datahost.dois["10.1000/journal.article"] = f"{datahost.url}/raw/journal-page"
-    with pytest.raises(ResolveError, match=r"not on a data repository this Binder launches from \(zenodo, figshare, dataverse") as e:
+    with pytest.raises(ResolveError, match=r"not on a data repository this Binder launches from \(zenodo, figshare, hydroshare, dataverse") as e:
         await providers["doi"].resolve("10.1000/journal.article")
     assert e.value.cause == "repo_not_found"
     with pytest.raises(ResolveError, match="not found") as e:
@@ -219,3 +221,78 @@ async def test_dataverse_unknown_dataset_or_installation(datahost: DataHost, pro
     with pytest.raises(ResolveError, match="not a Dataverse installation this Binder knows") as e:
         await providers["dataverse"].resolve("10.9999/ELSEWHERE")
     assert e.value.cause == "repo_not_found"
+
+
+# HydroShare
+
+HS_ID = "8f7c2f0341ef4180b0dbe97f59130756"
+
+
+@pytest.mark.parametrize("spec", [HS_ID, f"https%3A%2F%2Fwww.hydroshare.org%2Fresource%2F{HS_ID}%2F",
+                                  f"https://www.hydroshare.org/resource/{HS_ID}"])
+async def test_hydroshare_resource_by_id_or_url_is_versioned_by_its_modification(
+        datahost: DataHost, providers: Providers, spec: str) -> None:
+    datahost.add_hydroshare(HS_ID, {"a.txt": b"1"}, modified="2026-11-30T10:20:30.123456Z")
+    r = await providers["hydroshare"].resolve(spec)
+    version = f"{HS_ID}.v1796034030"  # 2026-11-30 10:20:30 UTC in whole seconds, as BinderHub counts
+    assert (r.ref, r.build_slug, r.content) == (version, f"hydroshare-{version}", "hydroshare")
+    assert r.repo_url == f"{datahost.base('hydroshare')}/django_s3/download/bags/{HS_ID}.zip"
+    assert r.resolved_spec == r.ref_url == f"{datahost.base('hydroshare')}/resource/{HS_ID}"
+    datahost.hydroshare[HS_ID].modified = "2026-12-01T00:00:00Z"
+    assert (await providers["hydroshare"].resolve(spec)).ref != version, "a modified resource is a new version"
+
+
+async def test_hydroshare_unknown_or_unnamed_resource(datahost: DataHost, providers: Providers) -> None:
+    with pytest.raises(ResolveError, match="not found, or not public") as e:
+        await providers["hydroshare"].resolve("0" * 32)
+    assert e.value.cause == "repo_not_found"
+    with pytest.raises(ResolveError, match="32 hexadecimal digits") as e:
+        await providers["hydroshare"].resolve("my-resource")
+    assert e.value.cause == "bad_spec"
+
+
+async def test_hydroshare_doi_resolves_through_doi(datahost: DataHost, providers: Providers) -> None:
+    doi = datahost.add_hydroshare(HS_ID, {"a.txt": b"1"})
+    by_doi, by_id = await providers["doi"].resolve(doi), await providers["hydroshare"].resolve(HS_ID)
+    assert (by_doi.ref, by_doi.repo_url, by_doi.content) == (by_id.ref, by_id.repo_url, "hydroshare")
+    assert by_doi.provider == "hydroshare" and by_doi.build_slug == by_id.build_slug, "the same image either way"
+
+
+# CKAN
+
+async def test_ckan_dataset_now_and_at_an_activity(datahost: DataHost, providers: Providers) -> None:
+    url = datahost.add_ckan("river-levels", {"levels.csv": b"a,b\n"}, modified="2026-11-30T10:20:30.123456",
+                            activities={"a1b2c3": ("2026-01-02T03:04:05.000001", {"old.csv": b"x\n"})})
+    r = await providers["ckan"].resolve(quote(url, safe=""))
+    assert (r.ref, r.content, r.ref_url) == ("river-levels.v1796034030", "ckan", url)
+    assert r.build_slug == "ckan-127.0.0.1-river-levels", "named after the site too"
+    assert r.repo_url == f"{datahost.base('ckan')}/api/3/action/package_show?id=river-levels"
+    for spec in (f"{url}/history/a1b2c3", f"{url}?activity_id=a1b2c3"):
+        then = await providers["ckan"].resolve(quote(spec, safe=""))
+        assert then.ref == "river-levels.v1767323045" and "activity_data_show?id=a1b2c3&object_type=package" in then.repo_url
+
+
+@pytest.mark.parametrize(("spec", "cause"), [
+    ("https://example.org/not-a-dataset", "bad_spec"),
+    ("ftp://example.org/dataset/x", "bad_spec"),
+    ("https://example.org/dataset/..%2F..%2Fapi", "bad_spec"),
+])
+async def test_ckan_urls_that_name_no_dataset(providers: Providers, spec: str, cause: str) -> None:
+    with pytest.raises(ResolveError) as e:
+        await providers["ckan"].resolve(quote(spec, safe=""))
+    assert e.value.cause == cause
+
+
+async def test_ckan_unknown_dataset_activity_or_site(datahost: DataHost) -> None:
+    url = datahost.add_ckan("river-levels", {"levels.csv": b"a\n"})
+    providers = make_providers(data_settings(datahost, ckan_urls=["https://ckan.example.org"]))
+    with pytest.raises(ResolveError, match="not a CKAN site this Binder launches from") as e:
+        await providers["ckan"].resolve(quote(url, safe=""))
+    assert e.value.cause == "banned"
+    await providers.aclose()
+    providers = make_providers(data_settings(datahost, ckan_urls=[datahost.base("ckan")]))
+    for spec in (url.replace("river-levels", "nope"), f"{url}/history/zzz"):
+        with pytest.raises(ResolveError, match="has no") as e:
+            await providers["ckan"].resolve(quote(spec, safe=""))
+        assert e.value.cause == "repo_not_found"
+    await providers.aclose()

@@ -162,6 +162,23 @@ async def test_a_record_that_takes_too_long_is_stopped(datahost: DataHost, tmp_p
         datahost.overrides = original
 
 
+@pytest.mark.parametrize(("link", "cause"), [("http://10.0.0.1/levels.csv", "private_host"),
+                                             ("file:///etc/passwd", "banned"),
+                                             ("http://127.0.0.1:9/..%2F..%2Fescape", "unsafe_repository")])
+async def test_ckan_resource_links_obey_the_same_rules(datahost: DataHost, tmp_path: Path, link: str, cause: str) -> None:
+    """A CKAN site lists resources by URL: any URL, and the file is named as its path ends."""
+    datahost.add_ckan("hostile", {link: b""})
+    with pytest.raises(FetchFailed) as e:
+        await DataFetcher(POLICY).fetch(f"{datahost.base('ckan')}/api/3/action/package_show?id=hostile", "v",
+                                        tmp_path / "co", _quiet, "ckan")
+    assert e.value.cause == cause, e.value
+    assert not (tmp_path / "co").exists()
+
+
+async def _quiet(line: str) -> None:
+    pass
+
+
 # Software Heritage: the vault's tar.gz is unpacked by Kiln's own tar reader, under the zips' rules.
 
 

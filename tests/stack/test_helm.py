@@ -597,3 +597,17 @@ async def test_the_charts_spawner_returns_once_the_servers_port_answers() -> Non
     async with server:
         assert await asyncio.wait_for(starting, 5) == f"http://127.0.0.1:{port}"
         assert accepted, "it returned after connecting to the port"
+
+
+def test_private_repository_credentials_reach_only_the_resolver_and_builder(helm: str, chart: Path) -> None:
+    docs = render(helm, chart, sets=REQUIRED + ("privateRepos.existingSecret=forge-creds",))
+    for name, deployment in by_kind(docs, "Deployment").items():
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+                if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "forge-creds"}
+        if name in ("kiln-resolver", "kiln-builder"):
+            assert {k: (r["key"], r["optional"]) for k, r in refs.items()} == {
+                "KILN_GIT_CREDENTIALS": ("git-credentials", True), "KILN_GITHUB_APP": ("github-app", True)}, name
+        else:
+            assert refs == {}, f"{name} is given no repository credentials"
+    without = render(helm, chart, sets=REQUIRED)
+    assert "KILN_GIT_CREDENTIALS" not in env_of(by_kind(without, "Deployment")["kiln-resolver"])

@@ -21,6 +21,13 @@ the base URL the settings name:
     /dataverse/api/datasets/:persistentId/versions/<v>?persistentId=<pid>   one version (files)
     /dataverse/api/files/:persistentId?persistentId=<file pid>&returnDatasetVersion=true   a file's dataset
     /dataverse/api/access/datafile/<id>?format=original   a file's bytes
+    /hydroshare/resource/<id>                  HydroShare: a resource's landing page
+    /hydroshare/hsapi/resource/<id>/scimeta/elements   HydroShare API: its science metadata (dates: modified)
+    /hydroshare/django_s3/download/bags/<id>.zip   its BagIt zip: "being prepared" JSON the first ``prepare`` times,
+                                               then a 302 to the stored zip (/raw/..., as S3)
+    /ckan/dataset/<name>                       CKAN: a dataset's page
+    /ckan/api/3/action/package_show?id=<name>  CKAN API: the dataset now (metadata_modified, resources)
+    /ckan/api/3/action/activity_data_show?id=<activity>&object_type=package   the dataset as it was then
     /swh/api/1/directory/<id>/                 Software Heritage API: a directory's entries; 404 for one it lacks
     /swh/api/1/revision/<id>/                  a revision (its directory)
     /swh/api/1/release/<id>/                   a release (target_type, target)
@@ -146,6 +153,27 @@ class DataverseDataset:
 
 
 @dataclass
+class HydroShareResource:
+    bag: bytes  # the BagIt zip
+    modified: str  # the "modified" date as HydroShare writes it
+    prepare: int = 0  # how many more times the bag is "being prepared" before it is served
+
+
+@dataclass
+class CKANDataset:
+    modified: str  # metadata_modified now
+    resources: list[dict[str, Any]]  # as package_show lists them (id, url, ...)
+    activities: dict[str, tuple[str, list[dict[str, Any]]]] = field(default_factory=dict)  # id -> (modified, resources)
+
+
+def make_bag(resource: str, files: dict[str, bytes]) -> bytes:
+    """A HydroShare resource's BagIt zip: bag metadata around ``<resource>/data/contents/<files>``."""
+    return make_zip({f"{resource}/bagit.txt": b"BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-8\n",
+                     f"{resource}/manifest-md5.txt": b"", f"{resource}/data/resourcemap.xml": b"<rdf/>",
+                     **{f"{resource}/data/contents/{name}": data for name, data in files.items()}})
+
+
+@dataclass
 class DataHost:
     """The stand-in's state: what it serves, and the paths it was asked for."""
 
@@ -155,6 +183,8 @@ class DataHost:
     figshare: dict[str, FigshareArticle] = field(default_factory=dict)
     dataverse: dict[str, DataverseDataset] = field(default_factory=dict)  # "doi:<doi>" -> dataset
     dataverse_file_dois: dict[str, str] = field(default_factory=dict)  # a file's "doi:..." -> its dataset's
+    hydroshare: dict[str, HydroShareResource] = field(default_factory=dict)
+    ckan: dict[str, CKANDataset] = field(default_factory=dict)
     swh_dirs: dict[str, SwhDirectory] = field(default_factory=dict)  # sha1_git -> directory
     swh_revisions: dict[str, str] = field(default_factory=dict)  # sha1_git -> its directory's
     swh_releases: dict[str, tuple[str, str]] = field(default_factory=dict)  # sha1_git -> (target_type, target)
@@ -198,6 +228,31 @@ class DataHost:
         self.dataverse[f"doi:{doi}"] = dataset
         self.dois[doi] = f"{self.base('dataverse')}/citation?persistentId=doi:{doi}"
         return doi
+
+    def add_hydroshare(self, resource: str, files: dict[str, bytes], modified: str = "2026-11-30T10:20:30.123456Z",
+                       prepare: int = 0, bag: bytes | None = None) -> str:
+        """A HydroShare resource (its bag made of ``files`` unless given); its DOI (10.4211/hs.<id>)."""
+        self.hydroshare[resource] = HydroShareResource(bag if bag is not None else make_bag(resource, files), modified,
+                                                       prepare)
+        doi = f"10.4211/hs.{resource}"
+        self.dois[doi] = f"{self.base('hydroshare')}/resource/{resource}/"
+        return doi
+
+    def add_ckan(self, name: str, files: dict[str, bytes], modified: str = "2026-11-30T10:20:30.123456",
+                 activities: dict[str, tuple[str, dict[str, bytes]]] | None = None) -> str:
+        """A CKAN dataset whose resources are ``files`` (served from /raw), with earlier versions by activity
+        id; the dataset's URL."""
+        def resources(version: str, files: dict[str, bytes]) -> list[dict[str, Any]]:
+            listed = []
+            for i, (file_name, data) in enumerate(files.items()):
+                self.raw[f"ckan-{name}-{version}-{file_name}"] = data
+                listed.append({"id": f"res-{i}", "package_id": name, "size": len(data),
+                               "url": f"{self.url}/raw/{quote(f'ckan-{name}-{version}-{file_name}', safe='')}"
+                               if "://" not in file_name else file_name})
+            return listed
+        self.ckan[name] = CKANDataset(modified, resources("now", files),
+                                      {a: (m, resources(a, f)) for a, (m, f) in (activities or {}).items()})
+        return f"{self.base('ckan')}/dataset/{name}"
 
     def _swh_id(self, *parts: object) -> str:
         # Not git's hashing of the object (the stand-in need not compute trees), but as unique and as long.
@@ -445,6 +500,49 @@ class _Handler(BaseHTTPRequestHandler):
             files.append({"label": label, **({"directoryLabel": folder} if folder else {}),
                           "dataFile": {"id": file_id, "filesize": len(data), "persistentId": ""}})
         self._json(200, {"status": "OK", "data": {"versionNumber": key[0], "versionMinorNumber": key[1], "files": files}})
+
+
+    def _hydroshare(self, rest: str, query: dict[str, list[str]]) -> None:
+        segments = rest.strip("/").split("/")
+        if segments[0] == "resource" and len(segments) == 2 and segments[1] in self.host.hydroshare:
+            return self._send(200, b"<html>a HydroShare resource</html>", content_type="text/html")
+        if segments[:2] == ["hsapi", "resource"] and segments[3:] == ["scimeta", "elements"]:
+            resource = self.host.hydroshare.get(segments[2])
+            if resource is None:
+                return self._json(404, {"detail": "No resource was found for resource id"})
+            return self._json(200, {"title": "a resource", "dates": [
+                {"type": "created", "start_date": "2020-01-01T00:00:00Z"},
+                {"type": "modified", "start_date": resource.modified}]})
+        if segments[:3] == ["django_s3", "download", "bags"] and len(segments) == 4:
+            resource_id = segments[3].removesuffix(".zip")
+            found = self.host.hydroshare.get(resource_id)
+            if found is None:
+                return self._json(404, {"detail": "not found"})
+            if found.prepare > 0:
+                found.prepare -= 1
+                return self._json(200, {"bag_status": "Not ready", "task_id": "t-1"})
+            self.host.raw[f"bag-{resource_id}.zip"] = found.bag
+            return self._found(f"{self.host.url}/raw/bag-{resource_id}.zip")
+        self._json(404, {"detail": "not found"})
+
+    def _ckan(self, rest: str, query: dict[str, list[str]]) -> None:
+        if rest.startswith("dataset/"):
+            return self._send(200, b"<html>a CKAN dataset</html>", content_type="text/html")
+        missing = {"success": False, "error": {"message": "Not found", "__type": "Not Found Error"}}
+        wanted = query.get("id", [""])[0]
+        if rest == "api/3/action/package_show":
+            dataset = self.host.ckan.get(wanted)
+            return self._json(200, {"success": True, "result": {"name": wanted, "metadata_modified": dataset.modified,
+                                                                 "resources": dataset.resources}}) \
+                if dataset else self._json(404, missing)
+        if rest == "api/3/action/activity_data_show" and query.get("object_type") == ["package"]:
+            for name, dataset in self.host.ckan.items():
+                if wanted in dataset.activities:
+                    modified, resources = dataset.activities[wanted]
+                    return self._json(200, {"success": True, "result": {"name": name, "metadata_modified": modified,
+                                                                         "resources": resources}})
+            return self._json(404, missing)
+        self._json(404, missing)
 
 
 def start_datahost() -> DataHost:

@@ -14,8 +14,10 @@ repositories it serves, including ETags, 304s and an exhausted rate limit on dem
     /gitea/api/v1/repos/<o>/<r>/commits?sha=  Gitea: the ref's commit first; /repos/<o>/<r>: exists
     /bitbucket/<w>/<r>.git                    git clone (Bitbucket's layout)
     /bitbucket-api/2.0/repositories/<w>/<r>/commit/<ref>   Bitbucket: commit of a ref; .../<w>/<r>: exists
+    /private/<o>/<r>.git                      git clone that needs ``stats.git_auth`` (a private repository)
     POST /<repo>.git/info/lfs/objects/batch   Git LFS batch API (stands in for GitHub's LFS server)
     /lfs-objects/<oid>                        Git LFS: an object's bytes (what the batch answer points at)
+    /raw/<name>                               a plain file from ROOT/.raw (a benchmark's baseline)
 
 The LFS stand-in serves the objects a test puts in ``GitHost.lfs.objects`` (sha256 -> bytes); a test
 can point the batch answer's hrefs elsewhere (``href_base``), have it refuse an object (``errors``)
@@ -73,6 +75,12 @@ class ApiStats:
     # the request carries ``Authorization: <private>``; every Authorization header seen is kept.
     private: str = ""
     authorizations: list[str] = field(default_factory=list)
+    # Private repositories: git under /private/ answers 401 without ``Authorization: <git_auth>``;
+    # GitHub's API shows the repositories in ``github_private`` (o/r) only to ``Authorization: <token>``
+    # (the value there), as private, and any other repository as public.
+    git_auth: str = ""
+    github_private: dict[str, str] = field(default_factory=dict)
+    git_authorizations: list[str] = field(default_factory=list)  # what git sent to /private/
 
 
 @dataclass
@@ -88,11 +96,29 @@ class LFSStore:
 class _Handler(GitHttpHandler):
     stats: ApiStats
     lfs: LFSStore
+    # Headers and body go out as two writes: with Nagle on, the body waits for the client's delayed
+    # ACK (40 ms), which a real forge's server does not make anyone wait for.
+    disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
+        if self._private_refused():
+            return None
         if self.path.split("?", 1)[0].endswith("/info/lfs/objects/batch"):
             return self._lfs_batch()
         return self._backend()
+
+    def _private_refused(self) -> bool:
+        if not self.path.startswith("/private/"):
+            return False
+        sent = self.headers.get("Authorization") or ""
+        self.stats.git_authorizations.append(sent)
+        if self.stats.git_auth and sent == self.stats.git_auth:
+            return False
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="private"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
 
     def _lfs_batch(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
@@ -117,7 +143,19 @@ class _Handler(GitHttpHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
+        if self._private_refused():
+            return None
         path = self.path.split("?", 1)[0]
+        if path.startswith("/raw/"):  # a plain file (ROOT/.raw/<name>): benchmarks' baseline download
+            raw = self.root / ".raw" / path[len("/raw/"):].replace("/", "_")
+            if not raw.is_file():
+                return self._json(404, {"message": "no such file"})
+            data = raw.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return None
         if path.startswith("/lfs-objects/"):
             oid = path.rsplit("/", 1)[1]
             data = self.lfs.tamper.get(oid, self.lfs.objects.get(oid))
@@ -171,6 +209,9 @@ class _Handler(GitHttpHandler):
                               {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 1500)})
         limits = {"x-ratelimit-remaining": "4999", "x-ratelimit-limit": "5000"}
         parts = [unquote(p) for p in path.strip("/").split("/")]
+        private = parts[0] == "repos" and len(parts) >= 3 and f"{parts[1]}/{parts[2]}" in self.stats.github_private
+        if private and self.headers.get("Authorization") != self.stats.github_private[f"{parts[1]}/{parts[2]}"]:
+            return self._json(404, {"message": "Not Found"}, limits)
         if parts[0] == "repos" and len(parts) >= 5 and parts[3] == "commits":
             sha = self._rev(self._repo(parts[1], parts[2]), "/".join(parts[4:]))
             if sha is None:
@@ -182,7 +223,7 @@ class _Handler(GitHttpHandler):
             return self._json(200, {"sha": sha}, {**limits, "ETag": etag})
         if parts[0] == "repos" and len(parts) == 3:
             exists = self._repo(parts[1], parts[2]).exists()
-            return self._json(200 if exists else 404, {"full_name": f"{parts[1]}/{parts[2]}"}, limits)
+            return self._json(200 if exists else 404, {"full_name": f"{parts[1]}/{parts[2]}", "private": private}, limits)
         if parts[0] == "gists" and len(parts) == 2:
             repo = self.root / "gists" / parts[1]
             if not repo.exists():

@@ -32,6 +32,17 @@
 - name: KILN_REGISTRY_TOKEN_URL
   value: {{ .Values.registry.token_url | quote }}
 {{ include "kiln.registryPullEnv" . }}
+{{ include "kiln.privateRepoEnv" . }}
+{{- end -}}
+
+{{- define "kiln.privateRepoEnv" -}}
+{{- /* Both keys optional: a Secret may hold either kind of credential. */ -}}
+{{- with .Values.privateRepos.existingSecret }}
+- name: KILN_GIT_CREDENTIALS
+  valueFrom: {secretKeyRef: {name: {{ . | quote }}, key: git-credentials, optional: true}}
+- name: KILN_GITHUB_APP
+  valueFrom: {secretKeyRef: {name: {{ . | quote }}, key: github-app, optional: true}}
+{{- end }}
 {{- end -}}
 
 {{- define "kiln.registryPullEnv" -}}
@@ -83,6 +94,7 @@
 {{- end }}
 - name: KILN_WORK_DIR
   value: /tmp/kiln-builds
+{{ include "kiln.privateRepoEnv" . }}
 {{- end -}}
 
 {{- define "kiln.env.launcher" -}}

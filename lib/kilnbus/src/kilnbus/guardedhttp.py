@@ -25,11 +25,6 @@ from kilnbus.urlguard import UnsafeRepoURL, parse_repo_url, public_addresses
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
-
-
 @dataclass(frozen=True)
 class Answer:
     """A response after redirects: ``url`` is the last URL asked (host names, not addresses)."""
@@ -90,17 +85,16 @@ class GuardedHTTP:
         Raises ``UnsafeRepoURL`` for a URL the guard refuses or too many redirects, and httpx's
         errors for a host that does not answer.
         """
-        current = url
+        current, sent = url, dict(headers or {})
         for _ in range(self._max_redirects + 1):
-            response = await self._send(current, headers or {})
+            response = await self._send(current, sent)
             location = response.headers.get("location")
             if response.status_code in _REDIRECTS and location:
                 await response.aclose()
                 following = urljoin(current, location)
                 if _origin(following) != _origin(current):
-                    # As browsers and httpx do: a token meant for an API is not handed to wherever it redirects
-                    # (the Software Heritage vault's downloads redirect to a storage host).
-                    headers = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+                    # Credentials are for the host they were given for, not wherever it redirects (as browsers and curl do).
+                    sent = {k: v for k, v in sent.items() if k.lower() not in ("authorization", "cookie")}
                 current = following
                 continue
             try:
@@ -147,3 +141,9 @@ class GuardedHTTP:
 
 
 __all__ = ["Answer", "GuardedHTTP"]
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme)

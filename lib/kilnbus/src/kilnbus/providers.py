@@ -90,10 +90,16 @@ _TABLE = (
     Provider("figshare", "FigShare DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "FigShare DOI",
              "example: 10.6084/m9.figshare.9782777.v1", False, "Figshare",
              detect=_DOI_DETECT, ref_enabled=False),
+    Provider("hydroshare", "Hydroshare resource", r"[^/]+", RefLayout.NONE, "Hydroshare resource id or URL",
+             "example: 8f7c2f0341ef4180b0dbe97f59130756", True, "Hydroshare", ref_enabled=False),
     Provider("dataverse", "Dataverse DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "Dataverse DOI",
              "example: 10.7910/DVN/TJCLKP", False, "Dataverse", detect=_DOI_DETECT, ref_enabled=False),
-    # Kiln's own: any DOI, launched from whichever data repository above serves it (v6 has no name for it).
-    Provider("doi", "DOI", r"10\.\d+\/(.)+", RefLayout.NONE, "DOI of a Zenodo record, Figshare article or Dataverse dataset",
+    Provider("ckan", "CKAN dataset", r"[^/]+", RefLayout.NONE, "CKAN dataset URL",
+             "https://demo.ckan.org/dataset/my-sample-dataset-001", True, "CKAN", ref_enabled=False),
+    # Kiln's own, beyond BinderHub (v6 has no names for them): an archived tree by its SWHID, and any DOI,
+    # launched from whichever data repository above serves it.
+    Provider("doi", "DOI", r"10\.\d+\/(.)+", RefLayout.NONE,
+             "DOI of a Zenodo record, Figshare article, HydroShare resource or Dataverse dataset",
              "example: 10.5281/zenodo.3242074", False, None, detect=_DOI_DETECT, ref_enabled=False),
     # Kiln's own: an archived directory, revision, release or snapshot by its SWHID (BinderHub has none; nor has v6).
     # Any three-letter kind passes here so the resolver can say why a file's (cnt) or origin's (ori) will not do.

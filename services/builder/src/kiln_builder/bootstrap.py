@@ -22,6 +22,7 @@ from kiln_builder.service import GROUP, SERVE_OPTIONS, routes
 from kiln_builder.settings import Settings
 from kiln_builder.swhvault import SwhVault
 from kilnbus import Bus, KafkaBus, PhaseReporter, serve
+from kilnbus.credentials import CredentialStore
 
 
 def make_executor(settings: Settings) -> BuildExecutor:
@@ -49,7 +50,8 @@ def make_fetcher(settings: Settings) -> ContentFetcher:
     policy = FetchPolicy(max_bytes=settings.max_repo_bytes, max_entries=settings.max_repo_entries,
                          max_fetch_bytes=settings.max_fetch_bytes, allowed_schemes=settings.git_allowed_protocols,
                          allowed_private_hosts=settings.allowed_private_hosts)
-    return ContentFetcher(GitFetcher(policy, Path(settings.work_dir) / "git-cache"),
+    credentials = CredentialStore(settings.git_credentials, settings.github_app)
+    return ContentFetcher(GitFetcher(policy, Path(settings.work_dir) / "git-cache", credentials.for_url if credentials else None),
                           DataFetcher(policy, timeout=settings.data_fetch_timeout_s,
                                       swh=SwhVault(settings.swh_url, settings.swh_access_token,
                                                    settings.swh_cooking_timeout_s)))

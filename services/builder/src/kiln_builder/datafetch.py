@@ -14,7 +14,7 @@ import functools
 import os
 import shutil
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 
@@ -31,6 +31,7 @@ from kiln_builder.unpack import (
     hoist_named_folder,
     hoist_single_folder,
     is_zip,
+    keep_folder,
     safe_name,
 )
 from kilnbus.guardedhttp import GuardedHTTP
@@ -82,6 +83,8 @@ class DataFetcher:
     async def _lay_out(self, http: GuardedHTTP, listing: Listing, dest: Path, scratch: Path, budget: Budget,
                        on_line: LineSink) -> None:
         files = listing.files
+        if listing.layout is Layout.BAG:
+            return await self._bag(http, listing, dest, scratch, budget, on_line)
         await on_line(f"{listing.title}: {len(files)} file{'s' if len(files) != 1 else ''}\n")
         if listing.layout is Layout.SINGLE_TARBALL:
             archive = await self._download_archive(http, files[0], scratch, budget, on_line)
@@ -113,7 +116,6 @@ class DataFetcher:
         if listing.layout is Layout.HOIST:
             hoist_single_folder(dest)
 
-
     @staticmethod
     async def _download_archive(http: GuardedHTTP, remote: RemoteFile, scratch: Path, budget: Budget,
                                 on_line: LineSink) -> Path:
@@ -122,6 +124,28 @@ class DataFetcher:
         archive = scratch / "archive"
         await download(http, remote, archive, budget, on_line, count_written=False)
         return archive
+
+    async def _bag(self, http: GuardedHTTP, listing: Listing, dest: Path, scratch: Path, budget: Budget,
+                   on_line: LineSink) -> None:
+        """A BagIt zip that the repository may still be preparing: asked for again (waiting longer each
+        time, within the fetch's deadline) until it is a zip; then its ``<id>/data/contents`` is the checkout."""
+        bag = listing.files[0]
+        scratch.mkdir()
+        archive, wait = scratch / "bag.zip", 1.0
+        await on_line(f"{listing.title}: its bag\n")
+        while True:
+            await download(http, bag, archive, Budget(self._policy), on_line, count_written=False)
+            if is_zip(archive):
+                break
+            archive.unlink()
+            await on_line(f"The bag is being prepared; asking again in {wait:.0f} s\n")
+            await asyncio.sleep(wait)  # bounded by the fetch's deadline (``fetch``)
+            wait = min(wait * 2, 10.0)
+        budget.fetch(archive.stat().st_size)
+        await on_line(f"Extracting {bag.name}\n")
+        await asyncio.to_thread(extract_zip, archive, dest, budget)
+        resource = bag.name.removesuffix(".zip")
+        keep_folder(dest, PurePosixPath(resource, "data", "contents"))
 
 
 async def download(http: GuardedHTTP, remote: RemoteFile, target: Path, budget: Budget, on_line: LineSink,

@@ -8,10 +8,11 @@ fetched (``Listing.layout``). Every request goes through ``kilnbus.guardedhttp``
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from kiln_builder.errors import FetchFailed
 from kilnbus.guardedhttp import GuardedHTTP
@@ -24,6 +25,7 @@ class Layout(enum.Enum):
     SINGLE_ZIP = "single_zip"  # one file that is a zip: unpacked, and a lone top folder becomes the root
     SINGLE_NAMED_ZIP = "single_named_zip"  # the same, when the one file's name ends in .zip (Figshare)
     HOIST = "hoist"  # files as named, then a lone top folder becomes the root (Dataverse)
+    BAG = "bag"  # one BagIt zip, prepared on demand; its <id>/data/contents becomes the root (HydroShare)
     SINGLE_TARBALL = "single_tarball"  # one tar.gz holding one folder named one of Listing.roots, which becomes the root
 
 
@@ -121,10 +123,38 @@ async def dataverse(http: GuardedHTTP, repo_url: str) -> Listing:
     return Listing(f"Dataverse dataset version {repo_url.split('/versions/', 1)[-1].split('?', 1)[0]}", files, Layout.HOIST)
 
 
+async def hydroshare(http: GuardedHTTP, repo_url: str) -> Listing:
+    """``<base>/django_s3/download/bags/<id>.zip``: the resource's bag, the one file (``DataFetcher`` waits for it)."""
+    name = repo_url.rstrip("/").rsplit("/", 1)[-1]
+    if not re.fullmatch(r"[0-9a-f]{32}\.zip", name):
+        raise FetchFailed(f"{shown(repo_url)} is not a HydroShare resource's bag.", "fetch_failed")
+    return Listing(f"HydroShare resource {name.removesuffix('.zip')}", [RemoteFile(name, repo_url)], Layout.BAG)
+
+
+async def ckan(http: GuardedHTTP, repo_url: str) -> Listing:
+    """``<api>/package_show?id=...`` or ``activity_data_show``: the version's resources, each a file named as
+    its URL ends (else by its id), as repo2docker names them; resources with no URL are left out."""
+    entries = _get(await read_json(http, repo_url), "result", "resources")
+    if not isinstance(entries, list):
+        raise FetchFailed(f"The CKAN dataset at {shown(repo_url)} lists no resources.", "fetch_failed")
+    files = []
+    for entry in entries:
+        url = _get(entry, "url")
+        if not url:
+            continue
+        if not isinstance(url, str):
+            raise FetchFailed(f"The CKAN dataset at {shown(repo_url)} lists a resource whose URL is not text.", "fetch_failed")
+        name = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) or str(_get(entry, "id"))
+        files.append(RemoteFile(name, url, _size(_get(entry, "size"))))
+    which = parse_qs(urlsplit(repo_url).query).get("id", [""])[0]
+    return Listing(f"CKAN dataset {which}".strip(), files, Layout.FILES)
+
+
 Lister = Callable[[GuardedHTTP, str], Awaitable[Listing]]
 
 # content kind (BuildRequested.content) -> how its record is read
-LISTERS: dict[str, Lister] = {"zenodo": zenodo, "figshare": figshare, "dataverse": dataverse}
+LISTERS: dict[str, Lister] = {"zenodo": zenodo, "figshare": figshare, "dataverse": dataverse, "hydroshare": hydroshare,
+                              "ckan": ckan}
 
 
 def shown(url: str) -> str:

@@ -20,6 +20,7 @@ import subprocess
 import tarfile
 import threading
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -27,6 +28,7 @@ from typing import Protocol
 from kiln_builder.errors import FetchFailed
 from kiln_builder.executor import LineSink
 from kiln_builder.lfs import fetch_lfs
+from kilnbus.credentials import GitCredential, GitHubAppError, git_auth_env
 from kilnbus.urlguard import UnsafeRepoURL, check_repo_url, git_env, git_safety_args, public_addresses, redact
 
 _PROGRESS = re.compile(r"\d+% \(\d+/\d+\)")
@@ -81,9 +83,10 @@ def _checkout_sizes(path: Path) -> tuple[int, int]:
 
 
 async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: float,
-               watch: tuple[Path, int] | None = None) -> tuple[int, list[str]]:
-    """Run git, passing its finished lines on; with ``watch=(dir, limit)`` stop it once ``dir`` grows past ``limit``."""
-    proc = await asyncio.create_subprocess_exec("git", *args, cwd=cwd, env=_ENV, stdout=asyncio.subprocess.PIPE,
+               watch: tuple[Path, int] | None = None, auth: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run git, passing its finished lines on; with ``watch=(dir, limit)`` stop it once ``dir`` grows past ``limit``;
+    ``auth`` is environment that gives git a credential (``kilnbus.credentials.git_auth_env``)."""
+    proc = await asyncio.create_subprocess_exec("git", *args, cwd=cwd, env=_ENV | (auth or {}), stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
     lines: list[str] = []
     assert proc.stdout is not None
@@ -135,6 +138,8 @@ async def _git(args: list[str], cwd: Path | None, on_line: LineSink, timeout: fl
 
 
 _locks: dict[str, asyncio.Lock] = {}
+# The operator's credential for a repository URL, if any (minting a GitHub App token may need a request).
+CredentialSource = Callable[[str], Awaitable[GitCredential | None]]
 
 
 async def _has_commit(mirror: Path, ref: str) -> bool:
@@ -254,13 +259,15 @@ class _Budget:
 
 async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_bytes: int, cache_dir: Path,
                 timeout: float = 600, policy: FetchPolicy | None = None, _depth: int = 0,
-                _budget: _Budget | None = None) -> None:
+                _budget: _Budget | None = None, credential: GitCredential | None = None) -> None:
     """Check out ``ref`` of ``repo_url`` into ``dest``; refuse unsafe URLs and repositories over the limits.
 
     Each repository is kept as a bare mirror under ``cache_dir``: a new commit costs an incremental
     fetch instead of a clone, and a commit already there (a rebuild) costs no network at all. The
     checkout is a git repository, as repo2docker leaves it (``_git_dir``), with its Git LFS files
     (``lfs``) and its submodules fetched the same way, each URL checked as this one was (``_submodules``).
+    ``credential`` (a private repository's) goes to this repository and its LFS server only: never to
+    a submodule, which a repository could point at another private repository the same credential reads.
     """
     policy = policy or FetchPolicy(max_bytes=max_bytes)
     if dest.exists():
@@ -286,6 +293,7 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
     shown = redact(repo_url)
     mirror = cache_dir / (hashlib.sha256(repo_url.encode()).hexdigest()[:20] + ".git")
     watch = (mirror, policy.max_fetch_bytes)
+    auth = git_auth_env(repo_url, credential) if credential else None
     await on_line(f"Picked Git content provider.\nFetching {shown} at {ref}\n")
     async with _locks.setdefault(repo_url, asyncio.Lock()):  # one git process per mirror at a time
         if not (mirror / "HEAD").exists():
@@ -293,7 +301,7 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
             cache_dir.mkdir(parents=True, exist_ok=True)
             try:
                 code, lines = await _git([*options, "clone", "--bare", "--no-recurse-submodules", "--progress", "--",
-                                          repo_url, str(mirror)], None, on_line, timeout, watch)
+                                          repo_url, str(mirror)], None, on_line, timeout, watch, auth)
             except FetchFailed:
                 shutil.rmtree(mirror, ignore_errors=True)
                 raise
@@ -304,7 +312,7 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
             try:
                 code, lines = await _git([*options, "--git-dir", str(mirror), "fetch", "--no-recurse-submodules", "--progress",
                                           "--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-                                         None, on_line, timeout, watch)
+                                         None, on_line, timeout, watch, auth)
             except FetchFailed:
                 shutil.rmtree(mirror, ignore_errors=True)  # a mirror past the limit is not kept for next time
                 raise
@@ -329,7 +337,7 @@ async def fetch(repo_url: str, ref: str, dest: Path, on_line: LineSink, max_byte
         links = await _submodule_links(mirror, ref)
     try:
         await fetch_lfs(dest, repo_url, on_line, cache_dir, policy.max_bytes, policy.allowed_schemes,
-                        policy.allowed_private_hosts, timeout)
+                        policy.allowed_private_hosts, timeout, credential)
     except FetchFailed:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -488,11 +496,17 @@ class Fetcher(Protocol):
 class GitFetcher:
     """``Fetcher`` with git (``fetch`` above), under ``policy``, mirrors kept in ``cache_dir``."""
 
-    def __init__(self, policy: FetchPolicy, cache_dir: Path) -> None:
+    def __init__(self, policy: FetchPolicy, cache_dir: Path, credentials: CredentialSource | None = None) -> None:
         self._policy = policy
         self._cache_dir = cache_dir
+        self._credentials = credentials
 
     async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink, content: str = "git") -> None:
         if content != "git":
             raise FetchFailed(f"{content!r} content is not a git repository.", "fetch_failed")
-        await fetch(repo_url, ref, dest, on_line, self._policy.max_bytes, self._cache_dir, policy=self._policy)
+        try:
+            credential = await self._credentials(repo_url) if self._credentials else None
+        except GitHubAppError as exc:
+            raise FetchFailed(f"{exc} The repository cannot be fetched.", "fetch_failed") from None
+        await fetch(repo_url, ref, dest, on_line, self._policy.max_bytes, self._cache_dir, policy=self._policy,
+                    credential=credential)

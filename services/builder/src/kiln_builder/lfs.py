@@ -26,6 +26,7 @@ import httpx
 
 from kiln_builder.errors import FetchFailed
 from kiln_builder.executor import LineSink
+from kilnbus.credentials import GitCredential
 from kilnbus.guardedhttp import GuardedHTTP
 from kilnbus.urlguard import UnsafeRepoURL, redact
 
@@ -146,9 +147,11 @@ def _files_size(root: Path) -> int:
 
 
 async def fetch_lfs(root: Path, repo_url: str, on_line: LineSink, cache_dir: Path, max_bytes: int,
-                    allowed_schemes: list[str], allowed_private_hosts: list[str], timeout: float) -> None:
+                    allowed_schemes: list[str], allowed_private_hosts: list[str], timeout: float,
+                    credential: GitCredential | None = None) -> None:
     """Replace the checkout's LFS pointers under ``root`` with their files, the checkout staying within
-    ``max_bytes`` (0: no limit)."""
+    ``max_bytes`` (0: no limit). ``credential`` (a private repository's) goes with the batch request
+    when it covers the LFS server; downloads carry only the headers the batch answer gives."""
     if not await asyncio.to_thread(uses_lfs, root):
         return
     objects = await asyncio.to_thread(find_pointers, root)
@@ -166,6 +169,7 @@ async def fetch_lfs(root: Path, repo_url: str, on_line: LineSink, cache_dir: Pat
     missing = [o for o in objects if not (store / o.oid).is_file()]
     await on_line(f"Git LFS: {sum(len(o.paths) for o in objects)} file(s), {total / 2**20:.1f} MiB"
                   + (f"; fetching {len(missing)} from {redact(server)}\n" if missing else ", all already here\n"))
+    auth = {"Authorization": credential.basic()} if credential and credential.covers(server) else {}
     http = GuardedHTTP([s for s in allowed_schemes if s in ("https", "http")], allowed_private_hosts, timeout,
                        user_agent="git-lfs/3 (Kiln)")
     try:
@@ -176,7 +180,7 @@ async def fetch_lfs(root: Path, repo_url: str, on_line: LineSink, cache_dir: Pat
                     f"{server}/objects/batch",
                     {"operation": "download", "transfers": ["basic"],
                      "objects": [{"oid": o.oid, "size": o.size} for o in batch]},
-                    {"Accept": _MEDIA, "Content-Type": _MEDIA})
+                    {"Accept": _MEDIA, "Content-Type": _MEDIA, **auth})
                 if status != 200:
                     raise FetchFailed(f"The Git LFS server at {redact(server)} answered {status} to the batch request.",
                                       "fetch_failed")

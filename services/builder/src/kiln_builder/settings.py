@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from kilnbus import BusSettings
+from kilnbus.credentials import GitCredential, GitHubApp
 
 
 class Settings(BusSettings):
@@ -48,6 +49,14 @@ class Settings(BusSettings):
         description="Git hosts the builder may fetch from although they resolve to private, loopback or link-local "
                     "addresses (the resolver's setting of the same name; set both).",
     )
+    git_credentials: list[GitCredential] = Field(
+        default_factory=list,
+        description="Credentials for private repositories, each for a URL prefix (a host, or a group on it): a JSON list "
+                    "of {url, username, password}. The same list for the resolver and the builder, which uses one "
+                    "only for the repository itself (never its submodules).")
+    github_app: GitHubApp | None = Field(None, description="A GitHub App installation whose short-lived tokens "
+                                         "fetch private repositories: JSON {app_id, installation_id, private_key, "
+                                         "api_url, web_url}. Set it for the resolver and the builder alike.")
     data_fetch_timeout_s: float = Field(600, gt=0, description="A data repository's record (Zenodo, ...) taking longer "
                                         "to download and unpack is refused.")
     swh_url: str = Field("https://archive.softwareheritage.org", description="The Software Heritage archive whose "

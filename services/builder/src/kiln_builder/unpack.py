@@ -266,10 +266,22 @@ def hoist_single_folder(dest: Path) -> None:
     entries = list(dest.iterdir())
     if len(entries) != 1 or entries[0].is_symlink() or not entries[0].is_dir():
         return
+    keep_folder(dest, PurePosixPath(entries[0].name))
+
+
+def keep_folder(dest: Path, folder: PurePosixPath) -> None:
+    """``dest/folder`` becomes ``dest``; the rest goes. A link that led from the folder to the rest now
+    leads out of the checkout, so every link is checked again."""
+    inside = dest
+    for part in folder.parts:
+        inside = inside / part
+        if inside.is_symlink() or not inside.is_dir():
+            raise CheckoutRefused(f"The record has no folder {folder}.", "fetch_failed")
     aside = dest.with_name(f".{dest.name}-{uuid.uuid4().hex[:8]}")
     dest.rename(aside)
-    (aside / entries[0].name).rename(dest)
-    aside.rmdir()
+    aside.joinpath(*folder.parts).rename(dest)
+    shutil.rmtree(aside)
+    _check_links(dest)
 
 
 def hoist_named_folder(dest: Path, names: Collection[str]) -> None:

@@ -29,6 +29,7 @@ async def run_on(bus: Bus, resolver: Resolver, stop: asyncio.Event) -> None:
         await serve(bus, GROUP, routes(bus.topics, resolver), stop, **SERVE_OPTIONS)
     finally:
         await resolver.running.stop()
+        await resolver.private.aclose()
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:

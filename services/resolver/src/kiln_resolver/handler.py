@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from kiln_resolver import metrics
 from kiln_resolver.images import image_name, split_image
 from kiln_resolver.policy import Policy
+from kiln_resolver.private import PrivateAccess
 from kiln_resolver.providers import RepoProvider, Resolution, ResolveError
 from kiln_resolver.registry import Registry, RegistryError
 from kiln_resolver.running import RunningServers
@@ -67,6 +68,7 @@ class Resolver:
         self._providers = providers
         self._registry = registry
         self._policy = Policy(settings)
+        self.private = PrivateAccess(settings)
         self.running = running
         self._cache: dict[tuple[str, str], tuple[float, Resolution]] = {}
         self._handled = _Recent()
@@ -104,6 +106,9 @@ class Resolver:
         except ResolveError as exc:
             raise KilnError(f"Error resolving ref for {request.provider}:{request.spec}: {exc}", cause=exc.cause,
                             status=exc.status) from exc
+        if resolution.private and (refusal := await self.private.refusal(request.provider, provider, request.spec,
+                                                                          request.hub_user)):
+            raise KilnError(refusal.message, cause=refusal.cause, status=refusal.status)
         image = image_name(self._s.image_prefix, resolution.build_slug, resolution.ref)
         await self._report.report(request, Phase.RESOLVED, repo_url=resolution.repo_url, ref=resolution.ref,
                                   ref_url=resolution.ref_url, resolved_spec=resolution.resolved_spec, image_name=image,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from kilnbus import BusSettings
+from kilnbus.credentials import GitCredential, GitHubApp
 
 
 class SpecRule(BaseModel):
@@ -12,6 +15,14 @@ class SpecRule(BaseModel):
 
     pattern: str
     reason: str = ""
+
+
+class PrivateRepoRule(BaseModel):
+    """Hub users (``user``, a regular expression matched whole) who may launch the private repositories
+    whose ``<provider>/<spec>`` matches ``pattern`` (from the start, case-insensitively)."""
+
+    user: str
+    pattern: str
 
 
 class Settings(BusSettings):
@@ -31,6 +42,25 @@ class Settings(BusSettings):
     bitbucket_url: str = Field("https://bitbucket.org", description="Bitbucket's web and clone base URL.")
     bitbucket_api_url: str = Field("https://api.bitbucket.org/2.0", description="Bitbucket's REST API (2.0).")
     bitbucket_access_token: str = Field("", description="Bitbucket access token for its API (sent as a bearer token).")
+    git_credentials: list[GitCredential] = Field(
+        default_factory=list,
+        description="Credentials for private repositories, each for a URL prefix (a host, or a group on it): a JSON list "
+                    "of {url, username, password}. The same list for the resolver and the builder, which uses one "
+                    "only for the repository itself (never its submodules).")
+    private_repos: Literal["refuse", "anyone", "signed_in", "allow_list", "forge_token"] = Field(
+        "refuse", description="Who may launch a repository only the operator's credentials read: refuse (nobody), "
+        "anyone (anonymous launches too), signed_in (any hub user), allow_list (private_repo_allow), forge_token (users "
+        "whose own forge token in the hub's auth state reads it).")
+    private_repo_allow: list[PrivateRepoRule] = Field(default_factory=list, description="For private_repos=allow_list: "
+                                                      "JSON list of {user, pattern} (regular expressions).")
+    hub_api_url: str = Field("", description="For private_repos=forge_token: JupyterHub's API (http://hub:8081/hub/api).")
+    hub_auth_state_token: str = Field("", description="For private_repos=forge_token: a hub API token "
+                                            "with the admin:auth_state scope (reads users' forge tokens).")
+    auth_state_token_key: str = Field("access_token", description="The auth state's key holding the user's forge token "
+                                      "(OAuthenticator's: access_token).")
+    github_app: GitHubApp | None = Field(None, description="A GitHub App installation whose short-lived tokens "
+                                         "resolve private repositories: JSON {app_id, installation_id, private_key, "
+                                         "api_url, web_url}. Set it for the resolver and the builder alike.")
     git_allowed_protocols: list[str] = Field(["https", "http", "git"], description="Schemes the git provider accepts "
                                              "(the builder fetches over these; ssh needs keys Kiln does not hold).")
     allowed_private_hosts: list[str] = Field(
@@ -49,6 +79,10 @@ class Settings(BusSettings):
                                        "https://dataverse.no", "https://demo.dataverse.org"],
                                       description="The Dataverse installations whose DOIs may be launched (base URLs; "
                                       "their API is under /api). A DOI leading anywhere else is refused.")
+    hydroshare_url: str = Field("https://www.hydroshare.org", description="The HydroShare whose resources the hydroshare "
+                                "provider launches (its API under /hsapi, its bags under /django_s3).")
+    ckan_urls: list[str] = Field(default_factory=list, description="The CKAN sites whose datasets may be launched (base "
+                                 "URLs, a path prefix included); empty: any public site, as BinderHub.")
     swh_url: str = Field("https://archive.softwareheritage.org", description="The Software Heritage archive the swh "
                          "provider resolves SWHIDs with; its API is under /api/1 (the builder's swh_url names its vault).")
     swh_access_token: str = Field("", description="Software Heritage API token (sent as a bearer token to its API "

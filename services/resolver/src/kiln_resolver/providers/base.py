@@ -22,6 +22,7 @@ class Resolution:
     resolved_spec: str  # the spec with the exact ref, for the persistent launch link
     build_slug: str  # what the image is named after
     content: str = "git"  # what the builder fetches repo_url as: git, or a data repository's kind (zenodo, ...)
+    private: bool = False  # readable only with the operator's credentials (the policy decides who may launch it)
 
 
 class ResolveError(Exception):
@@ -40,3 +41,9 @@ class RepoProvider(Protocol):
     name: str  # the URL prefix: gh, gl, git, gist, ...
 
     async def resolve(self, spec: str) -> Resolution: ...
+
+
+class ReadCheck(Protocol):
+    """A forge that can say whether a user's own token reads a repository (``private_repos=forge_token``)."""
+
+    async def can_read(self, spec: str, user_token: str) -> bool: ...

@@ -8,6 +8,7 @@ Forgejo works as GitHub Enterprise does for ``gh``; a token, when set, goes to t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -33,6 +34,7 @@ class _ForgeAPI:
 
     def __init__(self, forge: str, api_url: str, headers: dict[str, str], timeout: float) -> None:
         self._forge = forge
+        self.authenticated = "Authorization" in headers
         self._client = httpx.AsyncClient(base_url=api_url.rstrip("/"), headers={"User-Agent": "kiln-resolver", **headers},
                                          timeout=timeout)
 
@@ -40,10 +42,11 @@ class _ForgeAPI:
         """Close the HTTP client (its pooled connections)."""
         await self._client.aclose()
 
-    async def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def get(self, path: str, params: dict[str, str] | None = None,
+                  headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """(status, JSON body or None); unreachable, 5xx and rate limits raise ``ResolveError``."""
         try:
-            r = await self._client.get(path, params=params)
+            r = await self._client.get(path, params=params, headers=headers)
         except httpx.HTTPError as exc:
             raise ResolveError(f"{self._forge} could not be reached: {type(exc).__name__}.", "provider_unreachable",
                                503) from None
@@ -66,6 +69,14 @@ class _ForgeAPI:
         raise ResolveError(f"Could not resolve ref {ref!r} of {name}: no such branch, tag or commit.", "ref_not_found", 404)
 
 
+    async def private(self, repo_path: str, is_private: Callable[[dict[str, Any]], object]) -> bool:
+        """Whether the repository is private (only asked with a token: without one a forge shows only public ones)."""
+        if not self.authenticated:
+            return False
+        status, body = await self.get(repo_path)
+        return status != 200 or not isinstance(body, dict) or bool(is_private(body))
+
+
 class GiteaProvider:
     """``gitea/<owner>/<repo>/<ref>``: a repository on Codeberg, or on the Gitea or Forgejo the operator names."""
 
@@ -85,9 +96,16 @@ class GiteaProvider:
         sha = body[0].get("sha") if status == 200 and isinstance(body, list) and body and isinstance(body[0], dict) else None
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", sha):
             await self._api.missing(base, f"{owner}/{repo}", ref, self._web)
+        private = await self._api.private(base, lambda body: body.get("private") is not False or body.get("internal"))
         return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{owner}/{repo}.git", ref=sha,
                           ref_url=f"{self._web}/{owner}/{repo}/src/commit/{sha}", resolved_spec=f"{owner}/{repo}/{sha}",
-                          build_slug=f"{owner}-{repo}")
+                          build_slug=f"{owner}-{repo}", private=private)
+
+    async def can_read(self, spec: str, user_token: str) -> bool:
+        """Whether ``user_token`` (the launching user's own) reads the repository."""
+        owner, repo, _ = _owner_repo_ref(spec, "Gitea")
+        status, _ = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}", headers={"Authorization": f"token {user_token}"})
+        return status == 200
 
 
 class BitbucketProvider:
@@ -107,6 +125,14 @@ class BitbucketProvider:
         sha = body.get("hash") if status == 200 and isinstance(body, dict) else None
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha):
             await self._api.missing(base, f"{workspace}/{repo}", ref, "Bitbucket")
+        private = await self._api.private(base, lambda body: body.get("is_private") is not False)
         return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{workspace}/{repo}.git", ref=sha,
                           ref_url=f"{self._web}/{workspace}/{repo}/src/{sha}/", resolved_spec=f"{workspace}/{repo}/{sha}",
-                          build_slug=f"{workspace}-{repo}")
+                          build_slug=f"{workspace}-{repo}", private=private)
+
+    async def can_read(self, spec: str, user_token: str) -> bool:
+        """Whether ``user_token`` (the launching user's own, OAuth) reads the repository."""
+        workspace, repo, _ = _owner_repo_ref(spec, "Bitbucket")
+        status, _ = await self._api.get(f"/repositories/{quote(workspace)}/{quote(repo)}",
+                                        headers={"Authorization": f"Bearer {user_token}"})
+        return status == 200

@@ -10,11 +10,12 @@ from kilnbus.urlguard import git_env, git_safety_args
 _ENV = git_env()
 
 
-async def ls_remote(url: str, ref: str, timeout: float) -> str | None:
-    """The commit ``ref`` names in the repository at ``url``, or None when it names none."""
+async def ls_remote(url: str, ref: str, timeout: float, auth: dict[str, str] | None = None) -> str | None:
+    """The commit ``ref`` names in the repository at ``url``, or None when it names none; ``auth`` is
+    environment giving git a credential (``kilnbus.credentials.git_auth_env``)."""
     proc = await asyncio.create_subprocess_exec(
         # No redirects (they could lead to a host the netguard never checked), no odd transports.
-        "git", *git_safety_args(["https", "http", "git", "ssh"]), "ls-remote", "--", url, ref, f"{ref}^{{}}", env=_ENV,
+        "git", *git_safety_args(["https", "http", "git", "ssh"]), "ls-remote", "--", url, ref, f"{ref}^{{}}", env=_ENV | (auth or {}),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:

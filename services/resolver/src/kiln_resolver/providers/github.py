@@ -16,6 +16,7 @@ import httpx
 
 from kiln_resolver.metrics import GITHUB_RATE_LIMIT
 from kiln_resolver.providers.base import Resolution, ResolveError
+from kilnbus.credentials import GitHubAppError, GitHubAppTokens
 
 
 class _ETagCache:
@@ -41,24 +42,41 @@ class _ETagCache:
 class GitHubAPI:
     """The few GitHub API calls Kiln makes, sharing one client, token and ETag cache."""
 
-    def __init__(self, api_url: str, token: str, timeout: float) -> None:
+    def __init__(self, api_url: str, token: str, timeout: float, app: GitHubAppTokens | None = None) -> None:
         headers = {"Accept": "application/vnd.github+json", "User-Agent": "kiln-resolver"}
-        if token:
+        if token and not app:
             headers["Authorization"] = f"token {token}"
         self._client = httpx.AsyncClient(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout)
         self._etags = _ETagCache()
+        self._app = app
+        # Only with a token (or an App) does GitHub show Kiln private repositories at all.
+        self.authenticated = bool(token or app)
         self.rate_limit_remaining: int | None = None
 
     async def aclose(self) -> None:
         """Close the HTTP client (its pooled connections)."""
         await self._client.aclose()
 
+    async def readable(self, path: str, headers: dict[str, str]) -> bool:
+        """Whether ``path`` answers 200 with ``headers`` (a user's token): no cache, no rate-limit gauge."""
+        try:
+            r = await self._client.get(path, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ResolveError(f"GitHub's API could not be reached: {type(exc).__name__}", "provider_unreachable",
+                               503) from None
+        return r.status_code == 200
+
     async def get(self, path: str) -> tuple[int, Any]:
         """GET ``path``: (status, JSON body); a 304 is answered from the cache as a 200."""
         cached = self._etags.get(path)
         headers = {"If-None-Match": cached[0]} if cached else {}
         try:
+            if self._app:
+                headers["Authorization"] = f"token {await self._app.token()}"
             r = await self._client.get(path, headers=headers)
+        except GitHubAppError as exc:
+            raise ResolveError(f"{exc} Kiln cannot resolve GitHub repositories right now.", "provider_unreachable",
+                               503) from None
         except httpx.HTTPError as exc:
             raise ResolveError(f"GitHub's API could not be reached: {exc!r}", "provider_unreachable", 503) from None
         if "x-ratelimit-remaining" in r.headers:
@@ -80,6 +98,8 @@ class GitHubAPI:
 
 
 class GitHubProvider:
+    """``gh/<owner>/<repo>/<ref>``: a repository on GitHub (or GitHub Enterprise)."""
+
     name = "gh"
 
     def __init__(self, api: GitHubAPI, web_url: str) -> None:
@@ -98,9 +118,20 @@ class GitHubProvider:
             raise ResolveError(f"Could not resolve ref {ref!r} of {owner}/{repo}: no such branch, tag or commit.",
                                "ref_not_found", 404)
         sha = body["sha"]
+        private = False
+        if self._api.authenticated:
+            # ETag-revalidated like the commit lookup, so a popular private badge costs no rate limit.
+            repo_status, repo_body = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}")
+            private = repo_status != 200 or not isinstance(repo_body, dict) or repo_body.get("private") is not False
         return Resolution(provider=self.name, spec=spec, repo_url=f"{self._web}/{owner}/{repo}", ref=sha,
                           ref_url=f"{self._web}/{owner}/{repo}/tree/{sha}", resolved_spec=f"{owner}/{repo}/{sha}",
-                          build_slug=f"{owner}-{repo}")
+                          build_slug=f"{owner}-{repo}", private=private)
+
+    async def can_read(self, spec: str, user_token: str) -> bool:
+        """Whether ``user_token`` (the launching user's own) reads the repository."""
+        owner, repo, _ = spec.split("/", 2)
+        return await self._api.readable(f"/repos/{quote(owner)}/{quote(repo.removesuffix('.git'))}",
+                                        {"Authorization": f"token {user_token}"})
 
 
 class GistProvider:

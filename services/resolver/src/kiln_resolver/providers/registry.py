@@ -11,6 +11,7 @@ from kiln_resolver.providers.git import GitProvider
 from kiln_resolver.providers.github import GistProvider, GitHubAPI, GitHubProvider
 from kiln_resolver.providers.gitlab import GitLabProvider
 from kiln_resolver.settings import Settings
+from kilnbus.credentials import CredentialStore
 from kilnbus.providers import check_implemented
 
 
@@ -30,7 +31,8 @@ class Providers(dict[str, RepoProvider]):
 
 def make_providers(settings: Settings) -> Providers:
     """One implementation per provider of the shared table; a mismatch stops the resolver at start-up."""
-    github = GitHubAPI(settings.github_api_url, settings.github_access_token, settings.provider_timeout_s)
+    credentials = CredentialStore(settings.git_credentials, settings.github_app, settings.provider_timeout_s)
+    github = GitHubAPI(settings.github_api_url, settings.github_access_token, settings.provider_timeout_s, credentials.app)
     gitlab = GitLabProvider(settings.gitlab_url, settings.gitlab_access_token, settings.provider_timeout_s)
     gitea = GiteaProvider(settings.gitea_url, settings.gitea_access_token, settings.provider_timeout_s)
     bitbucket = BitbucketProvider(settings.bitbucket_url, settings.bitbucket_api_url, settings.bitbucket_access_token,
@@ -42,8 +44,9 @@ def make_providers(settings: Settings) -> Providers:
         gitlab,
         gitea,
         bitbucket,
-        GitProvider(settings.git_allowed_protocols, settings.allowed_private_hosts, settings.provider_timeout_s),
+        GitProvider(settings.git_allowed_protocols, settings.allowed_private_hosts, settings.provider_timeout_s,
+                    credentials),
         *data,
-    ], closers=[github.aclose, gitlab.aclose, gitea.aclose, bitbucket.aclose, data_http.aclose])
+    ], closers=[credentials.aclose, github.aclose, gitlab.aclose, gitea.aclose, bitbucket.aclose, data_http.aclose])
     check_implemented(providers)
     return providers
