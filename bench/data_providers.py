@@ -4,8 +4,9 @@ For each provider Kiln launches data from (Zenodo, Figshare, Dataverse, HydroSha
 Heritage, and ``doi`` in front of Zenodo), a record of 10 MB is served by the stand-ins for the real APIs on loopback
 (tests/support/datahost.py): one zip archive of incompressible files (so the archive is 10 MB on
 the wire) for Zenodo and Figshare, which unpack it, a BagIt zip of them for HydroShare (unpacked,
-its ``data/contents`` kept), a gzipped tarball for Software Heritage's vault (unpacked), and the same
-files one by one for Dataverse and CKAN.
+its ``data/contents`` kept), and the same files one by one for Dataverse and CKAN. Software
+Heritage (``swh``) serves them as a revision's directory, its vault bundle a tar.gz already cooked
+(a cold cooking is the archive's time, not Kiln's); its baseline is a plain GET of that tar.gz.
 Rows: the resolver's provider resolving the spec (DOI redirects and API calls), the builder's
 ``DataFetcher`` fetching and unpacking the record, and the baseline, a plain HTTP GET of the same
 10 MB from the same stand-in with httpx, written to disk. Median of ``--runs`` runs each.
@@ -35,6 +36,7 @@ import httpx
 
 from kiln_builder.datafetch import DataFetcher
 from kiln_builder.fetch import FetchPolicy
+from kiln_builder.swhvault import SwhVault
 from kiln_resolver.providers import make_providers
 from kiln_resolver.settings import Settings
 from tests.support.datahost import DataHost, make_zip, start_datahost
@@ -89,15 +91,16 @@ async def main(runs: int) -> None:
     hydroshare = "b" * 32
     host.add_hydroshare(hydroshare, {name.removeprefix("record/"): data for name, data in files.items()})
     ckan = host.add_ckan("bench", {name.removeprefix("record/"): data for name, data in files.items()})
-    swhid = host.add_swh("c" * 40, {name.removeprefix("record/"): data for name, data in files.items()})
     host.raw["plain.zip"] = archive
+    swh_rev = host.add_swh_revision(host.add_swh_directory({name.removeprefix("record/"): data
+                                                             for name, data in files.items()}))
     settings = Settings(doi_resolver_url=host.base("doi"), zenodo_url=host.base("zenodo"),
                         figshare_url=host.base("figshare"), figshare_api_url=host.base("figshare-api") + "/v2",
                         dataverse_urls=[host.base("dataverse")], hydroshare_url=host.base("hydroshare"), swh_url=host.base("swh"),
                         allowed_private_hosts=["127.0.0.1"])
     providers = make_providers(settings)
     policy = FetchPolicy(max_bytes=2**30, max_entries=100_000, max_fetch_bytes=2**30, allowed_private_hosts=["127.0.0.1"])
-    fetcher = DataFetcher(policy)
+    fetcher = DataFetcher(policy, swh=SwhVault(host.base("swh")))
 
     async def quiet(line: str) -> None:
         pass
@@ -106,9 +109,12 @@ async def main(runs: int) -> None:
         work = Path(scratch)
 
         baseline = await plain_get(f"{host.url}/raw/plain.zip", work, runs)
+        swh_tarball = next(name for name in host.raw if name.startswith("swh-"))
+        baselines = {"swh": await plain_get(f"{host.url}/raw/{swh_tarball}", work, runs)}
         print_header(f"10 MB record, median of {runs} runs, stand-ins on loopback", baseline)
+        print(f"{'(tar.gz)':<10} {'':>11} {baselines['swh'] * 1000:>9.1f} {baselines['swh'] * 1000:>9.1f} {'1.00x':>13}")
         for name, spec in (("zenodo", doi_zenodo), ("figshare", f"{doi_figshare}.v1"), ("dataverse", doi_dataverse),
-                           ("hydroshare", hydroshare), ("ckan", quote(ckan, safe="")), ("swh", swhid),
+                           ("hydroshare", hydroshare), ("ckan", quote(ckan, safe="")), ("swh", f"swh:1:rev:{swh_rev}"),
                            ("doi", doi_zenodo)):
             resolution = await providers[name].resolve(spec)
             resolve_s = await timed(lambda n=name, s=spec: providers[n].resolve(s), runs)
@@ -117,7 +123,7 @@ async def main(runs: int) -> None:
                             content: str = resolution.content) -> None:
                 await fetcher.fetch(url, ref, work / "checkout", quiet, content)
 
-            print_row(name, resolve_s, await timed(fetch, runs), baseline)
+            print_row(name, resolve_s, await timed(fetch, runs), baselines.get(name, baseline))
     await providers.aclose()
     host.stop()
 

@@ -198,27 +198,3 @@ async def test_ckan_resources_are_fetched_as_their_urls_name_them(datahost: Data
     assert all(name.startswith("ckan-levels-now-") for name in tree(tmp_path / "now"))
     await fetch_record(f"{api}/activity_data_show?id=act1&object_type=package", "ckan", tmp_path / "then")
     assert list(tree(tmp_path / "then").values()) == [b"old\n"], "the version of that activity"
-
-
-
-# Software Heritage: the directory cooked by the vault, its tarball's top folder the checkout.
-
-SWH_DIR = "d" * 40
-
-
-async def test_swh_directory_is_cooked_downloaded_and_unpacked(datahost: DataHost, tmp_path: Path) -> None:
-    swhid = datahost.add_swh(SWH_DIR, {"requirements.txt": b"numpy\n", "src/a.py": b"print(1)\n"}, cook=2)
-    lines = await fetch_record(f"{datahost.base('swh')}/api/1/vault/flat/{swhid}/", "swh", tmp_path / "co")
-    assert tree(tmp_path / "co") == {"requirements.txt": b"numpy\n", "src/a.py": b"print(1)\n"}
-    assert sum("preparing" in line for line in lines) == 2
-    assert f"POST /swh/api/1/vault/flat/{swhid}/" in datahost.requests, "cooking was asked for"
-
-
-async def test_swh_cooking_that_fails_or_never_ends_says_so(datahost: DataHost, tmp_path: Path) -> None:
-    swhid = datahost.add_swh(SWH_DIR, {"a": b"a"}, fails="Internal Server Error in the cooker")
-    with pytest.raises(FetchFailed, match="could not prepare .*Internal Server Error in the cooker"):
-        await fetch_record(f"{datahost.base('swh')}/api/1/vault/flat/{swhid}/", "swh", tmp_path / "failed")
-    datahost.add_swh(SWH_DIR, {"a": b"a"}, cook=1000)
-    with pytest.raises(FetchFailed, match="took longer than 2 seconds"):
-        await fetch_record(f"{datahost.base('swh')}/api/1/vault/flat/{swhid}/", "swh", tmp_path / "slow", timeout=2)
-    assert not (tmp_path / "slow").exists() and not (tmp_path / "failed").exists()

@@ -197,6 +197,8 @@ async def test_versions_metrics_repoproviders(gateway: MemoryGateway, client: ht
     assert sample(metrics, FAILED_GH_LAUNCHES) == before + 1
     providers = (await client.get("/api/repoproviders")).json()
     assert [p["id"] for p in providers][:6] == ["gh", "gist", "gl", "gitea", "bb", "git"]
+    [swh] = [p for p in providers if p["id"] == "swh"]
+    assert swh["ref"] == {"enabled": False} and swh["spec"]["validateRegex"].startswith("swh:1:"), "a SWHID, no ref"
 
 
 async def test_api_only_mode_serves_no_pages_and_allows_build_only(settings: Settings) -> None:

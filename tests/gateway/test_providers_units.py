@@ -83,6 +83,16 @@ async def test_positive_control_a_known_provider_gets_past_the_door(client: http
     ("gh", "org/repo/feature/x", "feature/x"), ("gist", "user/0123abcd", "HEAD"), ("gist", "user/0123abcd/v2", "v2"),
     ("gl", "group%2Fsub/v1.0", "v1.0"), ("git", "https%3A%2F%2Fh.example%2Fr.git/main", "main"),
     ("zenodo", "10.5281/zenodo.3242074", ""),
+    ("swh", "swh:1:dir:" + "a" * 40, ""), ("swh", "swh:1:rev:" + "b" * 40 + ";origin=https://h.example/r", ""),
 ])
 def test_each_tables_ref_layout(provider: str, spec: str, ref: str) -> None:
     assert parse(provider, spec).ref == ref
+
+
+@pytest.mark.parametrize("spec", ["swh:1:dir:" + "a" * 39, "swh:2:dir:" + "a" * 40, "swh:1:dir:" + "A" * 40,
+                                  "https://archive.softwareheritage.org/swh:1:dir:" + "a" * 40, "10.5281/zenodo.1"])
+def test_a_malformed_swhid_is_refused_at_the_door(spec: str) -> None:
+    """The resolver says why a well-formed SWHID of the wrong kind (cnt, ori) will not do; the door refuses the rest."""
+    with pytest.raises(SpecError, match="is not a valid Software Heritage spec") as e:
+        parse("swh", spec)
+    assert e.value.status == 400

@@ -8,16 +8,21 @@ loopback is allowed past the URL guard.
 
 from __future__ import annotations
 
+import os
 import stat
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kiln_builder.datafetch import DataFetcher
 from kiln_builder.errors import FetchFailed
 from kiln_builder.fetch import FetchPolicy
+from kiln_builder.swhvault import SwhVault
+from kilnbus.guardedhttp import GuardedHTTP
 
-from ..support.datahost import DataHost, make_tar_gz, make_zip
+from ..support.datahost import DataHost, make_targz, make_zip
 
 POLICY = FetchPolicy(max_bytes=2**20, max_entries=20, max_fetch_bytes=2**20, allowed_private_hosts=["127.0.0.1"])
 
@@ -174,17 +179,94 @@ async def _quiet(line: str) -> None:
     pass
 
 
+# Software Heritage: the vault's tar.gz is unpacked by Kiln's own tar reader, under the zips' rules.
 
-@pytest.mark.parametrize(("members", "links", "says"), [
-    ({"../escape.txt": b"x"}, {}, "outside"),
-    ({"top/a.txt": b"a"}, {"top/l": "../../etc/passwd"}, "symbolic link leading outside"),
-    ({"top/.git/config": b"[core]"}, {}, ".git"),
-    ({"top/big.bin": b"x" * (2**20 + 1)}, {}, "larger than"),
+
+def swh_archive(host: DataHost, files: dict[str, bytes], **more: Any) -> str:
+    """A directory whose vault bundle is an archive made here; ``{top}`` in names is the folder named by its SWHID."""
+    directory = host.add_swh_directory({"placeholder": b""})
+    top = f"swh:1:dir:{directory}"
+    named = {kind: {name.format(top=top): value for name, value in entries.items()} for kind, entries in more.items()}
+    host.raw[f"swh-{directory}.tar.gz"] = make_targz({name.format(top=top): data for name, data in files.items()},
+                                                     **named)
+    return directory
+
+
+async def fetch_swh(host: DataHost, directory: str, dest: Path, policy: FetchPolicy = POLICY) -> None:
+    async def on_line(line: str) -> None:
+        pass
+
+    await DataFetcher(policy, timeout=30, swh=SwhVault(host.base("swh"), first_poll_s=0.01)).fetch(
+        f"{host.base('swh')}/api/1/vault/flat/swh:1:dir:{directory}/", directory, dest, on_line, "swh")
+
+
+@pytest.mark.parametrize(("files", "more", "says"), [
+    ({"{top}/../escaped.txt": b"x"}, {}, "leads outside it"),
+    ({"{top}/a/../../../escaped.txt": b"x"}, {}, "leads outside it"),
+    ({"/etc/kiln-escaped": b"x"}, {}, "leads outside it"),
+    ({"{top}/.git/hooks/post-checkout": b"#!/bin/sh\n"}, {}, "a .git of its own"),
+    ({"{top}/a.txt": b"x"}, {"links": {"{top}/evil": "/etc/passwd"}}, "symbolic link leading outside"),
+    ({"{top}/a.txt": b"x"}, {"links": {"{top}/sub/evil": "../../../outside"}}, "symbolic link leading outside"),
+    ({"{top}/a.txt": b"x"}, {"links": {"{top}/l1": "l2/..", "{top}/l2": ".."}}, "symbolic link leading outside"),
+    ({"{top}/a.txt": b"x"}, {"links": {"{top}/long": "a/" * 3000}}, "symbolic link that is not a path"),
+    ({"{top}/a.txt": b"x"}, {"hardlinks": {"{top}/passwd": "/etc/passwd"}}, "not a file, folder or link"),
+    ({"{top}/a.txt": b"x"}, {"hardlinks": {"{top}/b.txt": "{top}/a.txt"}}, "not a file, folder or link"),
+    ({"{top}/a.txt": b"x"}, {"special": {"{top}/dev": tarfile.CHRTYPE}}, "not a file, folder or link"),
+    ({"{top}/a.txt": b"x"}, {"special": {"{top}/fifo": tarfile.FIFOTYPE}}, "not a file, folder or link"),
+    ({"{top}/a.txt": b"1", "{top}/A/../a.txt": b"2"}, {}, "leads outside it"),
+    ({"{top}/d/": b"", "{top}/l/x.txt": b"through"}, {"links": {"{top}/l": "d"}}, "through a symbolic link"),
+    ({"{top}/a.txt": b"x"}, {"links": {"{top}/inside": "a.txt"}}, None),  # a link that stays inside is kept
 ])
-async def test_hostile_vault_tarballs_are_refused(datahost: DataHost, tmp_path: Path, members: dict[str, bytes],
-                                                  links: dict[str, str], says: str) -> None:
-    swhid = datahost.add_swh("d" * 40, {}, tarball=make_tar_gz(members, links))
-    with pytest.raises(FetchFailed, match=says):
-        await DataFetcher(POLICY).fetch(f"{datahost.base('swh')}/api/1/vault/flat/{swhid}/", "v", tmp_path / "co",
-                                        _quiet, "swh")
-    assert not (tmp_path / "co").exists() and not list(tmp_path.parent.glob("escape.txt"))
+async def test_hostile_vault_archives_are_refused(datahost: DataHost, tmp_path: Path, files: dict[str, bytes],
+                                                  more: dict[str, Any], says: str | None) -> None:
+    directory = swh_archive(datahost, files, **more)
+    dest = tmp_path / "work" / "co"
+    if says is None:
+        await fetch_swh(datahost, directory, dest)
+        assert os.readlink(dest / "inside") == "a.txt"
+        return
+    with pytest.raises(FetchFailed, match=says) as e:
+        await fetch_swh(datahost, directory, dest)
+    assert e.value.cause == "unsafe_repository"
+    assert not dest.exists(), "nothing of a refused record is left to build"
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [], "nothing written beside the checkout"
+    assert not Path("/etc/kiln-escaped").exists()
+
+
+async def test_a_vault_archive_bomb_or_garbage_is_refused(datahost: DataHost, tmp_path: Path) -> None:
+    # A pax header tarfile would read whole into memory: 64 MiB of it in a few KiB of gzip.
+    bomb = swh_archive(datahost, {"{top}/a.txt": b"x"}, pax={"comment": "x" * (64 * 2**20)})
+    assert len(datahost.raw[f"swh-{bomb}.tar.gz"]) < 2**20
+    with pytest.raises(FetchFailed, match="unpacks to more than 18 MiB of files and headers") as e:
+        await fetch_swh(datahost, bomb, tmp_path / "a")
+    assert e.value.cause == "repo_too_large"
+    for name, garbage in (("not-gzip", b"PK\x03\x04 not a tarball"), ("cut", make_targz({"a/b.txt": os.urandom(5000)})[:2000])):
+        directory = datahost.add_swh_directory({name: b""})
+        datahost.raw[f"swh-{directory}.tar.gz"] = garbage
+        with pytest.raises(FetchFailed, match="tar archive could not be unpacked") as e:
+            await fetch_swh(datahost, directory, tmp_path / name)
+        assert e.value.cause == "fetch_failed" and not (tmp_path / name).exists()
+
+
+async def test_a_vault_download_leading_into_a_private_network_is_refused(datahost: DataHost, tmp_path: Path) -> None:
+    directory = datahost.add_swh_directory({"a.txt": b"1"})
+    datahost.overrides[f"/swh/api/1/vault/flat/swh:1:dir:{directory}/raw/"] = (302, {"Location": "http://10.0.0.1/x"}, b"")
+    with pytest.raises(FetchFailed, match="private network") as e:
+        await fetch_swh(datahost, directory, tmp_path / "co")
+    assert e.value.cause == "private_host"
+
+
+async def test_a_token_is_not_handed_to_the_host_a_redirect_leads_to(datahost: DataHost) -> None:
+    """kilnbus.guardedhttp drops Authorization when a redirect changes scheme, host or port (as browsers do)."""
+    port = datahost.url.rsplit(":", 1)[1]
+    datahost.raw["x"] = b"x"
+    http = GuardedHTTP(allowed_private_hosts=["127.0.0.1", "localhost"])
+    try:
+        for first, then in ((f"{datahost.url}/redirect?to=/raw/x", "Bearer t"),  # the same host: kept
+                            (f"{datahost.url}/redirect?to=http://localhost:{port}/raw/x", "")):  # another: dropped
+            datahost.authorizations.clear()
+            async with http.get(first, {"Authorization": "Bearer t"}) as answer:
+                assert answer.response.status_code == 200
+            assert [auth for _, auth in datahost.authorizations] == ["Bearer t", then]
+    finally:
+        await http.aclose()

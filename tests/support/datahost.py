@@ -28,17 +28,26 @@ the base URL the settings name:
     /ckan/dataset/<name>                       CKAN: a dataset's page
     /ckan/api/3/action/package_show?id=<name>  CKAN API: the dataset now (metadata_modified, resources)
     /ckan/api/3/action/activity_data_show?id=<activity>&object_type=package   the dataset as it was then
-    /swh/api/1/{revision,release,directory}/<id>/   Software Heritage API: a revision's directory, a release's target
-    POST|GET /swh/api/1/vault/flat/swh:1:dir:<id>/   the vault: "pending" the first ``cook`` times, then "done" (or
-                                               "failed") with fetch_url .../raw/, the directory's tar.gz
+    /swh/api/1/directory/<id>/                 Software Heritage API: a directory's entries; 404 for one it lacks
+    /swh/api/1/revision/<id>/                  a revision (its directory)
+    /swh/api/1/release/<id>/                   a release (target_type, target)
+    /swh/api/1/snapshot/<id>/?branches_from=<name>&branches_count=<n>   a snapshot's branches, a page at a time
+    POST /swh/api/1/vault/flat/<swhid>/        the vault: cooking asked for ("new", or "done" once cooked; 404 unknown)
+    /swh/api/1/vault/flat/<swhid>/             its progress: "pending" for SwhDirectory.cook_polls answers, then
+                                               "done" or "failed" (cook_error); 404 when cooking was never asked for
+    /swh/api/1/vault/flat/<swhid>/raw/         302 to /raw/swh-<id>.tar.gz: a real tar.gz of one folder named by the
+                                               SWHID (the vault's flat bundle), as the vault redirects to its storage
     /raw/<name>                                bytes put there by a test (plain downloads, redirect targets)
     /redirect?to=<url>                         302 to <url> (a link that leads elsewhere)
 
-``overrides`` answers a path with a canned (status, headers, body) instead, for failures.
+``overrides`` answers a path with a canned (status, headers, body) instead, for failures;
+``authorizations`` records each request's path with its Authorization header (tokens must reach
+APIs only).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import stat
@@ -70,6 +79,57 @@ def make_zip(files: dict[str, bytes], links: dict[str, str] | None = None,
             info.external_attr = (kind | 0o644) << 16
             zf.writestr(info, b"")
     return buf.getvalue()
+
+
+def make_targz(files: dict[str, bytes], links: dict[str, str] | None = None, special: dict[str, bytes] | None = None,
+               hardlinks: dict[str, str] | None = None, pax: dict[str, str] | None = None) -> bytes:
+    """A real gzipped tar: symbolic ``links`` (name -> target; first, as in make_zip), ``files`` (name -> bytes; a
+    name ending in "/" is a folder; names ending in ``.sh`` executable), ``hardlinks`` (name -> target),
+    ``special`` entries (name -> tarfile type, e.g. tarfile.CHRTYPE) and a ``pax`` header on the first member."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        first = True
+
+        def add(info: tarfile.TarInfo, data: bytes = b"") -> None:
+            nonlocal first
+            if first and pax:
+                info.pax_headers = dict(pax)
+            first = False
+            info.mtime = 1_700_000_000
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            add(info)
+        for name, data in files.items():
+            if name.endswith("/"):
+                info = tarfile.TarInfo(name.rstrip("/"))
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                add(info)
+            else:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o755 if name.endswith(".sh") else 0o644
+                add(info, data)
+        for name, target in (hardlinks or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.LNKTYPE, target
+            add(info)
+        for name, kind in (special or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            add(info)
+    return buf.getvalue()
+
+
+@dataclass
+class SwhDirectory:
+    """A directory of the Software Heritage stand-in, and how its vault cooking goes."""
+
+    files: dict[str, bytes]
+    archive: bytes  # the flat bundle the vault serves
+    cook_polls: int = 0  # progress answers saying "pending" before the last one
+    cook_error: str | None = None  # the last one says "failed" with this message, instead of "done"
 
 
 @dataclass
@@ -114,29 +174,6 @@ def make_bag(resource: str, files: dict[str, bytes]) -> bytes:
 
 
 @dataclass
-class SwhDirectory:
-    tarball: bytes  # what the vault serves once cooked
-    cook: int = 0  # how many more times it answers "pending"
-    fails: str = ""  # a reason: the cooking fails with it
-    asked: int = 0  # POSTs and GETs of its vault entry
-
-
-def make_tar_gz(files: dict[str, bytes], links: dict[str, str] | None = None, top: str = "") -> bytes:
-    """A real gzipped tarball of ``files`` and symbolic ``links`` (name -> target), under the folder ``top``."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-    return buf.getvalue()
-
-
-@dataclass
 class DataHost:
     """The stand-in's state: what it serves, and the paths it was asked for."""
 
@@ -148,12 +185,15 @@ class DataHost:
     dataverse_file_dois: dict[str, str] = field(default_factory=dict)  # a file's "doi:..." -> its dataset's
     hydroshare: dict[str, HydroShareResource] = field(default_factory=dict)
     ckan: dict[str, CKANDataset] = field(default_factory=dict)
-    swh_dirs: dict[str, SwhDirectory] = field(default_factory=dict)
-    swh_revisions: dict[str, str] = field(default_factory=dict)  # revision id -> directory id
-    swh_releases: dict[str, tuple[str, str]] = field(default_factory=dict)  # release id -> (target type, target id)
+    swh_dirs: dict[str, SwhDirectory] = field(default_factory=dict)  # sha1_git -> directory
+    swh_revisions: dict[str, str] = field(default_factory=dict)  # sha1_git -> its directory's
+    swh_releases: dict[str, tuple[str, str]] = field(default_factory=dict)  # sha1_git -> (target_type, target)
+    swh_snapshots: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)  # -> branch -> (type, target)
+    swh_cooking: dict[str, int] = field(default_factory=dict)  # SWHID -> progress answers given since asked
     raw: dict[str, bytes] = field(default_factory=dict)
     overrides: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    authorizations: list[tuple[str, str]] = field(default_factory=list)  # (path, Authorization header or "")
     server: ThreadingHTTPServer | None = None
 
     def base(self, service: str) -> str:
@@ -214,13 +254,39 @@ class DataHost:
                                       {a: (m, resources(a, f)) for a, (m, f) in (activities or {}).items()})
         return f"{self.base('ckan')}/dataset/{name}"
 
-    def add_swh(self, directory: str, files: dict[str, bytes], cook: int = 0, fails: str = "",
-                tarball: bytes | None = None) -> str:
-        """An archived directory (its vault tarball holding ``files`` under swh:1:dir:<id>/); its SWHID."""
-        swhid = f"swh:1:dir:{directory}"
-        self.swh_dirs[directory] = SwhDirectory(tarball if tarball is not None else make_tar_gz(files, top=swhid),
-                                                cook, fails)
-        return swhid
+    def _swh_id(self, *parts: object) -> str:
+        # Not git's hashing of the object (the stand-in need not compute trees), but as unique and as long.
+        return hashlib.sha1(repr((len(self.swh_dirs) + len(self.swh_revisions) + len(self.swh_releases)
+                                  + len(self.swh_snapshots), *parts)).encode(), usedforsecurity=False).hexdigest()
+
+    def add_swh_directory(self, files: dict[str, bytes], archive: bytes | None = None, cook_polls: int = 0,
+                          cook_error: str | None = None) -> str:
+        """A directory whose flat bundle holds ``files`` in one folder named by its SWHID (or is ``archive``); its id."""
+        sha1_git = self._swh_id("dir", sorted(files.items()))
+        if archive is None:
+            archive = make_targz({f"swh:1:dir:{sha1_git}/": b""}
+                                 | {f"swh:1:dir:{sha1_git}/{name}": data for name, data in files.items()})
+        self.swh_dirs[sha1_git] = SwhDirectory(files, archive, cook_polls, cook_error)
+        self.raw[f"swh-{sha1_git}.tar.gz"] = archive
+        return sha1_git
+
+    def add_swh_revision(self, directory: str) -> str:
+        """A revision (a commit) of ``directory``; its id."""
+        sha1_git = self._swh_id("rev", directory)
+        self.swh_revisions[sha1_git] = directory
+        return sha1_git
+
+    def add_swh_release(self, target_type: str, target: str) -> str:
+        """A release (a tag) of ``target`` (a revision's or a directory's id, by ``target_type``); its id."""
+        sha1_git = self._swh_id("rel", target_type, target)
+        self.swh_releases[sha1_git] = (target_type, target)
+        return sha1_git
+
+    def add_swh_snapshot(self, branches: dict[str, tuple[str, str]]) -> str:
+        """A snapshot of branches (name -> (target_type, target); "alias" targets another branch's name); its id."""
+        sha1_git = self._swh_id("snp", sorted(branches.items()))
+        self.swh_snapshots[sha1_git] = branches
+        return sha1_git
 
     def stop(self) -> None:
         if self.server is not None:
@@ -252,17 +318,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(302, b"", {"Location": to}, "text/html")
 
     def do_POST(self) -> None:
-        self.host.requests.append(f"POST {self.path}")
+        """Only the Software Heritage vault is asked with POST (its body, a JSON object, says nothing)."""
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        path = unquote(urlsplit(self.path).path)
-        if path.startswith("/swh/"):
-            return self._swh(path[len("/swh/"):], {})
-        self._json(405, {"message": "method not allowed"})
+        self.do_GET(post=True)
 
-    def do_GET(self) -> None:
-        self.host.requests.append(self.path)
+    def do_GET(self, post: bool = False) -> None:
+        self.host.requests.append(f"POST {self.path}" if post else self.path)
+        self.host.authorizations.append((self.path, self.headers.get("Authorization", "")))
         parts = urlsplit(self.path)
         path, query = unquote(parts.path), parse_qs(parts.query)
+        if post:
+            return self._swh_cook(path) if path not in self.host.overrides else self._send(*self._override(path))
         if path in self.host.overrides:
             status, headers, body = self.host.overrides[path]
             return self._send(status, body, headers)
@@ -271,6 +337,61 @@ class _Handler(BaseHTTPRequestHandler):
         if handler is None:
             return self._json(404, {"message": "not found"})
         handler(rest, query)
+
+    def _override(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        status, headers, body = self.host.overrides[path]
+        return status, body, headers
+
+    def _swh_not_found(self, reason: str) -> None:
+        self._json(404, {"exception": "NotFoundExc", "reason": reason})
+
+    def _swh_receipt(self, swhid: str, status: str, message: str | None) -> None:
+        self._json(200, {"fetch_url": f"{self.host.base('swh')}/api/1/vault/flat/{swhid}/raw/", "id": 1,
+                         "progress_message": message, "status": status, "swhid": swhid})
+
+    def _swh_cook(self, path: str) -> None:
+        """POST <api>/vault/flat/<swhid>/: cooking asked for; "done" at once when there is nothing left to wait for."""
+        swhid = path.removeprefix("/swh/api/1/vault/flat/").rstrip("/")
+        directory = self.host.swh_dirs.get(swhid.removeprefix("swh:1:dir:"))
+        if not path.startswith("/swh/api/1/vault/flat/swh:1:dir:") or directory is None:
+            return self._swh_not_found(f"{swhid} not found.")
+        self.host.swh_cooking.setdefault(swhid, 0)
+        waiting = directory.cook_polls or directory.cook_error
+        self._swh_receipt(swhid, "new" if waiting else "done", None)
+
+    def _swh(self, rest: str, query: dict[str, list[str]]) -> None:
+        segments = rest.removeprefix("api/1/").rstrip("/").split("/")
+        kind, sha1_git = (segments + ["", ""])[:2]
+        if kind == "vault" and sha1_git == "flat" and len(segments) >= 3:
+            swhid, raw = segments[2], segments[3:] == ["raw"]
+            directory = self.host.swh_dirs.get(swhid.removeprefix("swh:1:dir:"))
+            if directory is None or swhid not in self.host.swh_cooking:
+                return self._swh_not_found(f"Cooking of {swhid} was never requested.")
+            if raw:
+                return self._found(f"{self.host.url}/raw/swh-{swhid.removeprefix('swh:1:dir:')}.tar.gz")
+            answered = self.host.swh_cooking[swhid] = self.host.swh_cooking[swhid] + 1
+            if answered <= directory.cook_polls:
+                return self._swh_receipt(swhid, "pending", f"Processing... {answered}/{directory.cook_polls}")
+            if directory.cook_error:
+                return self._swh_receipt(swhid, "failed", directory.cook_error)
+            return self._swh_receipt(swhid, "done", None)
+        if kind == "directory" and sha1_git in self.host.swh_dirs:
+            tops = {name.split("/", 1)[0]: "/" in name for name in self.host.swh_dirs[sha1_git].files}
+            return self._json(200, [{"name": name, "type": "dir" if is_dir else "file", "dir_id": sha1_git}
+                                    for name, is_dir in sorted(tops.items())])
+        if kind == "revision" and sha1_git in self.host.swh_revisions:
+            return self._json(200, {"id": sha1_git, "directory": self.host.swh_revisions[sha1_git], "message": "a commit"})
+        if kind == "release" and sha1_git in self.host.swh_releases:
+            target_type, target = self.host.swh_releases[sha1_git]
+            return self._json(200, {"id": sha1_git, "name": "v1", "target": target, "target_type": target_type})
+        if kind == "snapshot" and sha1_git in self.host.swh_snapshots:
+            branches = self.host.swh_snapshots[sha1_git]
+            start, count = query.get("branches_from", [""])[0], int(query.get("branches_count", ["1000"])[0])
+            names = sorted(name for name in branches if name >= start)
+            page = {name: {"target": branches[name][1], "target_type": branches[name][0]} for name in names[:count]}
+            return self._json(200, {"id": sha1_git, "branches": page,
+                                    "next_branch": names[count] if len(names) > count else None})
+        self._swh_not_found(f"{kind.capitalize()} with sha1_git {sha1_git} not found.")
 
     def _doi(self, doi: str, query: dict[str, list[str]]) -> None:
         landing = self.host.dois.get(doi)
@@ -421,36 +542,6 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._json(200, {"success": True, "result": {"name": name, "metadata_modified": modified,
                                                                          "resources": resources}})
             return self._json(404, missing)
-        self._json(404, missing)
-
-
-    def _swh(self, rest: str, query: dict[str, list[str]]) -> None:
-        segments = rest.strip("/").split("/")
-        missing = {"exception": "NotFoundExc", "reason": "not found"}
-        if segments[:2] != ["api", "1"] or len(segments) < 4:
-            return self._json(404, missing)
-        kind, ident = segments[2], segments[3]
-        if kind == "revision" and ident in self.host.swh_revisions:
-            return self._json(200, {"id": ident, "directory": self.host.swh_revisions[ident]})
-        if kind == "release" and ident in self.host.swh_releases:
-            target_type, target = self.host.swh_releases[ident]
-            return self._json(200, {"id": ident, "target_type": target_type, "target": target})
-        if kind == "directory" and ident in self.host.swh_dirs:
-            return self._json(200, [{"name": "README.md", "type": "file"}])
-        if kind == "vault" and segments[3] == "flat" and len(segments) >= 5:
-            found = self.host.swh_dirs.get(segments[4].removeprefix("swh:1:dir:"))
-            if found is None:
-                return self._json(404, missing)
-            base = f"{self.host.base('swh')}/api/1/vault/flat/{segments[4]}/"
-            if segments[5:] == ["raw"]:
-                return self._send(200, found.tarball, content_type="application/gzip")
-            found.asked += 1
-            if found.cook > 0:
-                found.cook -= 1
-                return self._json(200, {"status": "pending", "swhid": segments[4], "progress_message": "Processing..."})
-            if found.fails:
-                return self._json(200, {"status": "failed", "swhid": segments[4], "progress_message": found.fails})
-            return self._json(200, {"status": "done", "swhid": segments[4], "fetch_url": f"{base}raw/"})
         self._json(404, missing)
 
 

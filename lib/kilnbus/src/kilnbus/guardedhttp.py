@@ -104,9 +104,10 @@ class GuardedHTTP:
             return
         raise UnsafeRepoURL(f"{url} redirects more than {self._max_redirects} times.", "fetch_failed", 502)
 
-    async def get_json(self, url: str, max_bytes: int = 16 * 2**20) -> tuple[int, object, str]:
+    async def get_json(self, url: str, max_bytes: int = 16 * 2**20,
+                       headers: dict[str, str] | None = None) -> tuple[int, object, str]:
         """GET ``url`` as JSON: (status, body or None when not JSON, last URL). Bodies past ``max_bytes`` are refused."""
-        async with self.get(url, {"Accept": "application/json"}) as answer:
+        async with self.get(url, {"Accept": "application/json", **(headers or {})}) as answer:
             data = bytearray()
             async for chunk in answer.response.aiter_bytes():
                 data += chunk

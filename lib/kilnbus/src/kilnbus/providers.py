@@ -101,10 +101,12 @@ _TABLE = (
     Provider("doi", "DOI", r"10\.\d+\/(.)+", RefLayout.NONE,
              "DOI of a Zenodo record, Figshare article, HydroShare resource or Dataverse dataset",
              "example: 10.5281/zenodo.3242074", False, None, detect=_DOI_DETECT, ref_enabled=False),
-    Provider("swh", "Software Heritage", r"swh:1:(dir|rev|rel):[0-9a-f]{40}(;.*)?", RefLayout.NONE,
-             "SWHID of a directory, revision or release", "example: swh:1:rev:309cf2674ee7a0749978cf8265ab91a60aea0f7d",
-             False, None, detect=r"^(https?://archive\.softwareheritage\.org/)?(?P<repo>swh:1:[^/]*[^/])/?$",
-             ref_enabled=False),
+    # Kiln's own: an archived directory, revision, release or snapshot by its SWHID (BinderHub has none; nor has v6).
+    # Any three-letter kind passes here so the resolver can say why a file's (cnt) or origin's (ori) will not do.
+    Provider("swh", "Software Heritage", r"swh:1:[a-z]{3}:[0-9a-f]{40}(;.*)?", RefLayout.NONE,
+             "Software Heritage identifier (SWHID) of a directory, revision, release or snapshot",
+             "example: swh:1:rev:309cf2674ee7a0749978cf8265ab91a60aea0f7d", False, None,
+             detect=r"^(https?://archive\.softwareheritage\.org/)?(?P<repo>swh:1:.*[^/])/?$", ref_enabled=False),
 )
 
 # In the order the form lists them (the first is its default, as in BinderHub).

@@ -20,6 +20,7 @@ from kiln_builder.handler import Builder
 from kiln_builder.kube_executor import KubernetesExecutor, PodSettings
 from kiln_builder.service import GROUP, SERVE_OPTIONS, routes
 from kiln_builder.settings import Settings
+from kiln_builder.swhvault import SwhVault
 from kilnbus import Bus, KafkaBus, PhaseReporter, serve
 from kilnbus.credentials import CredentialStore
 
@@ -51,7 +52,9 @@ def make_fetcher(settings: Settings) -> ContentFetcher:
                          allowed_private_hosts=settings.allowed_private_hosts)
     credentials = CredentialStore(settings.git_credentials, settings.github_app)
     return ContentFetcher(GitFetcher(policy, Path(settings.work_dir) / "git-cache", credentials.for_url if credentials else None),
-                          DataFetcher(policy, timeout=settings.data_fetch_timeout_s))
+                          DataFetcher(policy, timeout=settings.data_fetch_timeout_s,
+                                      swh=SwhVault(settings.swh_url, settings.swh_access_token,
+                                                   settings.swh_cooking_timeout_s)))
 
 
 async def run_on(bus: Bus, builder: Builder, stop: asyncio.Event, **options: Any) -> None:

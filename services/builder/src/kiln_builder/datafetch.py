@@ -10,23 +10,25 @@ repo2docker does (``datasources.Layout``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
-from urllib.parse import urljoin
 
 import httpx
 
-from kiln_builder.datasources import LISTERS, Layout, Listing, RemoteFile, shown
+from kiln_builder.datasources import LISTERS, Layout, Lister, Listing, RemoteFile, shown
 from kiln_builder.errors import FetchFailed
 from kiln_builder.executor import LineSink
 from kiln_builder.fetch import Fetcher, FetchPolicy
+from kiln_builder.swhvault import SwhVault
 from kiln_builder.unpack import (
     Budget,
     create_file,
-    extract_tar_gz,
+    extract_tar,
     extract_zip,
+    hoist_named_folder,
     hoist_single_folder,
     is_zip,
     keep_folder,
@@ -39,13 +41,17 @@ from kilnbus.urlguard import UnsafeRepoURL
 class DataFetcher:
     """``Fetcher`` for data repositories: ``content`` names the kind of record ``repo_url`` is."""
 
-    def __init__(self, policy: FetchPolicy, timeout: float = 600, request_timeout: float = 60) -> None:
+    def __init__(self, policy: FetchPolicy, timeout: float = 600, request_timeout: float = 60,
+                 swh: SwhVault | None = None) -> None:
         self._policy = policy
         self._timeout = timeout
         self._request_timeout = request_timeout
+        self._swh = swh or SwhVault()
 
     async def fetch(self, repo_url: str, ref: str, dest: Path, on_line: LineSink, content: str = "git") -> None:
-        lister = LISTERS.get(content)
+        # The vault's cooking is waited for with progress lines, so its lister is the one that writes to the log.
+        lister: Lister | None = functools.partial(self._swh.listing, on_line=on_line) if content == "swh" \
+            else LISTERS.get(content)
         if lister is None:
             raise FetchFailed(f"Kiln does not know how to fetch {content!r} content.", "fetch_failed")
         if dest.exists():
@@ -79,15 +85,17 @@ class DataFetcher:
         files = listing.files
         if listing.layout is Layout.BAG:
             return await self._bag(http, listing, dest, scratch, budget, on_line)
-        if listing.layout is Layout.VAULT:
-            return await self._vault(http, listing, dest, scratch, budget, on_line)
         await on_line(f"{listing.title}: {len(files)} file{'s' if len(files) != 1 else ''}\n")
+        if listing.layout is Layout.SINGLE_TARBALL:
+            archive = await self._download_archive(http, files[0], scratch, budget, on_line)
+            await on_line(f"Extracting {files[0].name}\n")
+            await asyncio.to_thread(extract_tar, archive, dest, budget)
+            hoist_named_folder(dest, listing.roots)
+            return
         single_zip = len(files) == 1 and (listing.layout is Layout.SINGLE_ZIP or listing.layout is Layout.SINGLE_NAMED_ZIP
                                           and files[0].name.lower().endswith(".zip"))
         if single_zip:
-            scratch.mkdir()
-            archive = scratch / "archive"
-            await download(http, files[0], archive, budget, on_line, count_written=False)
+            archive = await self._download_archive(http, files[0], scratch, budget, on_line)
             if is_zip(archive):
                 await on_line(f"Extracting {files[0].name}\n")
                 await asyncio.to_thread(extract_zip, archive, dest, budget)
@@ -108,6 +116,14 @@ class DataFetcher:
         if listing.layout is Layout.HOIST:
             hoist_single_folder(dest)
 
+    @staticmethod
+    async def _download_archive(http: GuardedHTTP, remote: RemoteFile, scratch: Path, budget: Budget,
+                                on_line: LineSink) -> Path:
+        """``remote`` into the scratch folder, counted as downloaded only: what it unpacks to is counted as written."""
+        scratch.mkdir()
+        archive = scratch / "archive"
+        await download(http, remote, archive, budget, on_line, count_written=False)
+        return archive
 
     async def _bag(self, http: GuardedHTTP, listing: Listing, dest: Path, scratch: Path, budget: Budget,
                    on_line: LineSink) -> None:
@@ -130,38 +146,6 @@ class DataFetcher:
         await asyncio.to_thread(extract_zip, archive, dest, budget)
         resource = bag.name.removesuffix(".zip")
         keep_folder(dest, PurePosixPath(resource, "data", "contents"))
-
-
-    async def _vault(self, http: GuardedHTTP, listing: Listing, dest: Path, scratch: Path, budget: Budget,
-                     on_line: LineSink) -> None:
-        """Ask the vault to cook the directory (POST), ask again until it is done (waiting longer each time,
-        within the fetch's deadline), download the tarball and unpack it; its lone top folder is the checkout."""
-        cooking = listing.files[0]
-        status, answer = await http.post_json(cooking.url, {})
-        wait = 1.0
-        while True:
-            if status not in (200, 201, 202) or not isinstance(answer, dict):
-                raise FetchFailed(f"The Software Heritage vault answered {status} for {cooking.name}.", "fetch_failed")
-            state = answer.get("status")
-            if state == "done":
-                break
-            if state == "failed":
-                why = str(answer.get("progress_message") or "no reason given")[:300]
-                raise FetchFailed(f"The Software Heritage vault could not prepare {cooking.name}: {why}", "fetch_failed")
-            await on_line(f"The vault is preparing {cooking.name} ({state}); asking again in {wait:.0f} s\n")
-            await asyncio.sleep(wait)  # bounded by the fetch's deadline (``fetch``)
-            wait = min(wait * 2, 10.0)
-            status, answer, _ = await http.get_json(cooking.url)
-        fetch_url = answer.get("fetch_url")
-        if not isinstance(fetch_url, str):
-            raise FetchFailed(f"The Software Heritage vault gave no download for {cooking.name}.", "fetch_failed")
-        scratch.mkdir()
-        archive = scratch / "directory.tar.gz"
-        await download(http, RemoteFile(f"{cooking.name}.tar.gz", urljoin(cooking.url, fetch_url)), archive, budget,
-                       on_line, count_written=False)
-        await on_line(f"Extracting {cooking.name}\n")
-        await asyncio.to_thread(extract_tar_gz, archive, dest, budget)
-        hoist_single_folder(dest)
 
 
 async def download(http: GuardedHTTP, remote: RemoteFile, target: Path, budget: Budget, on_line: LineSink,

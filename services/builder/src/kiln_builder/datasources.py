@@ -26,7 +26,7 @@ class Layout(enum.Enum):
     SINGLE_NAMED_ZIP = "single_named_zip"  # the same, when the one file's name ends in .zip (Figshare)
     HOIST = "hoist"  # files as named, then a lone top folder becomes the root (Dataverse)
     BAG = "bag"  # one BagIt zip, prepared on demand; its <id>/data/contents becomes the root (HydroShare)
-    VAULT = "vault"  # a tarball the archive cooks on request; its lone top folder becomes the root (Software Heritage)
+    SINGLE_TARBALL = "single_tarball"  # one tar.gz holding one folder named one of Listing.roots, which becomes the root
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Listing:
     title: str  # what the build log calls the record
     files: list[RemoteFile]
     layout: Layout
+    roots: tuple[str, ...] = ()  # SINGLE_TARBALL: the names its one top folder may have
 
 
 def _get(body: Any, *path: str) -> Any:
@@ -149,19 +150,11 @@ async def ckan(http: GuardedHTTP, repo_url: str) -> Listing:
     return Listing(f"CKAN dataset {which}".strip(), files, Layout.FILES)
 
 
-async def swh(http: GuardedHTTP, repo_url: str) -> Listing:
-    """``<api>/vault/flat/swh:1:dir:<id>/``: the directory to have cooked (``DataFetcher`` asks and waits)."""
-    swhid = repo_url.rstrip("/").rsplit("/", 1)[-1]
-    if not re.fullmatch(r"swh:1:dir:[0-9a-f]{40}", swhid):
-        raise FetchFailed(f"{shown(repo_url)} is not a Software Heritage vault address.", "fetch_failed")
-    return Listing(f"Software Heritage directory {swhid}", [RemoteFile(swhid, repo_url)], Layout.VAULT)
-
-
 Lister = Callable[[GuardedHTTP, str], Awaitable[Listing]]
 
 # content kind (BuildRequested.content) -> how its record is read
 LISTERS: dict[str, Lister] = {"zenodo": zenodo, "figshare": figshare, "dataverse": dataverse, "hydroshare": hydroshare,
-                              "ckan": ckan, "swh": swh}
+                              "ckan": ckan}
 
 
 def shown(url: str) -> str:

@@ -59,6 +59,14 @@ class Settings(BusSettings):
                                          "api_url, web_url}. Set it for the resolver and the builder alike.")
     data_fetch_timeout_s: float = Field(600, gt=0, description="A data repository's record (Zenodo, ...) taking longer "
                                         "to download and unpack is refused.")
+    swh_url: str = Field("https://archive.softwareheritage.org", description="The Software Heritage archive whose "
+                         "vault prepares the directories the swh provider launches (the resolver's swh_url; set both): "
+                         "swh_access_token is sent to URLs under it only.")
+    swh_access_token: str = Field("", description="Software Heritage API token (a bearer token) for the vault's API: "
+                                  "higher rate limits than anonymous requests. Never sent with the download.")
+    swh_cooking_timeout_s: float = Field(300, gt=0, description="How long a build waits for the Software Heritage vault "
+                                         "to prepare a directory before it fails saying so (the vault goes on; a later "
+                                         "launch finds it ready). data_fetch_timeout_s bounds the whole fetch.")
     work_dir: str = Field("/tmp/kiln-builds", description="Where repositories are checked out while they build.")
     log_tail_lines: int = Field(15, ge=0, description="Lines of the build log repeated in a failure message.")
     # Where builds run. "kubernetes": one pod per build (kiln_builder.kube_executor), for the Helm chart.

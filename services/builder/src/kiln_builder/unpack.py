@@ -1,4 +1,4 @@
-"""Writing a data repository's files into a checkout: names checked, sizes counted, zips unpacked safely.
+"""Writing a data repository's files into a checkout: names checked, sizes counted, zips and tarballs unpacked safely.
 
 A record's file names and its archives' members come from strangers, so they obey the rules git
 checkouts do (``fetch.extract_checkout``): relative, no ``..``, no ``.git`` of their own, nothing but
@@ -9,16 +9,24 @@ but a link out of the checkout is refused rather than made harmless by accident)
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import shutil
 import stat
 import tarfile
 import uuid
 import zipfile
+import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING
 
 from kiln_builder.fetch import CheckoutRefused, FetchPolicy
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 _MAX_LINK = 4096  # a link target longer than this is not a path anyone meant
 
@@ -132,40 +140,41 @@ def extract_zip(archive: Path, dest: Path, budget: Budget) -> None:
                               "fetch_failed") from None
 
 
-def extract_tar_gz(archive: Path, dest: Path, budget: Budget) -> None:
-    """Unpack the gzipped tar ``archive`` into ``dest`` under the rules zip members obey: folders, files and
-    links that stay inside only, every name checked, sizes counted from the headers before writing."""
-    try:
-        with tarfile.open(archive, mode="r|gz") as tar:
-            for member in tar:
-                if member.type in (tarfile.XGLTYPE, tarfile.XHDTYPE):
-                    continue
-                budget.entry()
-                name = safe_name(member.name.rstrip("/"))
-                target = os.path.join(parent_dir(dest, name), name.parts[-1])
-                if member.isdir():
-                    if os.path.islink(target) or os.path.exists(target) and not os.path.isdir(target):
-                        raise CheckoutRefused(f"The record's archive contains {name} twice.", "unsafe_repository")
-                    os.makedirs(target, mode=0o755, exist_ok=True)
-                elif member.issym():
-                    if len(member.linkname) > _MAX_LINK or not _link_stays_inside(name, member.linkname):
-                        raise CheckoutRefused("The record's archive contains a symbolic link leading outside it.",
-                                              "unsafe_repository")
-                    if os.path.lexists(target):
-                        raise CheckoutRefused(f"The record's archive contains {name} twice.", "unsafe_repository")
-                    os.symlink(member.linkname, target)
-                elif member.isfile():
-                    budget.write(member.size)
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    with os.fdopen(create_file(dest, name, executable=bool(member.mode & 0o111)), "wb") as out:
-                        shutil.copyfileobj(source, out, 1 << 20)
-                else:  # hard links, devices, pipes
-                    raise CheckoutRefused("The record's archive contains an entry that is not a file, folder or "
-                                          "symbolic link.", "unsafe_repository")
-        _check_links(dest)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise CheckoutRefused(f"The record's archive could not be unpacked ({type(exc).__name__}).", "fetch_failed") from None
+def _make_dir(dest: Path, name: PurePosixPath) -> None:
+    """The archive's folder ``name``: made, or already there as a folder (archives may list one twice)."""
+    target = os.path.join(parent_dir(dest, name), name.parts[-1])
+    if os.path.islink(target) or os.path.exists(target) and not os.path.isdir(target):
+        raise CheckoutRefused(f"The record's archive contains {name} twice.", "unsafe_repository")
+    os.makedirs(target, mode=0o755, exist_ok=True)
+
+
+def _check_link_size(size: int) -> None:
+    if size > _MAX_LINK:
+        raise CheckoutRefused("The record's archive contains a symbolic link that is not a path.", "unsafe_repository")
+
+
+def _make_link(dest: Path, name: PurePosixPath, link: str) -> None:
+    """The archive's symbolic link ``name`` -> ``link``, only if it stays inside the archive."""
+    _check_link_size(len(link))
+    if not _link_stays_inside(name, link):
+        raise CheckoutRefused("The record's archive contains a symbolic link leading outside it.", "unsafe_repository")
+    target = os.path.join(parent_dir(dest, name), name.parts[-1])
+    if os.path.lexists(target):
+        raise CheckoutRefused(f"The record's archive contains {name} twice.", "unsafe_repository")
+    os.symlink(link, target)
+
+
+def _write_file(dest: Path, name: PurePosixPath, size: int, executable: bool, source: IO[bytes], budget: Budget) -> None:
+    """The archive's file ``name``: its header's ``size`` counted first, and no more read (both readers stop there)."""
+    budget.write(size)
+    fd = create_file(dest, name, executable=executable)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+
+
+def _special() -> CheckoutRefused:
+    return CheckoutRefused("The record's archive contains an entry that is not a file, folder or link (a device, "
+                           "pipe, socket or hard link).", "unsafe_repository")
 
 
 def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budget: Budget) -> None:
@@ -173,29 +182,72 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budg
     name = safe_name(info.filename.rstrip("/") if info.is_dir() else info.filename)
     kind = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0  # Unix modes only from Unix zips
     if info.is_dir() or kind == stat.S_IFDIR:
-        target = os.path.join(parent_dir(dest, name), name.parts[-1])
-        if os.path.islink(target) or os.path.exists(target) and not os.path.isdir(target):
-            raise CheckoutRefused(f"The record's archive contains {name} twice.", "unsafe_repository")
-        os.makedirs(target, mode=0o755, exist_ok=True)
-        return
+        return _make_dir(dest, name)
     if kind == stat.S_IFLNK:
-        if info.file_size > _MAX_LINK:
-            raise CheckoutRefused("The record's archive contains a symbolic link that is not a path.", "unsafe_repository")
-        link = zf.read(info).decode(errors="replace")
-        if not _link_stays_inside(name, link):
-            raise CheckoutRefused("The record's archive contains a symbolic link leading outside it.", "unsafe_repository")
-        target = os.path.join(parent_dir(dest, name), name.parts[-1])
-        if os.path.lexists(target):
-            raise CheckoutRefused(f"The record's archive contains {name} twice.", "unsafe_repository")
-        os.symlink(link, target)
-        return
+        _check_link_size(info.file_size)  # before it is read into memory
+        return _make_link(dest, name, zf.read(info).decode(errors="replace"))
     if kind not in (0, stat.S_IFREG):
-        raise CheckoutRefused("The record's archive contains an entry that is not a file, folder or link (a device, "
-                              "pipe or socket).", "unsafe_repository")
-    budget.write(info.file_size)  # the header's size; zipfile stops reading at it and checks the CRC
-    fd = create_file(dest, name, executable=bool((info.external_attr >> 16) & 0o111))
-    with os.fdopen(fd, "wb") as out, zf.open(info) as source:
-        shutil.copyfileobj(source, out, 1 << 20)
+        raise _special()
+    with zf.open(info) as source:  # zipfile stops at the header's size and checks the CRC
+        _write_file(dest, name, info.file_size, bool((info.external_attr >> 16) & 0o111), source, budget)
+
+
+class _Capped(io.RawIOBase):
+    """A decompressed stream that stops past ``cap`` bytes: tar headers are not counted as files are, and
+    tarfile reads a pax header whole into memory, so a few KiB of gzip could otherwise ask for gigabytes."""
+
+    def __init__(self, raw: gzip.GzipFile, cap: int) -> None:
+        self._raw = raw
+        self._cap = cap
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._raw.read(len(view))
+        self._read += len(data)
+        if self._cap and self._read > self._cap:
+            raise CheckoutRefused(f"The record's archive unpacks to more than {_amount(self._cap)} of files and headers.",
+                                  "repo_too_large")
+        view[: len(data)] = data
+        return len(data)
+
+
+def extract_tar(archive: Path, dest: Path, budget: Budget) -> None:
+    """Unpack the gzipped tar ``archive`` into ``dest``, member by member, under the rules zips obey.
+
+    Read as a stream (no seeking back, one pass), never with ``extractall``: every member is checked
+    as it comes, files are counted from their headers before they are written, and the whole
+    decompressed stream is capped at twice ``max_bytes`` plus 16 MiB (room for every header and its
+    padding in an honest archive within the limits).
+    """
+    limit = budget.policy.max_bytes
+    cap = 2 * limit + 16 * 2**20 if limit else 0
+    try:
+        with gzip.open(archive, "rb") as unzipped, _Capped(unzipped, cap) as stream, \
+                tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                _extract_tar_member(tar, member, dest, budget)
+        _check_links(dest)
+    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise CheckoutRefused(f"The record's tar archive could not be unpacked ({type(exc).__name__}: {exc}).",
+                              "fetch_failed") from None
+
+
+def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, budget: Budget) -> None:
+    budget.entry()
+    name = safe_name(member.name.rstrip("/"))
+    if member.isdir():
+        return _make_dir(dest, name)
+    if member.issym():
+        return _make_link(dest, name, member.linkname)
+    if not member.isfile():  # hard links (which could name any path), devices, pipes
+        raise _special()
+    source = tar.extractfile(member)
+    assert source is not None  # a regular file always has a reader
+    _write_file(dest, name, member.size, bool(member.mode & 0o111), source, budget)
 
 
 def _check_links(dest: Path) -> None:
@@ -230,6 +282,20 @@ def keep_folder(dest: Path, folder: PurePosixPath) -> None:
     aside.joinpath(*folder.parts).rename(dest)
     shutil.rmtree(aside)
     _check_links(dest)
+
+
+def hoist_named_folder(dest: Path, names: Collection[str]) -> None:
+    """Make the archive's one top folder, which must be named one of ``names``, the checkout root.
+
+    An archive laid out otherwise is not what the service promised (the Software Heritage vault puts
+    the directory in one folder named by its SWHID), so it is refused rather than built as it lies.
+    """
+    entries = list(dest.iterdir())
+    if len(entries) != 1 or entries[0].name not in names or entries[0].is_symlink() or not entries[0].is_dir():
+        found = ", ".join(sorted(e.name for e in entries)[:5]) or "nothing"
+        raise CheckoutRefused(f"The archive should hold one folder, {next(iter(names), '')}, and holds {found}.",
+                              "fetch_failed")
+    hoist_single_folder(dest)
 
 
 def is_zip(path: Path) -> bool:

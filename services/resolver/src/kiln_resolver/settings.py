@@ -86,8 +86,10 @@ class Settings(BusSettings):
                                 "provider launches (its API under /hsapi, its bags under /django_s3).")
     ckan_urls: list[str] = Field(default_factory=list, description="The CKAN sites whose datasets may be launched (base "
                                  "URLs, a path prefix included); empty: any public site, as BinderHub.")
-    swh_url: str = Field("https://archive.softwareheritage.org", description="The Software Heritage archive whose SWHIDs "
-                         "the swh provider launches (its API under /api/1; the builder has directories cooked by its vault).")
+    swh_url: str = Field("https://archive.softwareheritage.org", description="The Software Heritage archive the swh "
+                         "provider resolves SWHIDs with; its API is under /api/1 (the builder's swh_url names its vault).")
+    swh_access_token: str = Field("", description="Software Heritage API token (sent as a bearer token to its API "
+                                  "only): higher rate limits than anonymous requests.")
     resolve_cache_s: float = Field(60.0, ge=0, description="How long a branch or tag stays resolved to the same commit.")
     provider_timeout_s: float = Field(20.0, gt=0, description="Timeout of one provider API call or git ls-remote.")
 

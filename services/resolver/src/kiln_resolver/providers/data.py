@@ -8,7 +8,7 @@ from kiln_resolver.providers.dataverse import DataverseProvider
 from kiln_resolver.providers.doi import DoiProvider, DoiResolver
 from kiln_resolver.providers.figshare import FigshareProvider
 from kiln_resolver.providers.hydroshare import HydroShareProvider
-from kiln_resolver.providers.swh import SoftwareHeritageProvider
+from kiln_resolver.providers.swh import SwhProvider
 from kiln_resolver.providers.zenodo import ZenodoProvider
 from kiln_resolver.settings import Settings
 from kilnbus.guardedhttp import GuardedHTTP
@@ -23,5 +23,6 @@ def data_providers(settings: Settings) -> tuple[list[RepoProvider], GuardedHTTP]
     figshare = FigshareProvider(http, doi, settings.figshare_url, settings.figshare_api_url)
     dataverse = DataverseProvider(http, doi, settings.dataverse_urls)
     hydroshare = HydroShareProvider(http, doi, settings.hydroshare_url)
+    swh = SwhProvider(http, settings.swh_url, settings.swh_access_token)
     return [zenodo, figshare, hydroshare, dataverse, CKANProvider(http, settings.ckan_urls),
-            DoiProvider(doi, [zenodo, figshare, hydroshare, dataverse]), SoftwareHeritageProvider(http, settings.swh_url)], http
+            DoiProvider(doi, [zenodo, figshare, hydroshare, dataverse]), swh], http

@@ -12,10 +12,10 @@ from kilnbus.guardedhttp import GuardedHTTP
 from kilnbus.urlguard import UnsafeRepoURL
 
 
-async def api_json(http: GuardedHTTP, url: str, what: str) -> tuple[int, Any]:
+async def api_json(http: GuardedHTTP, url: str, what: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """GET ``url`` (an API call to ``what``): (status, JSON body); unreachable, 5xx and 429 become ResolveError."""
     try:
-        status, body, _ = await http.get_json(url)
+        status, body, _ = await http.get_json(url, headers=headers)
     except UnsafeRepoURL as exc:
         if exc.cause == "provider_unreachable":  # the API's own name does not resolve: Kiln's network, not the spec
             raise ResolveError(f"{what} could not be reached: {exc}", "provider_unreachable", 503) from None
