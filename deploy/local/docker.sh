@@ -78,6 +78,15 @@ start() {
   if pid_alive "$PIDFILE" && [[ $(cat "$KILN_STATE/dockerd.flags" 2>/dev/null) != "${FLAGS[*]}" ]]; then
     warn "the engine Kiln started runs with other settings: restarting it"; stop
   fi
+  # An engine another checkout of Kiln started runs containers through that checkout's wrapper:
+  # once that checkout is gone, no container starts. Such an engine is Kiln's: restart it here.
+  local theirs
+  theirs=$(docker info -f '{{with index .Runtimes "kiln-build"}}{{.Path}}{{end}}' 2>/dev/null || true)
+  if [[ -n $theirs && $theirs != "$RUNTIME" && ! -x $theirs ]]; then
+    warn "the engine runs containers through $theirs, which is gone: restarting it"
+    pkill -TERM -x dockerd || true
+    wait_for "dockerd exit" 30 bash -c "! pgrep -x dockerd" || pkill -KILL -x dockerd || true
+  fi
   if docker info >/dev/null 2>&1; then ok "docker engine answering"; build_cgroup; return; fi
   command -v dockerd >/dev/null || die "no Docker engine (dockerd) is installed or running" "apt-get install docker.io, or start your own engine and set DOCKER_HOST"
   [[ -n ${DOCKER_HOST:-} ]] && die "DOCKER_HOST=$DOCKER_HOST does not answer" "start that engine, or unset DOCKER_HOST to let make up start a local one"
