@@ -27,6 +27,7 @@ POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/16
 API_SERVICE_IP=10.96.0.1
 DNS_IP=10.96.0.10
+REGISTRY_NODEPORT=30500  # the in-cluster registry (deploy/k8s/kiln.sh), as the node's containerd pulls from it
 LOG="$KILN_LOGS"
 export PATH="$BIN:$PATH"
 
@@ -150,6 +151,10 @@ state = "$RUN/containerd"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni"
+  # The in-cluster registry (deploy/k8s/infra.yaml), at its NodePort on the node's address: plain
+  # HTTP, on a network only the cluster reaches.
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$NODE_IP:$REGISTRY_NODEPORT"]
+    endpoint = ["http://$NODE_IP:$REGISTRY_NODEPORT"]
 EOF
   put "$STATE/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -352,9 +357,17 @@ up() {
   daemon kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/scheduler.kubeconfig" \
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
     --leader-elect=false --bind-address 127.0.0.1 --v=1
+  # containerd reads its configuration once: a changed one needs a restart (pods keep running, their
+  # shims outlive it).
+  local config_sha; config_sha=$(sha256sum <"$STATE/containerd.toml" | cut -c1-64)
+  local running; running=$(pid_of containerd || true)
+  if [[ -n $running && $(cat "$RUN/containerd.sha" 2>/dev/null) != "$config_sha" ]]; then
+    kill "$running"; wait_for "containerd to stop" 20 bash -c "! kill -0 $running 2>/dev/null" || kill -9 "$running" 2>/dev/null || true
+  fi
   # A socket left by a containerd that was killed answers nothing: wait for the new one to answer.
   [[ -n $(pid_of containerd) ]] || rm -f "$RUN/containerd.sock" "$RUN/containerd.sock.ttrpc"
   daemon containerd containerd --config "$STATE/containerd.toml"
+  echo "$config_sha" >"$RUN/containerd.sha"
   wait_for "containerd" 30 ctr --address "$RUN/containerd.sock" version || die "containerd did not start" "read $LOG/k8s-containerd.log"
   import_image "kiln.local/pause:1" "$STATE/images/pause.tar"
   import_image "kiln.local/coredns:$COREDNS_VERSION" "$STATE/images/coredns.tar"

@@ -25,13 +25,15 @@ for s in ${*:-gateway resolver builder launcher analytics}; do
   src=$(cd "$KILN_ROOT" && find schemas lib/kilnbus "services/$s" deploy/images/service/Dockerfile -type f \
         ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
   if docker image inspect "$image:src-$src-${runtime##*:}" >/dev/null 2>&1; then
-    docker tag "$image:src-$src-${runtime##*:}" "$image:latest"; ok "$image up to date"; continue
+    docker tag "$image:src-$src-${runtime##*:}" "$image:latest"
+    docker tag "$image:src-$src-${runtime##*:}" "$image:$tag"; ok "$image up to date"; continue
   fi
   run_as=kiln; [[ $s == builder ]] && run_as=root
   docker build -q --network host -f "$KILN_ROOT/deploy/images/service/Dockerfile" --build-arg PYTHON_BASE="$runtime" \
     --build-arg SERVICE="$s" --build-arg RUN_AS="$run_as" \
     -t "$image:$tag" -t "$image:latest" -t "$image:src-$src-${runtime##*:}" "$KILN_ROOT" >>"$KILN_LOGS/images.log" 2>&1 \
     || { tail -n 20 "$KILN_LOGS/images.log" >&2; die "building the $s image failed" "read $KILN_LOGS/images.log"; }
-  docker push -q "$image:$tag" >/dev/null && docker push -q "$image:latest" >/dev/null
+  # KILN_IMAGES_PUSH=0: built only (deploy/k8s imports them into its cluster; no registry needed).
+  [[ ${KILN_IMAGES_PUSH:-1} == 0 ]] || { docker push -q "$image:$tag" >/dev/null && docker push -q "$image:latest" >/dev/null; }
   ok "$image:$tag"
 done

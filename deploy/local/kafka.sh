@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a real Apache Kafka broker in KRaft mode on loopback, from jars fetched from Maven Central.
-#   kafka.sh start|stop|status|restart
+#   kafka.sh start|stop|status|restart|jars
 # Settings (environment): KILN_KAFKA_PORT (9092), KILN_KAFKA_CONTROLLER_PORT (9093),
 # KILN_KAFKA_INSTANCE (main; a second instance keeps its own data, as the fault tests need),
 # KILN_KAFKA_BOOTSTRAP (set it to use an existing cluster instead: nothing is started),
@@ -170,5 +170,6 @@ status() {
 
 case "${1:-}" in
   start) start ;; stop) stop ;; status) status ;; restart) stop; start ;;
-  *) echo "usage: $0 start|stop|status|restart" >&2; exit 2 ;;
+  jars) fetch_jars; echo "$LIBS" ;;  # the broker's jars, fetched if need be (deploy/k8s builds an image of them)
+  *) echo "usage: $0 start|stop|status|restart|jars" >&2; exit 2 ;;
 esac

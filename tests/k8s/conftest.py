@@ -46,3 +46,24 @@ def cluster() -> Iterator[Cluster]:
     env = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     kubectl, node_ip = env.stdout.split()
     yield Cluster(kubeconfig, Path(kubectl), node_ip)
+
+
+@dataclass(frozen=True)
+class Kiln:
+    """Kiln installed on the cluster by deploy/k8s/kiln.sh: its gateway's public URL, and the cluster."""
+
+    url: str
+    hub_url: str
+    cluster: Cluster
+    namespace: str = "kiln"
+
+
+@pytest.fixture(scope="session")
+def kiln(cluster: Cluster) -> Kiln:
+    """``kiln.sh install``: images into the cluster, Kafka, a registry and JupyterHub with KubeSpawner,
+    then the chart with ``helm upgrade --install --wait`` (minutes the first time, then quick)."""
+    script = ROOT / "deploy" / "k8s" / "kiln.sh"
+    done = subprocess.run(["bash", str(script), "install"], capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, f"kiln.sh install:\n{done.stdout}\n{done.stderr}"
+    url = subprocess.run(["bash", str(script), "url"], capture_output=True, text=True, check=True).stdout.strip()
+    return Kiln(url, f"http://{cluster.node_ip}:30800", cluster)

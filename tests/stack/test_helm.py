@@ -116,6 +116,19 @@ def test_defaults_need_only_the_three_addresses(helm: str, chart: Path) -> None:
     annotations = deployments["kiln-resolver"].spec.template.metadata.annotations
     assert annotations["prometheus.io/port"] == "9100" and annotations["prometheus.io/scrape"] == "true"
 
+@pytest.mark.parametrize(("base_url", "prefix"), [("/", "/"), ("/binder/", "/binder/"), ("/binder", "/binder/"),
+                                                  ("/a/b/", "/a/b/")])
+def test_gateway_probes_follow_its_base_url(helm: str, chart: Path, base_url: str, prefix: str) -> None:
+    """The gateway serves every route under base_url: probes at /health would never make it ready."""
+    sets = ("kafka.bootstrap=kafka:9092", "registry.url=https://r.example.org", "registry.image_prefix=r.example.org/b-",
+            "hub.publicUrl=https://hub.example.org", f"gateway.settings.base_url={base_url}")
+    gateway = next(parsed(d) for d in render(helm, chart, sets=sets)
+                   if d["kind"] == "Deployment" and d["metadata"]["name"] == "kiln-gateway")
+    container = gateway.spec.template.spec.containers[0]
+    assert (container.readiness_probe.http_get.path, container.liveness_probe.http_get.path) == \
+        (f"{prefix}health", f"{prefix}metrics")
+
+
 def test_autoscaling_stops_consumers_at_the_partition_count(helm: str, chart: Path) -> None:
     example = ROOT / "deploy" / "helm" / "examples" / "strimzi-ingress-autoscaling.yaml"
     docs = render(helm, chart, example)

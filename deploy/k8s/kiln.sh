@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Kiln installed with its Helm chart on the test cluster (cluster.sh), as an operator would:
+#   kiln.sh install|uninstall|status|url
+#
+# No registry can be pulled from here, so every image is built on this machine and imported into
+# the cluster's containerd: Kiln's five service images (deploy/local/images.sh, not pushed), and
+# what the chart expects to exist already, made from Debian and PyPI: a Kafka broker (the chart's
+# "existing cluster" path), a registry and JupyterHub with KubeSpawner (zero-to-jupyterhub's chart
+# cannot be fetched; deploy/k8s/hub stands in for it under its names, applying the chart's own
+# jupyterhub values). Then `helm upgrade --install` with deploy/k8s/values.yaml, waiting for every
+# Deployment. `url` prints the gateway's address (a NodePort on the node's address).
+set -euo pipefail
+source "$(dirname "$0")/../local/lib.sh"
+source "$(dirname "$0")/../local/kiln.env"
+source "$(dirname "$0")/versions.sh"
+
+HERE="$KILN_ROOT/deploy/k8s"
+STATE="$KILN_STATE/k8s"
+NODE_IP=$KILN_K8S_NODE_IP
+NAMESPACE=${KILN_K8S_NAMESPACE:-kiln}
+RELEASE=kiln
+REGISTRY_NODEPORT=30500  # as cluster.sh tells the node's containerd
+PROXY_NODEPORT=30800
+export PATH="$K8S_TOOLS/bin:$PATH"
+export DOCKER_BUILDKIT=0
+
+kubectl_admin() { kubectl --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
+ctr_k8s() { ctr --address /run/kiln-k8s/containerd.sock -n k8s.io "$@"; }
+
+# build_image NAME DIR [FILE...]: kiln.local/NAME:<hash of its inputs>, built once (host network:
+# apt, PyPI and npm), from DIR's Dockerfile and the FILEs copied beside it. Prints the reference.
+build_image() {
+  local name=$1 dir=$2; shift 2
+  local hash ref ctx
+  hash=$(cat "$dir"/* "$@" 2>/dev/null | sha256sum | cut -c1-12)
+  ref="kiln.local/$name:$hash"
+  if ! docker image inspect "$ref" >/dev/null 2>&1; then
+    step "building the $name image for the cluster" >&2
+    ctx=$(mktemp -d)
+    cp -r "$dir"/. "$ctx/"
+    (($#)) && cp -r "$@" "$ctx/"
+    docker build -q --network host -t "$ref" "$ctx" >"$KILN_LOGS/k8s-image-$name.log" 2>&1 \
+      || { rm -rf "$ctx"; tail -n 20 "$KILN_LOGS/k8s-image-$name.log" >&2; die "building the $name image failed" "read $KILN_LOGS/k8s-image-$name.log"; }
+    rm -rf "$ctx"
+  fi
+  echo "$ref"
+}
+
+# into_cluster REF: the Docker image REF into the cluster's containerd, again only when it changed.
+into_cluster() {
+  local ref=$1 id mark
+  id=$(docker image inspect -f '{{.Id}}' "$ref")
+  mark="$STATE/imported/$(echo "$ref" | tr '/:' '__')"
+  [[ -f $mark && $(cat "$mark") == "$id" ]] && ctr_k8s images ls -q | grep -qxF "$ref" && return 0
+  docker save "$ref" | ctr_k8s images import - >/dev/null
+  mkdir -p "$STATE/imported"; echo "$id" >"$mark"
+}
+
+images() {
+  docker image inspect kiln/debian-rootfs:bookworm >/dev/null 2>&1 || bash "$KILN_ROOT/deploy/local/base-image.sh"
+  KILN_IMAGES_PUSH=0 bash "$KILN_ROOT/deploy/local/images.sh" >&2
+  local tag s libs
+  tag=$(git -C "$KILN_ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo dev)
+  for s in gateway resolver builder launcher analytics; do into_cluster "127.0.0.1:5000/kiln/$s:$tag"; done
+  libs=$(bash "$KILN_ROOT/deploy/local/kafka.sh" jars | tail -n 1)
+  KAFKA_IMAGE=$(build_image kafka "$KILN_ROOT/deploy/images/kafka" "$libs" "$KILN_ROOT/deploy/kafka/log4j2.properties")
+  REGISTRY_IMAGE=$(build_image registry "$KILN_ROOT/deploy/images/registry")
+  HUB_IMAGE=$(build_image hub "$KILN_ROOT/deploy/images/hub" "${KILN_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}")
+  for s in "$KAFKA_IMAGE" "$REGISTRY_IMAGE" "$HUB_IMAGE"; do into_cluster "$s"; done
+  SERVICE_TAG=$tag
+  ok "images in the cluster: Kiln's five at $tag, $KAFKA_IMAGE, $REGISTRY_IMAGE, $HUB_IMAGE"
+}
+
+fill() {  # fill FILE: FILE with its @NAME@ placeholders filled in
+  sed -e "s|@KAFKA_IMAGE@|$KAFKA_IMAGE|g" -e "s|@REGISTRY_IMAGE@|$REGISTRY_IMAGE|g" -e "s|@HUB_IMAGE@|$HUB_IMAGE|g" \
+      -e "s|@REGISTRY_NODEPORT@|$REGISTRY_NODEPORT|g" -e "s|@PROXY_NODEPORT@|$PROXY_NODEPORT|g" \
+      -e "s|@NAMESPACE@|$NAMESPACE|g" -e "s|@RELEASE@|$RELEASE|g" -e "s|@CONFIG_SHA@|${CONFIG_SHA:-}|g" \
+      -e "s|@IMAGE_PREFIX@|$NODE_IP:$REGISTRY_NODEPORT/kiln/binder-|g" "$1"
+}
+
+infra() {
+  fill "$HERE/infra.yaml" | kubectl_admin apply -f - >/dev/null
+  kubectl_admin -n kiln-infra rollout status deployment/kafka deployment/registry --timeout 180s >/dev/null \
+    || die "Kafka or the registry did not start in the cluster" "kubectl --kubeconfig $STATE/admin.kubeconfig -n kiln-infra describe pods"
+  ok "Kafka and the registry running in namespace kiln-infra (registry at $NODE_IP:$REGISTRY_NODEPORT)"
+}
+
+hub() {
+  kubectl_admin get namespace "$NAMESPACE" >/dev/null 2>&1 || kubectl_admin create namespace "$NAMESPACE" >/dev/null
+  # The launcher's hub token: made once, kept with the cluster's state (z2jh keeps it in this Secret too).
+  [[ -s $STATE/hub-launcher-token ]] || (umask 077; openssl rand -hex 32 >"$STATE/hub-launcher-token")
+  kubectl_admin -n "$NAMESPACE" create secret generic hub --dry-run=client -o yaml \
+    --from-file=hub.services.kiln-launcher.apiToken="$STATE/hub-launcher-token" | kubectl_admin apply -f - >/dev/null
+  local values="$STATE/chart-values.yaml"
+  cp "$KILN_ROOT/deploy/helm/kiln/values.yaml" "$values"
+  kubectl_admin -n "$NAMESPACE" create configmap hub-config --dry-run=client -o yaml \
+    --from-file=jupyterhub_config.py="$HERE/hub/jupyterhub_config.py" --from-file=values.yaml="$values" \
+    | kubectl_admin apply -f - >/dev/null
+  CONFIG_SHA=$(cat "$HERE/hub/jupyterhub_config.py" "$values" | sha256sum | cut -c1-16)
+  fill "$HERE/hub/hub.yaml" | kubectl_admin apply -f - >/dev/null
+  kubectl_admin -n "$NAMESPACE" rollout status deployment/hub --timeout 180s >/dev/null \
+    || die "JupyterHub did not start in the cluster" "kubectl --kubeconfig $STATE/admin.kubeconfig -n $NAMESPACE logs deployment/hub"
+  ok "JupyterHub with KubeSpawner running (proxy at http://$NODE_IP:$PROXY_NODEPORT)"
+}
+
+chart() {
+  local helm copy placeholder
+  helm=$(bash "$KILN_ROOT/deploy/helm/helm.sh" | tail -n 1)
+  # zero-to-jupyterhub cannot be fetched: a placeholder with its name and version satisfies Helm's
+  # dependency check; jupyterhub.enabled=false in values.yaml leaves it unrendered (hub() stands in).
+  copy="$STATE/chart/kiln"
+  rm -rf "$STATE/chart"; mkdir -p "$STATE/chart"; cp -r "$KILN_ROOT/deploy/helm/kiln" "$copy"
+  placeholder="$copy/charts/jupyterhub"; mkdir -p "$placeholder"
+  printf 'apiVersion: v2\nname: jupyterhub\nversion: "%s"\n' \
+    "$(sed -n '/name: jupyterhub/,/version:/s/.*version: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' "$copy/Chart.yaml" | head -n 1)" >"$placeholder/Chart.yaml"
+  "$helm" --kubeconfig "$STATE/admin.kubeconfig" upgrade --install "$RELEASE" "$copy" -n "$NAMESPACE" \
+    -f "$HERE/values.yaml" --set image.tag="$SERVICE_TAG" \
+    --set registry.url="http://$NODE_IP:$REGISTRY_NODEPORT" --set registry.image_prefix="$NODE_IP:$REGISTRY_NODEPORT/kiln/binder-" \
+    --set hub.publicUrl="http://$NODE_IP:$PROXY_NODEPORT" \
+    --wait --timeout 6m >"$KILN_LOGS/k8s-helm.log" 2>&1 \
+    || { tail -n 20 "$KILN_LOGS/k8s-helm.log" >&2; die "helm install did not complete" "kubectl --kubeconfig $STATE/admin.kubeconfig -n $NAMESPACE get pods"; }
+  ok "Kiln installed: $(url)"
+}
+
+url() {
+  local port
+  port=$(kubectl_admin -n "$NAMESPACE" get service "$RELEASE-gateway" -o jsonpath='{.spec.ports[0].nodePort}')
+  echo "http://$NODE_IP:$port/binder/"
+}
+
+install() {
+  local started=$SECONDS
+  bash "$HERE/cluster.sh" up
+  images
+  infra
+  hub
+  chart
+  ok "Kiln on Kubernetes in $((SECONDS - started))s"
+}
+
+uninstall() {
+  local helm; helm=$(bash "$KILN_ROOT/deploy/helm/helm.sh" | tail -n 1)
+  "$helm" --kubeconfig "$STATE/admin.kubeconfig" uninstall "$RELEASE" -n "$NAMESPACE" --wait >/dev/null 2>&1 || true
+  kubectl_admin delete namespace "$NAMESPACE" kiln-infra "$NAMESPACE-builds" --ignore-not-found --wait=true --timeout 120s >/dev/null
+  ok "Kiln removed from the cluster"
+}
+
+case ${1:-} in
+  install) install ;;
+  uninstall) uninstall ;;
+  status) kubectl_admin get pods -A -o wide ;;
+  url) url ;;
+  *) echo "usage: $0 install|uninstall|status|url" >&2; exit 2 ;;
+esac
