@@ -46,20 +46,42 @@ kubectl_admin() { "$BIN/kubectl" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
 # ---- the node's network namespace ------------------------------------------------------------
 start_node() {
   bash "$KILN_ROOT/deploy/local/network.sh" start >/dev/null
-  if [[ -n $(node_pid) ]]; then return 0; fi
-  docker rm -f "$NODE_CONTAINER" >/dev/null 2>&1 || true
-  # Only its network namespace is used: the pause program, with no rights and nothing mounted.
-  docker run -d --name "$NODE_CONTAINER" --network "$KILN_K8S_NETWORK" --ip "$NODE_IP" --restart unless-stopped \
-    --cap-drop ALL --security-opt no-new-privileges --read-only --user 65534:65534 \
-    --label org.kiln.stack=k8s kiln.local/pause:1 >/dev/null
-  wait_for "the node container" 20 node_pid || die "the node container did not start" "docker logs $NODE_CONTAINER"
-  NEW_NODE=1  # pods kept from before sit in a network that went with the old container (see up)
+  if [[ -z $(node_pid) ]]; then
+    docker rm -f "$NODE_CONTAINER" >/dev/null 2>&1 || true
+    # Only its network namespace is used: the pause program, with no rights and nothing mounted.
+    docker run -d --name "$NODE_CONTAINER" --network "$KILN_K8S_NETWORK" --ip "$NODE_IP" --restart unless-stopped \
+      --cap-drop ALL --security-opt no-new-privileges --read-only --user 65534:65534 \
+      --label org.kiln.stack=k8s kiln.local/pause:1 >/dev/null
+    wait_for "the node container" 20 node_pid || die "the node container did not start" "docker logs $NODE_CONTAINER"
+  fi
+  # Every time, not only for a container made here: Docker's restart policy makes one without these.
   # Inside the node only: pods are routed through it, and bridged pod traffic passes its iptables.
   in_node sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward; echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet 2>/dev/null; true'
   in_node ip link set lo up
   # A Service address kube-proxy has not (or no longer) programmed must go nowhere, not out through
   # the default route to whatever has that address beyond the host.
   in_node ip route replace blackhole "$SERVICE_CIDR"
+}
+
+# end_strays: the cluster's processes still running in another network namespace than the node's (the
+# node container was made anew: Docker restarted, or the host did) answer nobody; end them, to be
+# started again in the node's.
+end_strays() {
+  local name pid node_ns stray=()
+  node_ns=$(readlink "/proc/$(node_pid)/ns/net")
+  # Docker's restart policy, too, makes the node anew: the pods' sandboxes then sit in the old one.
+  [[ $(cat "$RUN/node-netns" 2>/dev/null) == "$node_ns" ]] || NEW_NODE=1
+  mkdir -p "$RUN"; echo "$node_ns" >"$RUN/node-netns"
+  for name in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
+    pid=$(pid_of "$name" || true)
+    if [[ -n $pid && $(readlink "/proc/$pid/ns/net" 2>/dev/null) != "$node_ns" ]]; then
+      warn "$name runs in a network namespace the node no longer has: restarting it"
+      kill "$pid" 2>/dev/null || true; stray+=("$pid")
+    fi
+  done
+  gone() { local p; for p in "$@"; do kill -0 "$p" 2>/dev/null && return 1; done; return 0; }
+  ((${#stray[@]})) && { wait_for "the cluster's processes" 20 gone "${stray[@]}" || kill -9 "${stray[@]}" 2>/dev/null || true; }
+  return 0
 }
 
 # put FILE: stdin into FILE, only if it differs (kube-proxy exits when its configuration file changes).
@@ -332,6 +354,7 @@ up() {
   # busybox (Debian's static build), for the cluster's tests: a shell, wget, nc, nslookup, httpd.
   [[ -x /bin/busybox ]] && binary_image "kiln.local/busybox:1" /bin/busybox busybox
   start_node
+  end_strays
   make_pki
   write_configs
   daemon etcd "$BIN/etcd" --name kiln --data-dir "$STATE/etcd" --listen-client-urls http://127.0.0.1:2379 \

@@ -144,6 +144,8 @@ async def resolving_with(private: GitHost, settings: Settings) -> AsyncIterator[
         await r.__aexit__(None, None, None)
 
 
+GH = {"auth_state_tokens": {"gh": "access_token"}}  # GitHubOAuthenticator keeps the user's token there
+
 # (mode, extra settings, hub user, launched?)
 CASES = [
     ("refuse", {}, None, False),
@@ -156,11 +158,12 @@ CASES = [
     ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="bob", pattern=r"gh/other/.*")]}, "bob", False),
     ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="bob", pattern=r"gh/lab/secre")]}, "bob", False),
     ("allow_list", {"private_repo_allow": [PrivateRepoRule(user="bob", pattern=r"gh/lab/secret")]}, "bob", True),
-    ("forge_token", {}, "alice", True),  # her own token reads it
-    ("forge_token", {}, "bob", False),  # his does not
-    ("forge_token", {}, "carol", False),  # the hub keeps no token for her
-    ("forge_token", {}, "erin", False),  # the hub does not know her
-    ("forge_token", {}, None, False),
+    ("forge_token", GH, "alice", True),  # her own token reads it
+    ("forge_token", GH, "bob", False),  # his does not
+    ("forge_token", GH, "carol", False),  # the hub keeps no token for her
+    ("forge_token", GH, "erin", False),  # the hub does not know her
+    ("forge_token", GH, None, False),
+    ("forge_token", {}, "alice", False),  # no provider mapped: her token is sent nowhere
 ]
 
 
@@ -196,7 +199,7 @@ async def test_who_may_launch_a_private_repository(resolving_with: object, hub: 
 
 async def test_a_cached_resolution_is_checked_again_for_each_user(resolving_with: object, hub: str) -> None:
     r: Resolving = await resolving_with(private_repos="forge_token", hub_api_url=hub,  # type: ignore[operator]
-                                        hub_auth_state_token="resolver-hub-token")
+                                        hub_auth_state_token="resolver-hub-token", **GH)
     assert r.outcome(await r.launch("gh", "lab/secret/main", hub_user="alice")).phase is Phase.RESOLVED
     assert r.outcome(await r.launch("gh", "lab/secret/main", hub_user="bob")).phase is Phase.FAILED
 
@@ -234,3 +237,48 @@ async def test_a_gist_is_private_when_git_reads_it_only_with_the_operators_crede
     assert not (await GistProvider(api, private.url + "/private/g", False, None, 5).resolve("ann/feed42")).private, \
         "no credential: the builder clones anonymously, and fails"
     assert str(secret_host.not_found("ann/feed42")) == str(secret_host.not_found("ann/feed42/v1"))
+
+
+async def test_forge_token_asks_for_the_code_not_the_project(private: GitHost) -> None:
+    """A GitLab project can be public while its repository is for members only: a stranger's token
+    sees the project (200) but not the files, and must not count as able to read it."""
+    from kiln_resolver.providers.gitlab import GitLabProvider
+
+    make_repo(private.root, "gitlab/lab/members", {"README.md": "members only\n"})
+    private.stats.gitlab_code_readers["lab/members"] = {"operator-token", "Bearer member-token"}
+    provider = GitLabProvider(private.gitlab, "operator-token", 5)
+    try:
+        assert (await provider.resolve("lab%2Fmembers/main")).private, "members-only code counts as private"
+        assert await provider.can_read("lab%2Fmembers/main", "member-token")
+        assert not await provider.can_read("lab%2Fmembers/main", "stranger-token"), "seeing the project is not enough"
+    finally:
+        await provider.aclose()
+
+
+async def test_a_check_that_fails_refuses_as_not_found(resolving_with: object, hub: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forge answering the user's check with 429 or 5xx (``can_read`` raises) must not become an
+    internal error, which a missing repository never gives: it is a refusal like any other."""
+    r: Resolving = await resolving_with(private_repos="forge_token", hub_api_url=hub,  # type: ignore[operator]
+                                        hub_auth_state_token="resolver-hub-token", **GH)
+
+    async def forge_down(spec: str, user_token: str) -> bool:
+        raise ResolveError("GitHub's API answered 502; try again shortly.", "provider_unreachable", 503)
+
+    monkeypatch.setattr(GitHubProvider, "can_read", lambda self, spec, token: forge_down(spec, token))
+    told = r.outcome(await r.launch("gh", "lab/secret/main", hub_user="alice"))
+    missing = r.outcome(await r.launch("gh", "lab/absent/main", hub_user="alice"))
+    assert (told.phase, told.failure_cause, told.status_code) == (missing.phase, missing.failure_cause,
+                                                                   missing.status_code) == (Phase.FAILED, "repo_not_found", 404)
+    assert (told.message or "").replace("lab/secret", "X") == (missing.message or "").replace("lab/absent", "X")
+
+
+async def test_not_found_is_remembered_as_long_as_found(resolving_with: object, private: GitHost) -> None:
+    """Only found repositories were cached: asked twice, a private one (found, then refused) answered the
+    second time at once and a missing one did not, which told them apart by time."""
+    r: Resolving = await resolving_with()  # type: ignore[operator]
+    for spec in ("lab/secret/main", "lab/absent/main", "lab/secret/no-such-branch"):
+        await r.launch("gh", spec)
+        asked = private.stats.requests
+        again = r.outcome(await r.launch("gh", spec))
+        assert private.stats.requests == asked and again.failure_cause == "repo_not_found", spec

@@ -8,9 +8,11 @@ loopback is allowed past the URL guard.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tarfile
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -234,12 +236,17 @@ async def test_hostile_vault_archives_are_refused(datahost: DataHost, tmp_path: 
 
 
 async def test_a_vault_archive_bomb_or_garbage_is_refused(datahost: DataHost, tmp_path: Path) -> None:
-    # A pax header tarfile would read whole into memory: 64 MiB of it in a few KiB of gzip.
+    # A pax header tarfile would read whole into memory: 64 MiB of it in a few KiB of gzip. Refused at
+    # its header, whatever the size limit (none at all included), before any of it is read.
     bomb = swh_archive(datahost, {"{top}/a.txt": b"x"}, pax={"comment": "x" * (64 * 2**20)})
     assert len(datahost.raw[f"swh-{bomb}.tar.gz"]) < 2**20
-    with pytest.raises(FetchFailed, match="unpacks to more than 18 MiB of files and headers") as e:
-        await fetch_swh(datahost, bomb, tmp_path / "a")
-    assert e.value.cause == "repo_too_large"
+    for policy in (POLICY, dataclasses.replace(POLICY, max_bytes=0)):
+        tracemalloc.start()
+        with pytest.raises(FetchFailed, match="a header .* larger than 1 MiB") as e:
+            await fetch_swh(datahost, bomb, tmp_path / f"a{policy.max_bytes}", policy)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert e.value.cause == "unsafe_repository" and peak < 16 * 2**20, peak
     for name, garbage in (("not-gzip", b"PK\x03\x04 not a tarball"), ("cut", make_targz({"a/b.txt": os.urandom(5000)})[:2000])):
         directory = datahost.add_swh_directory({name: b""})
         datahost.raw[f"swh-{directory}.tar.gz"] = garbage

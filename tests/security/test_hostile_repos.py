@@ -315,6 +315,20 @@ def test_archive_entries_that_would_leave_the_checkout_are_refused(tmp_path: Pat
     assert not (tmp_path / "escape.txt").exists()
 
 
+@pytest.mark.parametrize("form", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_a_huge_long_name_header_is_refused_before_it_is_read(tmp_path: Path, form: int) -> None:
+    """tarfile reads a GNU long name or a pax header whole into memory: a 4 MiB name is refused at its header."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=form) as tar:
+        tar.addfile(tarfile.TarInfo("d/" * (2 * 2**20)), io.BytesIO(b""))
+    buf.seek(0)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(CheckoutRefused, match="larger than 1 MiB") as refused:
+        extract_checkout(buf, dest, 0, 0)
+    assert refused.value.cause == "unsafe_repository" and list(dest.iterdir()) == []
+
+
 def test_archive_with_files_folders_and_links_extracts(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()

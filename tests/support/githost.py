@@ -80,6 +80,9 @@ class ApiStats:
     # (the value there), as private, and any other repository as public.
     git_auth: str = ""
     github_private: dict[str, str] = field(default_factory=dict)
+    # GitLab projects (namespace) that are public but keep their repository to members: every
+    # /repository call needs one of these Authorization or PRIVATE-TOKEN values.
+    gitlab_code_readers: dict[str, set[str]] = field(default_factory=dict)
     git_authorizations: list[str] = field(default_factory=list)  # what git sent to /private/
     gitea_limited_owners: set[str] = field(default_factory=set)  # Gitea owners whose visibility is "limited"
 
@@ -240,8 +243,16 @@ class _Handler(GitHttpHandler):
             return self._json(404, {"message": "404 Not Found"})
         namespace = unquote(parts[1])
         repo = self._repo("gitlab", *namespace.split("/"))
+        readers = self.stats.gitlab_code_readers.get(namespace)
         if len(parts) == 2:
-            return self._json(200 if repo.exists() else 404, {"path_with_namespace": namespace})
+            body: dict[str, str] = {"path_with_namespace": namespace, "visibility": "public"}
+            if readers is not None:
+                body["repository_access_level"] = "private"
+            return self._json(200 if repo.exists() else 404, body)
+        if readers is not None and not {self.headers.get("Authorization"), self.headers.get("PRIVATE-TOKEN")} & readers:
+            return self._json(404, {"message": "404 Project Not Found"})  # the code is for members only
+        if parts[2:4] == ["repository", "tree"]:
+            return self._json(200, [{"name": p.name} for p in sorted(repo.iterdir()) if p.name != ".git"])
         if parts[2:4] == ["repository", "commits"] and len(parts) >= 5:
             sha = self._rev(repo, unquote("/".join(parts[4:])))
             return self._json(200, {"id": sha}) if sha else self._json(404, {"message": "404 Commit Not Found"})
@@ -261,6 +272,8 @@ class _Handler(GitHttpHandler):
             visibility = "limited" if parts[1] in self.stats.gitea_limited_owners else "public"
             return self._json(200, {"full_name": f"{parts[1]}/{parts[2]}", "private": bool(self.stats.private), "internal": False,
                                     "owner": {"login": parts[1], "visibility": visibility}})
+        if parts[3:] == ["contents"]:  # the root's listing: what reading the code takes
+            return self._json(200, [{"name": p.name, "type": "file"} for p in sorted(repo.iterdir()) if p.name != ".git"])
         if parts[3:] == ["commits"]:
             query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
             sha = self._rev(repo, query.get("sha", ["HEAD"])[0])

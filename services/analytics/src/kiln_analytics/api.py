@@ -73,7 +73,11 @@ class Api:
         record = self._source.requests.record(request.path_params["request_id"])
         if record is None:
             return JSONResponse({"error": "no such request in the log"}, status_code=404)
-        return JSONResponse({**record.to_json(), "spans": record.spans()})
+        shown = record.to_json()
+        if record.shown_repo is None or not record.shown_repo:
+            # Not shown until the resolver says the repository is public (see RequestRecord.shown_repo).
+            shown.update(spec="", repo="", ref="")
+        return JSONResponse({**shown, "spans": record.spans()})
 
     async def export(self, request: Request) -> Response:
         try:

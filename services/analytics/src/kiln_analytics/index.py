@@ -19,6 +19,12 @@ WINDOWS = {"hour": 3600, "day": 86400}
 
 
 PRIVATE = "(a private repository)"  # what the dashboard and the API show in place of its name
+UNRESOLVED = "(not resolved)"  # launches that never resolved: their spec may name a private repository
+
+
+def _shown(record: RequestRecord) -> str:
+    shown = record.shown_repo
+    return PRIVATE if shown is None else shown or UNRESOLVED
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class Summary:
 
     @classmethod
     def of(cls, record: RequestRecord) -> Summary:
-        return cls(request_id=record.request_id, provider=record.provider, repo=PRIVATE if record.private else record.repo or record.spec,
+        return cls(request_id=record.request_id, provider=record.provider, repo=_shown(record),
                    started=record.started, ended=record.ended, outcome=record.outcome,
                    failure_cause=record.failure_cause, running=record.running, spans=record.spans(), warm=record.warm)
 

@@ -33,6 +33,7 @@ SPANS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
 )
 SPAN_NAMES: tuple[str, ...] = tuple(name for name, _, _ in SPANS) + ("total",)
 OUTCOMES = (Phase.READY.value, Phase.FAILED.value)
+HIDDEN_SERVER = "(a server)"  # a private repository's server: running, but not named
 
 
 @dataclass
@@ -63,6 +64,15 @@ class RequestRecord:
     @property
     def ended(self) -> float | None:
         return self.marks.get(self.outcome) if self.outcome else None
+
+    @property
+    def shown_repo(self) -> str | None:
+        """The repository as the dashboard and API may show it: only once the resolver said it is
+        public. Before (a launch that failed to resolve, or was refused), the spec could be a private
+        repository's, and the failure that told the user so says nothing of privacy."""
+        if self.private:
+            return None
+        return (self.repo or self.spec) if "resolved" in self.marks else ""
 
     @property
     def running(self) -> bool:
@@ -118,6 +128,8 @@ def fold(record: RequestRecord | None, event: PhaseEvent) -> RequestRecord | Non
         # public archive's: forgotten whichever event brought it, and never taken again.
         record.private = True
         record.spec = record.repo = record.ref = ""
+        if record.server:
+            record.server = HIDDEN_SERVER  # an anonymous user's server is named after the repository
         changed = True
     if event.provider and not record.provider:
         record.provider = event.provider
@@ -136,7 +148,7 @@ def fold(record: RequestRecord | None, event: PhaseEvent) -> RequestRecord | Non
         record.failure_cause = (event.failure_cause or "unknown") if phase == "failed" else ""
         changed = True
     if started is not None and not record.server:
-        record.server = started.server_name or started.url
+        record.server = HIDDEN_SERVER if record.private else started.server_name or started.url
         record.warm = started.warm
         changed = True
     if stops and not record.stopped:

@@ -159,6 +159,25 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
+MAX_TAR_HEADER = 1 << 20  # a long name or pax header past this is no path anyone meant
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A tar member whose extended header (pax, or GNU long name and link) is refused past
+    ``MAX_TAR_HEADER``: tarfile reads such a header whole into memory before Kiln sees the member,
+    so a small compressed archive could otherwise ask for gigabytes."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > MAX_TAR_HEADER:
+            raise CheckoutRefused("The archive contains a header (a long name or extended attributes) larger than "
+                                  f"{_amount(MAX_TAR_HEADER)}.", "unsafe_repository")
+        return super()._proc_member(tar)  # type: ignore[misc,no-any-return]
+
+
+_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+             tarfile.GNUTYPE_LONGLINK)
+
+
 def extract_checkout(stream: object, dest: Path, max_bytes: int, max_entries: int) -> None:
     """Extract the tar ``stream`` (git archive's) into ``dest``, refusing anything that could leave it.
 
@@ -169,7 +188,7 @@ def extract_checkout(stream: object, dest: Path, max_bytes: int, max_entries: in
     """
     root = os.path.realpath(dest)
     total = entries = 0
-    with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+    with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:  # type: ignore[call-overload]
         for member in tar:
             if member.name == "pax_global_header" or member.type == tarfile.XGLTYPE:
                 continue

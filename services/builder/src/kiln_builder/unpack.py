@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING
 
-from kiln_builder.fetch import CheckoutRefused, FetchPolicy
+from kiln_builder.fetch import BoundedTarInfo, CheckoutRefused, FetchPolicy
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -227,7 +227,7 @@ def extract_tar(archive: Path, dest: Path, budget: Budget) -> None:
     cap = 2 * limit + 16 * 2**20 if limit else 0
     try:
         with gzip.open(archive, "rb") as unzipped, _Capped(unzipped, cap) as stream, \
-                tarfile.open(fileobj=stream, mode="r|") as tar:
+                tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:
             for member in tar:
                 _extract_tar_member(tar, member, dest, budget)
         _check_links(dest)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable
 
 from kiln_resolver import metrics
 from kiln_resolver.images import image_name, split_image
-from kiln_resolver.policy import Policy
+from kiln_resolver.policy import Policy, Refusal
 from kiln_resolver.private import PrivateAccess
 from kiln_resolver.providers import RepoProvider, Resolution, ResolveError
 from kiln_resolver.registry import Registry, RegistryError
@@ -70,7 +70,7 @@ class Resolver:
         self._policy = Policy(settings)
         self.private = PrivateAccess(settings)
         self.running = running
-        self._cache: dict[tuple[str, str], tuple[float, tuple[Resolution, str]]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, tuple[Resolution, str] | ResolveError]] = {}
         self._handled = _Recent()
         self._in_flight: set[str] = set()
         self.resolutions = 0  # provider calls made (cache misses)
@@ -146,7 +146,12 @@ class Resolver:
     async def _check_private(self, request: LaunchRequested, provider: RepoProvider) -> None:
         """Refuse a private repository to who may not launch it, as if it did not exist: its name,
         refs and commits are told to nobody who could not read them anyway."""
-        refusal = await self.private.refusal(request.provider, provider, request.spec, request.hub_user)
+        try:
+            refusal = await self.private.refusal(request.provider, provider, request.spec, request.hub_user)
+        except Exception as exc:  # noqa: BLE001 (a check that cannot run refuses, and says nothing else)
+            log.warning("launch %s of %s/%s refused: the check of who may launch it failed: %r", request.request_id,
+                        request.provider, request.spec, exc)
+            refusal = Refusal("the check failed", "private_repository", 403)
         if refusal is None:
             return
         log.info("launch %s of %s/%s refused: %s", request.request_id, request.provider, request.spec, refusal.message)
@@ -162,26 +167,43 @@ class Resolver:
         return KilnError(message, cause=exc.cause, status=exc.status)
 
     async def _resolve(self, request: LaunchRequested, provider: RepoProvider) -> tuple[Resolution, str]:
-        """The resolution, and the ref it fell back from to the default branch ("" when it did not)."""
+        """The resolution, and the ref it fell back from to the default branch ("" when it did not).
+
+        Answers that a repository or ref does not exist are cached as long as resolutions: were
+        only found ones cached, a second ask answered at once would tell a private repository
+        (found, then refused) from a missing one (asked of the forge each time)."""
         key = (request.provider, request.spec)
         cached = self._cache.get(key)
         if cached and time.monotonic() - cached[0] < self._s.resolve_cache_s:
+            if isinstance(cached[1], ResolveError):
+                known = cached[1]
+                raise ResolveError(str(known), known.cause, known.status, private=known.private)
             return cached[1]
         fell_back = ""
         try:
-            resolution = await self._timed(request.provider, provider.resolve(request.spec))
+            try:
+                resolution = await self._timed(request.provider, provider.resolve(request.spec))
+            except ResolveError as exc:
+                # BinderHub's fallback: links to master or main keep working when the default branch changed.
+                owner_repo, _, ref = request.spec.rpartition("/")
+                if exc.cause != "ref_not_found" or request.provider != "gh" or ref not in ("master", "main"):
+                    raise
+                if exc.private:  # refused before asking more of it, as a missing repository is asked no more
+                    await self._check_private(request, provider)
+                resolution = await self._timed(request.provider, provider.resolve(f"{owner_repo}/HEAD"))
+                fell_back = ref
         except ResolveError as exc:
-            # BinderHub's fallback: links to master or main keep working when the default branch changed.
-            owner_repo, _, ref = request.spec.rpartition("/")
-            if exc.cause != "ref_not_found" or request.provider != "gh" or ref not in ("master", "main"):
-                raise
-            resolution = await self._timed(request.provider, provider.resolve(f"{owner_repo}/HEAD"))
-            fell_back = ref
+            if exc.cause in ("repo_not_found", "ref_not_found"):
+                self._remember(key, exc)
+            raise
         self.resolutions += 1
+        self._remember(key, (resolution, fell_back))
+        return resolution, fell_back
+
+    def _remember(self, key: tuple[str, str], answer: tuple[Resolution, str] | ResolveError) -> None:
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[key] = (time.monotonic(), (resolution, fell_back))
-        return resolution, fell_back
+        self._cache[key] = (time.monotonic(), answer)
 
     @staticmethod
     async def _timed(provider: str, call: Awaitable[Resolution]) -> Resolution:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from kilnbus import BusSettings
 from kilnbus.credentials import GitCredential, GitHubApp
@@ -56,11 +56,12 @@ class Settings(BusSettings):
     hub_api_url: str = Field("", description="For private_repos=forge_token: JupyterHub's API (http://hub:8081/hub/api).")
     hub_auth_state_token: str = Field("", description="For private_repos=forge_token: a hub API token "
                                             "with the admin:auth_state scope (reads users' forge tokens).")
-    auth_state_tokens: dict[str, str] = Field({"gh": "access_token"}, description="For private_repos=forge_token: "
+    auth_state_tokens: dict[str, str] = Field(default_factory=dict, description="For private_repos=forge_token: "
                                               "JSON {provider: auth-state key}, which key of the hub's auth state holds "
-                                              "the user's token for which provider (an OAuthenticator keeps its one "
-                                              "forge's as access_token). A token is sent to its provider only; private "
-                                              "repositories of providers not listed are refused.")
+                                              "the user's token for which provider, e.g. {\"gh\": \"access_token\"} "
+                                              "with GitHubOAuthenticator. A token is sent to its provider only; private "
+                                              "repositories of providers not listed are refused. No default: which "
+                                              "forge the hub signs users in with is the operator's to say.")
     github_app: GitHubApp | None = Field(None, description="A GitHub App installation whose short-lived tokens "
                                          "resolve private repositories: JSON {app_id, installation_id, private_key, "
                                          "api_url, web_url}. Set it for the resolver and the builder alike.")
@@ -108,3 +109,12 @@ class Settings(BusSettings):
     high_quota_specs: list[str] = Field(default_factory=list, description="Specs that get per_repo_quota_higher.")
     per_repo_quota: int = Field(0, ge=0, description="Running servers allowed per repository; 0: no limit.")
     per_repo_quota_higher: int = Field(0, ge=0, description="The quota for high_quota_specs.")
+
+    @field_validator("auth_state_tokens")
+    @classmethod
+    def _one_key_per_provider(cls, tokens: dict[str, str]) -> dict[str, str]:
+        # One auth-state key read for two providers would send one forge's token to the other.
+        keys = list(tokens.values())
+        if len(set(keys)) != len(keys):
+            raise ValueError("auth_state_tokens gives two providers the same auth-state key; each forge's token is its own")
+        return tokens

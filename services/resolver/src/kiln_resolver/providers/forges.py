@@ -17,13 +17,13 @@ from kiln_resolver.providers.base import Resolution, ResolveError
 
 # An owner or repository name as both forges allow them; never "." or "..", which would move up
 # the API's path.
-_NAME = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,100}$")
+_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.-]{1,100}")
 
 
 def _owner_repo_ref(spec: str, forge: str) -> tuple[str, str, str]:
     owner, repo, ref = (spec.split("/", 2) + ["", ""])[:3]
     repo = repo.removesuffix(".git")
-    if not (_NAME.match(owner) and _NAME.match(repo)) or not ref or len(ref) > 255 or any(ord(c) < 32 for c in ref):
+    if not (_NAME.fullmatch(owner) and _NAME.fullmatch(repo)) or not ref or len(ref) > 255 or any(ord(c) < 32 for c in ref):
         raise ResolveError(f"{owner}/{repo} is not a {forge} repository name (owner/repository/ref).", "bad_spec", 400)
     return owner, repo, ref
 
@@ -119,9 +119,11 @@ class GiteaProvider:
         return ResolveError(f"Repository {owner}/{repo} not found on {self._web} (or not public).", "repo_not_found", 404)
 
     async def can_read(self, spec: str, user_token: str) -> bool:
-        """Whether ``user_token`` (the launching user's own) reads the repository."""
+        """Whether ``user_token`` (the launching user's own) reads the repository's code: a team may
+        see a repository whose code unit it has no access to."""
         owner, repo, _ = _owner_repo_ref(spec, "Gitea")
-        status, _ = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}", headers={"Authorization": f"token {user_token}"})
+        status, _ = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}/contents",
+                                        headers={"Authorization": f"token {user_token}"})
         return status == 200
 
 

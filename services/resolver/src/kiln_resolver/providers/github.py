@@ -7,6 +7,7 @@ popular badge does not spend the token's hourly budget.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import OrderedDict
 from typing import Any
@@ -98,6 +99,19 @@ class GitHubAPI:
         return r.status_code, body
 
 
+# An owner or repository name as GitHub allows them; never "." or "..", which the API client would
+# resolve as a path step (gh/../user/x would ask the operator's token for /user).
+_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.-]{1,100}")
+
+
+def _owner_repo_ref(spec: str) -> tuple[str, str, str]:
+    owner, repo, ref = (spec.split("/", 2) + ["", ""])[:3]
+    repo = repo.removesuffix(".git")
+    if not (_NAME.fullmatch(owner) and _NAME.fullmatch(repo)) or not ref:
+        raise ResolveError(f"{owner}/{repo} is not a GitHub repository name (owner/repository/ref).", "bad_spec", 400)
+    return owner, repo, ref
+
+
 class GitHubProvider:
     """``gh/<owner>/<repo>/<ref>``: a repository on GitHub (or GitHub Enterprise)."""
 
@@ -108,8 +122,7 @@ class GitHubProvider:
         self._web = web_url.rstrip("/")
 
     async def resolve(self, spec: str) -> Resolution:
-        owner, repo, ref = spec.split("/", 2)
-        repo = repo.removesuffix(".git")
+        owner, repo, ref = _owner_repo_ref(spec)
         status, body = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}/commits/{quote(ref, safe='')}")
         if status != 200:
             repo_status, repo_body = await self._api.get(f"/repos/{quote(owner)}/{quote(repo)}")
@@ -133,14 +146,14 @@ class GitHubProvider:
 
     def not_found(self, spec: str) -> ResolveError:
         """The error for a repository that does not exist (or that this user may not launch)."""
-        owner, repo, _ = spec.split("/", 2)
-        return ResolveError(f"Repository {owner}/{repo.removesuffix('.git')} not found on GitHub (or not public). "
+        owner, repo, _ = _owner_repo_ref(spec)
+        return ResolveError(f"Repository {owner}/{repo} not found on GitHub (or not public). "
                             "Double check your URL.", "repo_not_found", 404)
 
     async def can_read(self, spec: str, user_token: str) -> bool:
         """Whether ``user_token`` (the launching user's own) reads the repository."""
-        owner, repo, _ = spec.split("/", 2)
-        return await self._api.readable(f"/repos/{quote(owner)}/{quote(repo.removesuffix('.git'))}",
+        owner, repo, _ = _owner_repo_ref(spec)
+        return await self._api.readable(f"/repos/{quote(owner)}/{quote(repo)}",
                                         {"Authorization": f"token {user_token}"})
 
 
@@ -180,23 +193,28 @@ class GistProvider:
 
     async def resolve(self, spec: str) -> Resolution:
         parts = spec.split("/", 2)
-        user, gist_id = parts[0], parts[1]
+        user, gist_id = parts[0], parts[1] if len(parts) > 1 else ""
         ref = parts[2] if len(parts) > 2 else "HEAD"
+        if not _NAME.fullmatch(user) or not re.fullmatch(r"[A-Za-z0-9]{1,64}", gist_id):
+            raise ResolveError(f"{user}/{gist_id} is not a gist (user/id[/version]).", "bad_spec", 400)
         status, body = await self._api.get(f"/gists/{quote(gist_id)}")
-        if status != 200:
+        if status != 200 or not isinstance(body, dict):
             raise self.not_found(spec)
+        clone_url = f"{self._web}/{user}/{gist_id}.git"
+        # Known before any other answer: a refused user is told of a private gist's versions no
+        # more than of its existence.
+        private = await self._private(clone_url)
         if not body.get("public", True) and not self._allow_secret:
-            raise ResolveError("Secret gists cannot be launched on this Binder.", "banned", 403)
+            raise ResolveError("Secret gists cannot be launched on this Binder.", "banned", 403, private=private)
         versions = [h["version"] for h in body.get("history", [])]
         if not versions:
-            raise ResolveError(f"Gist {gist_id} has no versions.", "ref_not_found", 404)
+            raise ResolveError(f"Gist {gist_id} has no versions.", "ref_not_found", 404, private=private)
         if ref in ("", "HEAD", "master", "main"):
             sha = versions[0]
         elif ref in versions:
             sha = ref
         else:
-            raise ResolveError(f"Gist {gist_id} has no version {ref!r}.", "ref_not_found", 404)
-        clone_url = f"{self._web}/{user}/{gist_id}.git"
+            raise ResolveError(f"Gist {gist_id} has no version {ref!r}.", "ref_not_found", 404, private=private)
         return Resolution(provider=self.name, spec=spec, repo_url=clone_url, ref=sha,
                           ref_url=f"{self._web}/{user}/{gist_id}/{sha}", resolved_spec=f"{user}/{gist_id}/{sha}",
-                          build_slug=gist_id, private=await self._private(clone_url))
+                          build_slug=gist_id, private=private)

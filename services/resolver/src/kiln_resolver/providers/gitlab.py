@@ -11,14 +11,14 @@ from kiln_resolver.providers.base import Resolution, ResolveError
 
 # A group, subgroup or project path segment as GitLab allows it: never "." or "..", nothing that
 # is not a name character (the API URL is built from it).
-_SEGMENT = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,255}$")
+_SEGMENT = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.-]{1,255}")
 
 
 def _namespace(spec: str) -> str:
     """The project's full path from ``<url-encoded namespace>/<ref>``, checked segment by segment."""
     namespace = unquote(spec.rpartition("/")[0])
     segments = namespace.split("/")
-    if not 2 <= len(segments) <= 21 or not all(_SEGMENT.match(part) for part in segments):
+    if not 2 <= len(segments) <= 21 or not all(_SEGMENT.fullmatch(part) for part in segments):
         raise ResolveError(f"{namespace!r} is not a GitLab project path (group/project, url-encoded, then /ref).",
                            "bad_spec", 400)
     return namespace
@@ -82,7 +82,11 @@ class GitLabProvider:
         return ResolveError(f"Project {_namespace(spec)} not found on {self._web} (or not public).", "repo_not_found", 404)
 
     async def can_read(self, spec: str, user_token: str) -> bool:
-        """Whether ``user_token`` (the launching user's own, OAuth) reads the project."""
+        """Whether ``user_token`` (the launching user's own, OAuth) reads the project's code.
+
+        The project itself is not enough: a Guest member, or anyone on a public project whose
+        repository is for members only, sees the project but not its files (GitLab's read_code)."""
         project = quote(_namespace(spec), safe="")
-        r = await self._get(f"/projects/{project}", {"Authorization": f"Bearer {user_token}", "PRIVATE-TOKEN": ""})
+        r = await self._get(f"/projects/{project}/repository/tree", {"Authorization": f"Bearer {user_token}",
+                                                                      "PRIVATE-TOKEN": ""})
         return r.status_code == 200
