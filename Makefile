@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: up down status dev images lint test test-e2e test-fast bench clean k8s-up k8s-down k8s-status test-k8s
+.PHONY: up down status dev images lint test test-e2e test-fast bench clean k8s-up k8s-down k8s-status k8s-install k8s-uninstall test-k8s
 
 up:          ## install what is missing and run all of Kiln on 127.0.0.1
 	@deploy/local/up.sh
@@ -47,6 +47,13 @@ k8s-up:      ## a single-node Kubernetes in a network namespace of its own (buil
 test-k8s:    ## the Kubernetes suite alone (brings the cluster up first)
 	@deploy/local/venv.sh
 	@$(PY) -m pytest -m k8s
+
+k8s-install: ## Kiln's Helm chart on that cluster, with Kafka, a registry and JupyterHub (KubeSpawner) in it
+	@KILN_WITH_K8S=1 deploy/local/install-system.sh && deploy/local/docker.sh start && deploy/local/venv.sh
+	@deploy/k8s/kiln.sh install
+
+k8s-uninstall: ## remove Kiln (and its Kafka, registry and hub) from the cluster
+	@deploy/k8s/kiln.sh uninstall
 
 k8s-down:    ## stop that cluster (its state stays in .state/k8s)
 	@deploy/k8s/cluster.sh down

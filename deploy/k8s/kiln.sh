@@ -27,18 +27,23 @@ export DOCKER_BUILDKIT=0
 kubectl_admin() { kubectl --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
 ctr_k8s() { ctr --address /run/kiln-k8s/containerd.sock -n k8s.io "$@"; }
 
-# build_image NAME DIR [FILE...]: kiln.local/NAME:<hash of its inputs>, built once (host network:
-# apt, PyPI and npm), from DIR's Dockerfile and the FILEs copied beside it. Prints the reference.
+# build_image NAME DIR [FILE[=NAME_IN_CONTEXT]...]: kiln.local/NAME:<hash of its inputs>, built once
+# (host network: apt, PyPI and npm), from DIR's Dockerfile and the FILEs copied beside it. Prints
+# the reference.
 build_image() {
   local name=$1 dir=$2; shift 2
-  local hash ref ctx
-  hash=$(cat "$dir"/* "$@" 2>/dev/null | sha256sum | cut -c1-12)
+  local hash ref ctx item sources=()
+  for item in "$@"; do sources+=("${item%%=*}"); done
+  hash=$( (cat "$dir"/*; for item in "${sources[@]}"; do find "$item" -type f -print0 | sort -z | xargs -0 cat; done) \
+          | sha256sum | cut -c1-12)
   ref="kiln.local/$name:$hash"
   if ! docker image inspect "$ref" >/dev/null 2>&1; then
     step "building the $name image for the cluster" >&2
     ctx=$(mktemp -d)
     cp -r "$dir"/. "$ctx/"
-    (($#)) && cp -r "$@" "$ctx/"
+    for item in "$@"; do
+      if [[ $item == *=* ]]; then cp "${item%%=*}" "$ctx/${item#*=}"; else cp -r "$item" "$ctx/"; fi
+    done
     docker build -q --network host -t "$ref" "$ctx" >"$KILN_LOGS/k8s-image-$name.log" 2>&1 \
       || { rm -rf "$ctx"; tail -n 20 "$KILN_LOGS/k8s-image-$name.log" >&2; die "building the $name image failed" "read $KILN_LOGS/k8s-image-$name.log"; }
     rm -rf "$ctx"
@@ -65,7 +70,8 @@ images() {
   libs=$(bash "$KILN_ROOT/deploy/local/kafka.sh" jars | tail -n 1)
   KAFKA_IMAGE=$(build_image kafka "$KILN_ROOT/deploy/images/kafka" "$libs" "$KILN_ROOT/deploy/kafka/log4j2.properties")
   REGISTRY_IMAGE=$(build_image registry "$KILN_ROOT/deploy/images/registry")
-  HUB_IMAGE=$(build_image hub "$KILN_ROOT/deploy/images/hub" "${KILN_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}")
+  HUB_IMAGE=$(build_image hub "$KILN_ROOT/deploy/images/hub" \
+    "${KILN_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}=extra-ca-certificates.crt")
   for s in "$KAFKA_IMAGE" "$REGISTRY_IMAGE" "$HUB_IMAGE"; do into_cluster "$s"; done
   SERVICE_TAG=$tag
   ok "images in the cluster: Kiln's five at $tag, $KAFKA_IMAGE, $REGISTRY_IMAGE, $HUB_IMAGE"
@@ -88,9 +94,11 @@ infra() {
 hub() {
   kubectl_admin get namespace "$NAMESPACE" >/dev/null 2>&1 || kubectl_admin create namespace "$NAMESPACE" >/dev/null
   # The launcher's hub token: made once, kept with the cluster's state (z2jh keeps it in this Secret too).
-  [[ -s $STATE/hub-launcher-token ]] || (umask 077; openssl rand -hex 32 >"$STATE/hub-launcher-token")
+  # No newline: the Secret's value is the token exactly (the launcher sends it in a header).
+  [[ -s $STATE/hub-launcher-token ]] || (umask 077; openssl rand -hex 32 | tr -d '\n' >"$STATE/hub-launcher-token")
   kubectl_admin -n "$NAMESPACE" create secret generic hub --dry-run=client -o yaml \
-    --from-file=hub.services.kiln-launcher.apiToken="$STATE/hub-launcher-token" | kubectl_admin apply -f - >/dev/null
+    --from-file=hub.services.kiln-launcher.apiToken=<(tr -d '\n' <"$STATE/hub-launcher-token") \
+    | kubectl_admin apply -f - >/dev/null
   local values="$STATE/chart-values.yaml"
   cp "$KILN_ROOT/deploy/helm/kiln/values.yaml" "$values"
   kubectl_admin -n "$NAMESPACE" create configmap hub-config --dry-run=client -o yaml \

@@ -10,6 +10,9 @@ connecting.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -20,6 +23,14 @@ from .conftest import Kiln
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
 SERVICES = ("gateway", "resolver", "builder", "launcher", "analytics")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _state(name: str) -> str:
+    """A file of the local stack's state (KILN_STATE, as the scripts read it)."""
+    out = subprocess.run(["bash", "-c", f'source {ROOT}/deploy/local/lib.sh; cat "$KILN_STATE/{name}"'],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
 
 
 def test_every_service_is_its_own_deployment_and_ready(kiln: Kiln) -> None:
@@ -28,7 +39,7 @@ def test_every_service_is_its_own_deployment_and_ready(kiln: Kiln) -> None:
         status = deployments[f"kiln-{service}"]["status"]
         assert status.get("readyReplicas") == status["replicas"] >= 1, (service, status)
         images = {c["image"] for c in deployments[f"kiln-{service}"]["spec"]["template"]["spec"]["containers"]}
-        assert len(images) == 1 and images.pop().split(":")[0].endswith(f"/kiln/{service}")
+        assert len(images) == 1 and images.pop().rsplit(":", 1)[0].endswith(f"/kiln/{service}")
     pods = kiln.cluster.get("pods", "-n", kiln.namespace, "-l", "app.kubernetes.io/component=gateway")["items"]
     probe = pods[0]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
     assert probe == "/binder/health", "the probes follow the gateway's base_url, or it would never be ready"
@@ -50,10 +61,56 @@ def test_a_launch_goes_through_kafka_to_the_resolver_and_back(kiln: Kiln) -> Non
     private address, refused by the resolver's URL guard before any connection."""
     spec = f"{quote('http://10.11.12.13/lab/repo.git', safe='')}/main"
     events = []
-    with httpx.stream("GET", f"{kiln.url}build/git/{spec}", timeout=60) as r:
+    with httpx.stream("GET", f"{kiln.url}build/git/{spec}", headers={"Accept": "text/event-stream"}, timeout=60) as r:
         for line in r.iter_lines():
             if line.startswith("data:"):
                 events.append(json.loads(line[5:]))
                 if events[-1]["phase"] in ("failed", "ready"):
                     break
     assert events[-1]["phase"] == "failed" and "private network" in events[-1]["message"], events
+
+
+def test_a_cached_image_launches_to_a_server_that_answers_its_token(kiln: Kiln) -> None:
+    """A launch through the gateway's public URL to ``ready``: resolver, registry lookup, launcher, the
+    hub's KubeSpawner and a user pod pulling from the in-cluster registry through the node's containerd.
+    The image (Kiln's base image) is pushed by the test under the name the resolver gives the spec,
+    as the builder would after a build (builds in pods are not part of this suite yet); the spec is
+    an exact commit of a repository on a name that never resolves, so nothing is looked up."""
+    from kiln_resolver.images import image_name, split_image
+
+    url, sha = "http://git.kiln-test.invalid/lab/demo.git", "c0ffee" + "0" * 34
+    prefix = f"{kiln.cluster.node_ip}:30500/kiln/binder-"
+    _, repository, tag = split_image(image_name(prefix, url, sha))
+    base = _state("base-image")  # made by make up (deploy/local/base-image.sh)
+    forward = subprocess.Popen([str(kiln.cluster.kubectl_path), "--kubeconfig", str(kiln.cluster.kubeconfig), "-n",
+                                "kiln-infra", "port-forward", "service/registry", ":5000"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert forward.stdout is not None
+        port = re.search(r"127\.0\.0\.1:(\d+)", forward.stdout.readline())
+        assert port, "kubectl port-forward printed no port"
+        pushed = f"127.0.0.1:{port.group(1)}/{repository}:{tag}"  # docker pushes to loopback without TLS
+        subprocess.run(["docker", "tag", base, pushed], check=True)
+        push = subprocess.run(["docker", "push", "-q", pushed], capture_output=True, text=True, timeout=900)
+        assert push.returncode == 0, push.stderr
+        subprocess.run(["docker", "rmi", pushed], capture_output=True)
+    finally:
+        forward.terminate()
+    events = []
+    with httpx.stream("GET", f"{kiln.url}build/git/{quote(url, safe='')}/{sha}", headers={"Accept": "text/event-stream"},
+                      timeout=httpx.Timeout(30, read=600)) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                if events[-1]["phase"] in ("failed", "ready"):
+                    break
+    phases = [e["phase"] for e in events]
+    assert phases[-1] == "ready" and "built" in phases and "building" not in phases, events[-3:]
+    server = events[-1]["url"]
+    assert server.startswith(kiln.hub_url + "/user/"), server
+    answer = httpx.get(f"{server}api/status", headers={"Authorization": f"token {events[-1]['token']}"}, timeout=30)
+    assert answer.status_code == 200 and "kernels" in answer.json(), answer.text
+    assert httpx.get(f"{server}api/status", timeout=30).status_code in (302, 401, 403), "not without the token"
+    pods = kiln.cluster.get("pods", "-n", kiln.namespace, "-l", "component=singleuser-server")["items"]
+    assert any(c["image"] == f"{kiln.cluster.node_ip}:30500/{repository}:{tag}"
+               for p in pods for c in p["spec"]["containers"]), "the user pod runs the registry's image"

@@ -1,6 +1,6 @@
 # Formats the broker's storage on first start, then runs it. Environment: KAFKA_ADVERTISED (the
 # host:port clients are told, e.g. kafka.kiln-infra.svc:9092), KAFKA_DATA (/var/lib/kafka/data).
-set -eu
+set -euf  # -f: the class path below ends in a wildcard Java expands, not the shell
 data=${KAFKA_DATA:-/var/lib/kafka/data}
 conf=/var/lib/kafka/server.properties
 mkdir -p "$data"

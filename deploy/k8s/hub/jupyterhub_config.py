@@ -38,7 +38,7 @@ for section, settings in hub.get("config", {}).items():
     for name, value in settings.items():
         setattr(getattr(c, section), name, value)
 
-tokens = {"kiln-launcher": os.environ["KILN_LAUNCHER_TOKEN"]}
+tokens = {"kiln-launcher": os.environ["KILN_LAUNCHER_TOKEN"].strip()}
 c.JupyterHub.services = [{"name": name, **({"api_token": tokens[name]} if name in tokens else {}), **(spec or {})}
                          for name, spec in hub.get("services", {}).items()]
 c.JupyterHub.load_roles = [{"name": name, **role} for name, role in hub.get("loadRoles", {}).items()]
