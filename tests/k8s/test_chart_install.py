@@ -26,6 +26,13 @@ SERVICES = ("gateway", "resolver", "builder", "launcher", "analytics")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _state_path(name: str) -> str:
+    """A path in the local stack's state (KILN_STATE, as the scripts read it)."""
+    out = subprocess.run(["bash", "-c", f'source {ROOT}/deploy/local/lib.sh; echo "$KILN_STATE/{name}"'],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
 def _state(name: str) -> str:
     """A file of the local stack's state (KILN_STATE, as the scripts read it)."""
     out = subprocess.run(["bash", "-c", f'source {ROOT}/deploy/local/lib.sh; cat "$KILN_STATE/{name}"'],
@@ -114,3 +121,26 @@ def test_a_cached_image_launches_to_a_server_that_answers_its_token(kiln: Kiln) 
     pods = kiln.cluster.get("pods", "-n", kiln.namespace, "-l", "component=singleuser-server")["items"]
     assert any(c["image"] == f"{kiln.cluster.node_ip}:30500/{repository}:{tag}"
                for p in pods for c in p["spec"]["containers"]), "the user pod runs the registry's image"
+
+
+def test_the_autoscalers_are_valid_on_the_live_api_server(kiln: Kiln) -> None:
+    """Each consumer service's HorizontalPodAutoscaler, rendered by the chart and checked by the API
+    server itself (a server-side dry run: its schema, defaulting and admission), capped at the
+    partition count."""
+    helm = subprocess.run(["bash", str(ROOT / "deploy" / "helm" / "helm.sh")], capture_output=True, text=True,
+                          check=True).stdout.strip().splitlines()[-1]
+    chart = _state_path("k8s/chart/kiln")  # the chart as kiln.sh installed it (placeholder z2jh included)
+    sets = [f"{s}.autoscaling.enabled=true" for s in ("gateway", "resolver", "builder", "launcher")]
+    rendered = subprocess.run([helm, "template", "kiln", chart, "-n", kiln.namespace, "--kube-version", "1.34.4", "-f",
+                               str(ROOT / "deploy" / "k8s" / "values.yaml"), "--set", ",".join(sets),
+                               "--set", "registry.url=http://r:5000,registry.image_prefix=r:5000/b-,hub.publicUrl=http://h"],
+                              capture_output=True, text=True, check=True).stdout
+    autoscalers = "\n---\n".join(doc for doc in rendered.split("\n---\n") if "kind: HorizontalPodAutoscaler" in doc)
+    assert autoscalers.count("kind: HorizontalPodAutoscaler") == 4
+    out = kiln.cluster.kubectl("apply", "--dry-run=server", "-n", kiln.namespace, "-o", "json", "-f", "-", stdin=autoscalers)
+    accepted = json.loads(out)["items"]
+    assert {a["metadata"]["name"] for a in accepted} == {f"kiln-{s}" for s in ("gateway", "resolver", "builder", "launcher")}
+    for hpa in accepted:
+        assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+        if hpa["metadata"]["name"] != "kiln-gateway":
+            assert hpa["spec"]["maxReplicas"] <= 6, "no more consumers than the test cluster's 6 partitions"
