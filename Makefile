@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: up down status dev images lint test test-e2e test-fast bench clean k8s-up k8s-down k8s-status k8s-install k8s-uninstall test-k8s
+.PHONY: help up down status dev images lint test test-e2e test-fast bench clean k8s-up k8s-down k8s-status k8s-install k8s-uninstall test-k8s
 
 up:          ## install what is missing and run all of Kiln on 127.0.0.1
 	@deploy/local/up.sh
@@ -63,3 +63,6 @@ k8s-status:  ## the cluster's processes and node
 
 clean: down  ## stop everything and delete .state (Kafka log, registry, hub database)
 	rm -rf .state
+
+help:        ## this list: each target and what it does
+	@grep -E '^[a-z0-9-]+:[^#=]*##' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):[^#]*## */  make \1\t/' | expand -t 24

@@ -52,8 +52,11 @@ write_env() {
         resolver) export KILN_REGISTRY_USERNAME=puller KILN_REGISTRY_PASSWORD="$(cat "$KILN_STATE/secrets/registry-puller")" ;;
       esac
     fi
-    # Private repositories' credentials are the resolver's and the builder's alone.
-    [[ $s == resolver || $s == builder ]] || unset KILN_GIT_CREDENTIALS KILN_GITHUB_APP
+    # Private repositories' credentials are the resolver's and the builder's alone; forge API tokens
+    # and the hub token that reads users' auth state (every user's forge token) the resolver's alone.
+    [[ $s == resolver || $s == builder ]] || unset KILN_GIT_CREDENTIALS KILN_GITHUB_APP KILN_SWH_ACCESS_TOKEN
+    [[ $s == resolver ]] || unset KILN_GITHUB_ACCESS_TOKEN KILN_GITLAB_ACCESS_TOKEN KILN_GITEA_ACCESS_TOKEN \
+      KILN_BITBUCKET_ACCESS_TOKEN KILN_HUB_AUTH_STATE_TOKEN
     case $s in
       resolver) export KILN_METRICS_PORT=$KILN_RESOLVER_METRICS_PORT ;;
       builder) export KILN_METRICS_PORT=$KILN_BUILDER_METRICS_PORT

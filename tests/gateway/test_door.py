@@ -43,6 +43,8 @@ def failed(req: LaunchRequested) -> list[PhaseEvent]:
 BAD = [
     ("/build/nope/org/repo/main", 404, "No provider found for prefix 'nope'"),
     ("/build/gh/org/repo", 400, "has no ref"),
+    ("/build/git/http%3A%2F%2Fgit.example.org%2Frepo.git", 400,
+     "'http://git.example.org/repo.git' has no ref; add one after the encoded URL, e.g. http%3A%2F%2Fgit.example.org%2Frepo.git/HEAD"),
     ("/build/gh/just-one-part", 400, "is not a valid GitHub spec"),
     ("/build/gh/org/repo/bad..ref", 400, "is not a valid git ref"),
     ("/build/gh/org/repo/ref%20with%20space", 400, "is not a valid git ref"),

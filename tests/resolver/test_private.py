@@ -282,3 +282,13 @@ async def test_not_found_is_remembered_as_long_as_found(resolving_with: object, 
         asked = private.stats.requests
         again = r.outcome(await r.launch("gh", spec))
         assert private.stats.requests == asked and again.failure_cause == "repo_not_found", spec
+
+
+async def test_a_password_in_a_launch_link_is_refused_and_not_repeated(resolving_with: object,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    r: Resolving = await resolving_with()  # type: ignore[operator]
+    for url in ("http://alice:pr1vate-pw@127.0.0.1/lab/x.git", "http://alice%40lab:pr1vate-pw@127.0.0.1/lab/x.git"):
+        outcome = r.outcome(await r.launch("git", f"{quote(url, safe='')}/main"))
+        assert outcome.phase is Phase.FAILED and "credentials" in (outcome.message or "")
+        assert "pr1vate-pw" not in (outcome.message or "") and "alice" not in (outcome.message or ""), outcome.message
+    assert "pr1vate-pw" not in caplog.text and "alice" not in caplog.text

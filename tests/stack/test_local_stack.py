@@ -162,3 +162,20 @@ def test_hub_spawns_the_base_image_with_the_launcher_token() -> None:
         finally:
             hub.request("DELETE", f"{api}/users/{user}/servers/probe", json={"remove": True})
             hub.delete(f"{api}/users/{user}")
+
+
+def test_each_service_gets_only_the_secrets_it_reads() -> None:
+    """The hub token that reads every user's auth state, forge API tokens and private repositories'
+    credentials reach the services that use them, and no other (services.sh writes each one's env)."""
+    secrets = {"KILN_HUB_AUTH_STATE_TOKEN": "s-hub-auth-state", "KILN_GITHUB_ACCESS_TOKEN": "s-github",
+               "KILN_GITLAB_ACCESS_TOKEN": "s-gitlab", "KILN_GITEA_ACCESS_TOKEN": "s-gitea",
+               "KILN_BITBUCKET_ACCESS_TOKEN": "s-bitbucket", "KILN_SWH_ACCESS_TOKEN": "s-swh",
+               "KILN_GIT_CREDENTIALS": '[{"url": "https://git.example.org", "username": "u", "password": "s-git"}]'}
+    readers = {"resolver": set(secrets), "builder": {"KILN_SWH_ACCESS_TOKEN", "KILN_GIT_CREDENTIALS"}}
+    for service in ("gateway", "resolver", "builder", "launcher", "analytics"):
+        written = script("services.sh", "env", service, env=secrets)
+        assert written.returncode == 0, written.stderr
+        env = Path(written.stdout.strip().splitlines()[-1]).read_text()
+        for name, value in secrets.items():
+            given = f"{name}=" in env and value.split('"password": "')[-1].rstrip('"}]') in env
+            assert given == (name in readers.get(service, set())), (service, name)

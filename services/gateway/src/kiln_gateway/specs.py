@@ -53,6 +53,9 @@ def parse(provider: str, spec: str, max_length: int = 1024) -> LaunchSpec:
         raise SpecError("The spec contains control characters.")
     if p.ref_layout is RefLayout.AFTER_OWNER_REPO and spec.count("/") == 1:
         raise SpecError(f"{spec!r} has no ref; add one, e.g. {spec}/HEAD.")
+    if p.ref_layout is RefLayout.LAST_SEGMENT and "/" not in spec:
+        # The repository is one percent-encoded segment; what it lacks is the ref after it.
+        raise SpecError(f"{unquote(spec)!r} has no ref; add one after the encoded URL, e.g. {spec}/HEAD.")
     if not re.fullmatch(p.spec_pattern, spec):
         raise SpecError(f"{spec!r} is not a valid {p.display_name} spec; expected something like {p.placeholder.removeprefix('example: ')}"
                         + ("/<ref>" if p.ref_enabled else "") + ".")

@@ -11,6 +11,7 @@ the user can act on and a machine-readable cause for analytics, which the bus tu
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -39,6 +40,18 @@ from kilnbus import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# A user part (user:password@) in a URL, written plainly, or percent-encoded as in git specs.
+_USERINFO = (re.compile(r"(://)[^/@]*(@)"), re.compile(r"(?i)(%3A%2F%2F)(?:[^%/@]|%(?!2F|40))*(%40)"))
+
+
+def without_userinfo(spec: str) -> str:
+    """``spec`` with any URL's user part replaced by ``***@``: a password pasted into a launch link is
+    refused (kilnbus.urlguard), and must not be repeated in the refusal, the log or the event log."""
+    for pattern in _USERINFO:
+        spec = pattern.sub(lambda m: m.group(1) + "***" + m.group(2), spec)
+    return spec
 
 
 class _Recent:
@@ -86,7 +99,7 @@ class Resolver:
             outcome = await self._handle(request)
         except KilnError as exc:
             metrics.OUTCOMES.labels(provider=request.provider, outcome=exc.cause).inc()
-            log.info("launch %s of %s/%s failed: %s", rid, request.provider, request.spec, exc.cause)
+            log.info("launch %s of %s/%s failed: %s", rid, request.provider, without_userinfo(request.spec), exc.cause)
             if not exc.retriable:
                 self._handled.add(rid)  # an answer, as much as a build request is
             raise
@@ -161,7 +174,7 @@ class Resolver:
         raise self._failure(request, missing)
 
     def _failure(self, request: LaunchRequested, exc: ResolveError) -> KilnError:
-        message = f"Error resolving ref for {request.provider}:{request.spec}: {exc}"
+        message = f"Error resolving ref for {request.provider}:{without_userinfo(request.spec)}: {exc}"
         if exc.cause == "repo_not_found":
             message += self.private.hint(request.hub_user)
         return KilnError(message, cause=exc.cause, status=exc.status)

@@ -79,6 +79,17 @@ class PrivateAccess:
         self.hub = HubAuthState(settings.hub_api_url, settings.hub_auth_state_token,
                                 settings.auth_state_tokens, settings.provider_timeout_s) \
             if self._mode == "forge_token" else None
+        if self._mode in ("signed_in", "allow_list", "forge_token"):
+            # Launches carry a hub user only when the gateway signs users in (its auth_enabled).
+            log.warning("private_repos=%s lets signed-in users launch private repositories: the gateway must run with "
+                        "auth_enabled (the hub's sign-in), or every launch is anonymous and refused", self._mode)
+        if self._mode == "forge_token":
+            missing = [name for name, value in (("hub_api_url", settings.hub_api_url),
+                                                ("hub_auth_state_token", settings.hub_auth_state_token),
+                                                ("auth_state_tokens", settings.auth_state_tokens)) if not value]
+            if missing:
+                log.error("private_repos=forge_token needs %s: every private repository is refused until they are set",
+                          ", ".join(missing))
 
     async def aclose(self) -> None:
         """Close the hub client, if any."""
