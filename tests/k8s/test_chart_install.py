@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -77,12 +80,20 @@ def test_a_launch_goes_through_kafka_to_the_resolver_and_back(kiln: Kiln) -> Non
     assert events[-1]["phase"] == "failed" and "private network" in events[-1]["message"], events
 
 
-def test_a_cached_image_launches_to_a_server_that_answers_its_token(kiln: Kiln) -> None:
-    """A launch through the gateway's public URL to ``ready``: resolver, registry lookup, launcher, the
-    hub's KubeSpawner and a user pod pulling from the in-cluster registry through the node's containerd.
-    The image (Kiln's base image) is pushed by the test under the name the resolver gives the spec,
-    as the builder would after a build (builds in pods are not part of this suite yet); the spec is
-    an exact commit of a repository on a name that never resolves, so nothing is looked up."""
+@dataclass(frozen=True)
+class Cached:
+    """A spec whose image is in the in-cluster registry already, and that image's name there."""
+
+    url: str
+    sha: str
+    image: str
+
+
+@pytest.fixture(scope="module")
+def cached(kiln: Kiln) -> Cached:
+    """Kiln's base image pushed to the in-cluster registry under the name the resolver gives the spec,
+    as the builder would after a build (builds in pods are not part of this suite yet). The spec is an
+    exact commit of a repository on a name that never resolves, so nothing is looked up."""
     from kiln_resolver.images import image_name, split_image
 
     url, sha = "http://git.kiln-test.invalid/lab/demo.git", "c0ffee" + "0" * 34
@@ -103,14 +114,26 @@ def test_a_cached_image_launches_to_a_server_that_answers_its_token(kiln: Kiln) 
         subprocess.run(["docker", "rmi", pushed], capture_output=True)
     finally:
         forward.terminate()
-    events = []
-    with httpx.stream("GET", f"{kiln.url}build/git/{quote(url, safe='')}/{sha}", headers={"Accept": "text/event-stream"},
-                      timeout=httpx.Timeout(30, read=600)) as r:
+    return Cached(url, sha, f"{prefix.split('/', 1)[0]}/{repository}:{tag}")
+
+
+def launch(kiln: Kiln, cached: Cached) -> list[dict[str, Any]]:
+    """The events of one launch through the gateway's public URL, up to ready or failed."""
+    events: list[dict[str, Any]] = []
+    with httpx.stream("GET", f"{kiln.url}build/git/{quote(cached.url, safe='')}/{cached.sha}",
+                      headers={"Accept": "text/event-stream"}, timeout=httpx.Timeout(30, read=600)) as r:
         for line in r.iter_lines():
             if line.startswith("data:"):
                 events.append(json.loads(line[5:]))
                 if events[-1]["phase"] in ("failed", "ready"):
                     break
+    return events
+
+
+def test_a_cached_image_launches_to_a_server_that_answers_its_token(kiln: Kiln, cached: Cached) -> None:
+    """A launch through the gateway's public URL to ``ready``: resolver, registry lookup, launcher, the
+    hub's KubeSpawner and a user pod pulling from the in-cluster registry through the node's containerd."""
+    events = launch(kiln, cached)
     phases = [e["phase"] for e in events]
     assert phases[-1] == "ready" and "built" in phases and "building" not in phases, events[-3:]
     server = events[-1]["url"]
@@ -119,8 +142,8 @@ def test_a_cached_image_launches_to_a_server_that_answers_its_token(kiln: Kiln) 
     assert answer.status_code == 200 and "kernels" in answer.json(), answer.text
     assert httpx.get(f"{server}api/status", timeout=30).status_code in (302, 401, 403), "not without the token"
     pods = kiln.cluster.get("pods", "-n", kiln.namespace, "-l", "component=singleuser-server")["items"]
-    assert any(c["image"] == f"{kiln.cluster.node_ip}:30500/{repository}:{tag}"
-               for p in pods for c in p["spec"]["containers"]), "the user pod runs the registry's image"
+    assert any(c["image"] == cached.image for p in pods for c in p["spec"]["containers"]), \
+        "the user pod runs the registry's image"
 
 
 def test_the_autoscalers_are_valid_on_the_live_api_server(kiln: Kiln) -> None:
@@ -144,3 +167,49 @@ def test_the_autoscalers_are_valid_on_the_live_api_server(kiln: Kiln) -> None:
         assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
         if hpa["metadata"]["name"] != "kiln-gateway":
             assert hpa["spec"]["maxReplicas"] <= 6, "no more consumers than the test cluster's 6 partitions"
+
+
+def hub_servers(kiln: Kiln) -> dict[str, list[str]]:
+    """Each hub user's running servers, as the launcher's own token sees them."""
+    token = _state_path("k8s/hub-launcher-token")
+    users = httpx.get(f"{kiln.hub_url}/hub/api/users", headers={"Authorization": f"token {Path(token).read_text().strip()}"},
+                      timeout=30)
+    assert users.status_code == 200, users.text
+    return {u["name"]: list(u.get("servers", {})) for u in users.json()}
+
+
+def test_launches_while_services_scale_lose_nothing_and_start_nothing_twice(kiln: Kiln, cached: Cached) -> None:
+    """The resolver, builder and launcher scaled from 1 to 3 replicas while launches run (their
+    partitions move between replicas by rebalance), then launches at 3: each request ends ready,
+    with a server of its own, and no request has two."""
+    deployments = [f"deployment/kiln-{s}" for s in ("resolver", "builder", "launcher")]
+    results: dict[int, list[dict[str, Any]]] = {}
+
+    def one(i: int) -> None:
+        results[i] = launch(kiln, cached)
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        kiln.cluster.kubectl("-n", kiln.namespace, "scale", *deployments, "--replicas=3")
+        for t in threads:
+            t.join(timeout=700)
+        for d in deployments:
+            kiln.cluster.kubectl("-n", kiln.namespace, "rollout", "status", d, "--timeout=300s", timeout=320)
+        more = [threading.Thread(target=one, args=(i,)) for i in range(5, 8)]
+        for t in more:
+            t.start()
+        for t in more:
+            t.join(timeout=700)
+        assert sorted(results) == list(range(8))
+        outcomes = {i: events[-1] for i, events in results.items()}
+        assert all(o["phase"] == "ready" for o in outcomes.values()), {i: o for i, o in outcomes.items() if o["phase"] != "ready"}
+        servers = [o["url"] for o in outcomes.values()]
+        assert len(set(servers)) == len(servers), "each request got a server of its own"
+        running = hub_servers(kiln)
+        for url in servers:
+            user = url.split("/user/", 1)[1].split("/", 1)[0]
+            assert len(running.get(user, [])) == 1, (user, running.get(user))
+    finally:
+        kiln.cluster.kubectl("-n", kiln.namespace, "scale", *deployments, "--replicas=1", check=False)
