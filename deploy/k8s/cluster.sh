@@ -41,6 +41,7 @@ pid_of() {
   pid=$(cat "$f")
   tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$1" && echo "$pid"
 }
+gone() { local p; for p in "$@"; do kill -0 "$p" 2>/dev/null && return 1; done; return 0; }  # gone PID...: all ended
 kubectl_admin() { "$BIN/kubectl" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
 
 # ---- the node's network namespace ------------------------------------------------------------
@@ -79,7 +80,6 @@ end_strays() {
       kill "$pid" 2>/dev/null || true; stray+=("$pid")
     fi
   done
-  gone() { local p; for p in "$@"; do kill -0 "$p" 2>/dev/null && return 1; done; return 0; }
   ((${#stray[@]})) && { wait_for "the cluster's processes" 20 gone "${stray[@]}" || kill -9 "${stray[@]}" 2>/dev/null || true; }
   return 0
 }
@@ -419,7 +419,6 @@ down() {
     [[ -n $pid ]] && { kill "$pid" 2>/dev/null || true; pids+=("$pid"); }
   done
   # The API server drains for a while once its etcd is gone: give each 20 s, then stop it hard.
-  gone() { local p; for p in "$@"; do kill -0 "$p" 2>/dev/null && return 1; done; return 0; }
   ((${#pids[@]})) && { wait_for "the cluster's processes" 20 gone "${pids[@]}" || kill -9 "${pids[@]}" 2>/dev/null || true; }
   # containerd leaves its shims and the pods' processes running on purpose: end them too (the
   # pods' processes are every process in the kubelet's cgroups).
