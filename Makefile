@@ -24,9 +24,14 @@ lint:        ## ruff over everything, mypy (strict) over the library and the ser
 	@.venv/bin/ruff check lib services tests bench deploy
 	@.venv/bin/mypy lib/kilnbus/src services/*/src
 
+# Tests that need no infrastructure at all (no broker, engine, hub, browser or cluster): they run on
+# every core; the rest share one stack and run one at a time.
+FAST := not kafka and not docker and not hub and not e2e and not browser and not k8s
+
 test: lint   ## lint, bring the whole stack up, then run every suite (the end-to-end one included)
 	@KILN_WITH_BROWSER=1 deploy/local/up.sh
-	@$(PY) -m pytest --durations=15
+	@$(PY) -m pytest -q -n 2 -m "$(FAST)"
+	@$(PY) -m pytest --durations=15 -m "not ($(FAST))"
 
 test-e2e:    ## the end-to-end suite alone, against the running stack
 	@KILN_WITH_BROWSER=1 deploy/local/up.sh
@@ -34,7 +39,7 @@ test-e2e:    ## the end-to-end suite alone, against the running stack
 
 test-fast:   ## tests that need no infrastructure at all (no broker, engine, hub or browser)
 	@deploy/local/venv.sh
-	@$(PY) -m pytest -m "not kafka and not docker and not hub and not e2e and not browser and not k8s" $(T)
+	@$(PY) -m pytest -n 2 -m "$(FAST)" $(T)
 
 bench:       ## benchmarks (print their figures; see bench/README.md)
 	@deploy/local/up.sh infra

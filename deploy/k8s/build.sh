@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds, once per machine, what a single-node Kubernetes needs and no download site offers here:
-# the Kubernetes components, etcd and CoreDNS from the Go module proxy, and a pause program.
+# the Kubernetes components, etcd, CoreDNS and kube-router from the Go module proxy, a pause
+# program, and what the build pods' images hold (BuildKit, RootlessKit, crane: kiln.sh images).
 #   deploy/k8s/build.sh   -> binaries in $KILN_TOOLS/k8s/<version>/bin
 # KILN_TOOLS (default /opt/kiln-tools) is shared by every clone, as for helm. containerd, runc and
 # the CNI plugins come from Debian (install-system.sh's k8s set). Idempotent: a binary present is
@@ -16,6 +17,8 @@ GO=$(command -v go || echo /usr/local/go/bin/go)
 home=${HOME:-/root}
 export GOFLAGS=-mod=mod GOPATH="${GOPATH:-$home/go}" GOCACHE="${GOCACHE:-$home/.cache/go-build}" CGO_ENABLED=0
 LOG="$KILN_LOGS/k8s-build.log"
+
+failed() { tail -n 20 "$LOG" >&2; die "building $1 failed" "read $LOG"; }
 
 # A module of our own that requires Kubernetes: its go.mod points the staging modules at ./staging,
 # which a module download does not have, so each is replaced by its published twin (v0.<minor>.<patch>).
@@ -55,13 +58,14 @@ build_k8s() {
   for cmd in "${missing[@]}"; do
     step "building $cmd $K8S_VERSION from the Go module proxy (minutes, once per machine)"
     (cd "$dir" && "$GO" build -trimpath -ldflags "-s -w$flags" -o "$OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd") >>"$LOG" 2>&1 \
-      || { tail -n 20 "$LOG" >&2; die "building $cmd failed" "read $LOG"; }
+      || failed "$cmd"
   done
 }
 
-# A module with a main of a few lines around a library entry point (etcd), or a plain go install.
+# build_small NAME MODULE VERSION MAIN [DEPENDENCY...]: a module with a main of a few lines around
+# a library entry point (etcd), each DEPENDENCY first raised to its newest release.
 build_small() {
-  local name=$1 module=$2 version=$3 main=$4
+  local name=$1 module=$2 version=$3 main=$4; shift 4
   [[ -x $OUT/$name ]] && return 0
   step "building $name $version (once per machine)"
   local dir="$K8S_TOOLS/src/$name"
@@ -69,8 +73,36 @@ build_small() {
   printf 'module kiln.local/%s\n\ngo 1.24\n' "$name" >"$dir/go.mod"
   [[ -n $module ]] && printf '\nrequire %s %s\n' "$module" "$version" >>"$dir/go.mod"
   printf '%s\n' "$main" >"$dir/main.go"
-  (cd "$dir" && "$GO" mod tidy && "$GO" build -trimpath -ldflags "-s -w" -o "$OUT/$name" .) >>"$LOG" 2>&1 \
-    || { tail -n 20 "$LOG" >&2; die "building $name failed" "read $LOG"; }
+  (cd "$dir" && for dep in "$@"; do "$GO" get "$dep@latest" || exit; done \
+     && "$GO" mod tidy && "$GO" build -trimpath -ldflags "-s -w" -o "$OUT/$name" .) >>"$LOG" 2>&1 || failed "$name"
+}
+
+# go_install NAME PACKAGE VERSION: a command whose module builds as published.
+go_install() {
+  local name=$1 pkg=$2 version=$3
+  [[ -x $OUT/$name ]] && return 0
+  step "building $name $version (once per machine)"
+  GOBIN="$OUT" "$GO" install "$pkg@$version" >>"$LOG" 2>&1 || failed "$name"
+}
+
+# buildctl and buildkitd. `go install ...@version` refuses a module whose go.mod has exclude
+# directives, as BuildKit's has: a module of our own requires it and repeats them (comments left out).
+build_buildkit() {
+  [[ -x $OUT/buildctl && -x $OUT/buildkitd ]] && return 0
+  local dir="$K8S_TOOLS/src/buildkit" gomod cmd
+  mkdir -p "$dir"
+  gomod=$(cd "$dir" && "$GO" mod download -json "github.com/moby/buildkit@$BUILDKIT_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [[ -s $gomod ]] || die "could not download github.com/moby/buildkit $BUILDKIT_VERSION" "check that proxy.golang.org is reachable"
+  {
+    printf 'module kiln.local/buildkit\n\n%s\n\nrequire github.com/moby/buildkit %s\n\n' "$(grep -m 1 '^go ' "$gomod")" "$BUILDKIT_VERSION"
+    sed -n -e '/^exclude (/,/^)/p' -e '/^exclude [^(]/p' "$gomod" | grep -v '^[[:space:]]*//'
+  } >"$dir/go.mod"
+  for cmd in buildctl buildkitd; do
+    [[ -x $OUT/$cmd ]] && continue
+    step "building $cmd $BUILDKIT_VERSION (minutes, once per machine)"
+    (cd "$dir" && "$GO" build -trimpath -ldflags "-s -w -X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" \
+      -o "$OUT/$cmd" "github.com/moby/buildkit/cmd/$cmd") >>"$LOG" 2>&1 || failed "$cmd"
+  done
 }
 
 build_k8s
@@ -84,11 +116,7 @@ import (
 )
 
 func main() { etcdmain.Main(os.Args) }'
-if [[ ! -x $OUT/coredns ]]; then
-  step "building coredns $COREDNS_VERSION (once per machine)"
-  GOBIN="$OUT" "$GO" install "github.com/coredns/coredns@$COREDNS_VERSION" >>"$LOG" 2>&1 \
-    || { tail -n 20 "$LOG" >&2; die "building coredns failed" "read $LOG"; }
-fi
+go_install coredns github.com/coredns/coredns "$COREDNS_VERSION"
 # The pod sandbox's "pause": sleeps until told to stop, reaps nothing (the runtime does).
 build_small pause "" "" \
   'package main
@@ -104,4 +132,64 @@ func main() {
 	signal.Notify(c, syscall.SIGINT, syscall.SIGTERM)
 	<-c
 }'
-ok "Kubernetes $K8S_VERSION binaries in $OUT"
+# NetworkPolicies on the node (cluster.sh runs it as a firewall only). v2.1.0 is the one release
+# the module proxy serves here, and flaws are reported against it and the early-2024 releases it
+# requires, so the dependencies with published fixes are raised to their newest releases (x/net,
+# x/crypto, gRPC, protobuf, netlink, Docker's client, oauth2); with v2.1.0 it still builds and
+# runs. Its version, for --version and its start-up notes, comes from the build information.
+build_small kube-router github.com/cloudnativelabs/kube-router/v2 "$KUBE_ROUTER_VERSION" \
+  'package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime/debug"
+
+	"github.com/cloudnativelabs/kube-router/v2/pkg/cmd"
+	"github.com/cloudnativelabs/kube-router/v2/pkg/options"
+	"github.com/cloudnativelabs/kube-router/v2/pkg/version"
+	"github.com/spf13/pflag"
+	"k8s.io/klog/v2"
+)
+
+func main() {
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, dep := range info.Deps {
+			if dep.Path == "github.com/cloudnativelabs/kube-router/v2" {
+				version.Version = dep.Version
+			}
+		}
+	}
+	klog.InitFlags(nil)
+	config := options.NewKubeRouterConfig()
+	config.AddFlags(pflag.CommandLine)
+	pflag.Parse()
+	// klog reads its settings from the standard flag set; --v is kube-router'"'"'s own flag.
+	_ = flag.Set("logtostderr", "true")
+	_ = flag.Set("v", config.VLevel)
+	switch {
+	case config.HelpRequested:
+		pflag.Usage()
+		return
+	case config.Version:
+		version.PrintVersion(false)
+		return
+	case config.CleanupConfig:
+		cmd.CleanupConfigAndExit()
+	}
+	router, err := cmd.NewKubeRouterDefault(config)
+	if err == nil {
+		err = router.Run()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kube-router:", err)
+		os.Exit(1)
+	}
+}' \
+  golang.org/x/net golang.org/x/crypto google.golang.org/grpc google.golang.org/protobuf \
+  github.com/vishvananda/netlink github.com/docker/docker golang.org/x/oauth2
+build_buildkit
+go_install rootlesskit github.com/rootless-containers/rootlesskit/v2/cmd/rootlesskit "$ROOTLESSKIT_VERSION"
+go_install crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
+ok "Kubernetes $K8S_VERSION binaries, kube-router, BuildKit, RootlessKit and crane in $OUT"

@@ -6,7 +6,8 @@
 # network kiln-k8s that network.sh makes and fences like the build network: NAT out to the
 # internet, nothing on the host reachable, the cloud metadata range dropped. Every part of the
 # cluster (etcd, the API server, controller manager, scheduler, containerd, the kubelet,
-# kube-proxy and its iptables rules, the CNI bridge and the pods) runs inside that namespace, so
+# kube-proxy and its iptables rules, kube-router enforcing NetworkPolicies (the bridge plugin does
+# not), the CNI bridge and the pods) runs inside that namespace, so
 # the host's own iptables and network sysctls are not touched; the kubelet runs in a mount
 # namespace where the global kernel sysctls it insists on setting are files of its own.
 # The host reaches the API server at the node's address (KILN_K8S_NODE_IP:6443); `kubeconfig`
@@ -29,6 +30,8 @@ API_SERVICE_IP=10.96.0.1
 DNS_IP=10.96.0.10
 REGISTRY_NODEPORT=30500  # the in-cluster registry (deploy/k8s/kiln.sh), as the node's containerd pulls from it
 LOG="$KILN_LOGS"
+# The cluster's processes, in the order they start (and stop in reverse).
+DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy kube-router)
 export PATH="$BIN:$PATH"
 
 node_pid() { docker inspect -f '{{.State.Pid}}' "$NODE_CONTAINER" 2>/dev/null | grep -v '^0$'; }
@@ -57,7 +60,10 @@ start_node() {
   fi
   # Every time, not only for a container made here: Docker's restart policy makes one without these.
   # Inside the node only: pods are routed through it, and bridged pod traffic passes its iptables.
-  in_node sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward; echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet 2>/dev/null; true'
+  # Bridged traffic between pods passes the node's iptables too: kube-router's NetworkPolicy rules
+  # see it (this namespace's own copy of the setting).
+  in_node sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward; echo 1 >/proc/sys/net/ipv4/conf/all/route_localnet 2>/dev/null
+                 echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables; true'
   in_node ip link set lo up
   # A Service address kube-proxy has not (or no longer) programmed must go nowhere, not out through
   # the default route to whatever has that address beyond the host.
@@ -73,7 +79,7 @@ end_strays() {
   # Docker's restart policy, too, makes the node anew: the pods' sandboxes then sit in the old one.
   [[ $(cat "$RUN/node-netns" 2>/dev/null) == "$node_ns" ]] || NEW_NODE=1
   mkdir -p "$RUN"; echo "$node_ns" >"$RUN/node-netns"
-  for name in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
+  for name in "${DAEMONS[@]}"; do
     pid=$(pid_of "$name" || true)
     if [[ -n $pid && $(readlink "/proc/$pid/ns/net" 2>/dev/null) != "$node_ns" ]]; then
       warn "$name runs in a network namespace the node no longer has: restarting it"
@@ -134,11 +140,12 @@ make_pki() {
   cert controller-manager "/CN=system:kube-controller-manager"
   cert scheduler "/CN=system:kube-scheduler"
   cert kube-proxy "/CN=system:kube-proxy"
+  cert kube-router "/CN=kiln:kube-router"
   cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "IP:$NODE_IP,DNS:$NODE_NAME"
   cert apiserver-kubelet-client "/O=kiln:apiserver/CN=kube-apiserver-kubelet-client"
   [[ -s $STATE/pki/sa.key ]] || openssl genrsa -out "$STATE/pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$STATE/pki/sa.key" -pubout -out "$STATE/pki/sa.pub" 2>/dev/null
-  for name in admin controller-manager scheduler kube-proxy kubelet; do
+  for name in admin controller-manager scheduler kube-proxy kube-router kubelet; do
     kubeconfig "$name" "https://$NODE_IP:6443"
   done
 }
@@ -344,9 +351,35 @@ spec:
 EOF
 }
 
+# What kube-router's NetworkPolicy controller reads (it writes nothing to the API).
+kube_router_rbac() {
+  cat <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "kiln:kube-router"}
+rules:
+- apiGroups: [""]
+  resources: [namespaces, pods, services, endpoints, nodes]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kiln:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "kiln:kube-router"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "kiln:kube-router"}]
+EOF
+}
+
 up() {
   local started=$SECONDS
-  [[ -x $BIN/kube-apiserver && -x $BIN/etcd && -x $BIN/coredns && -x $BIN/pause ]] || bash "$(dirname "$0")/build.sh"
+  [[ -x $BIN/kube-apiserver && -x $BIN/etcd && -x $BIN/coredns && -x $BIN/pause && -x $BIN/kube-router ]] \
+    || bash "$(dirname "$0")/build.sh"
   [[ $(id -u) == 0 ]] || die "the cluster needs root (namespaces, mounts, containerd)" "run it as root"
   command -v /usr/lib/cni/bridge >/dev/null || die "the CNI plugins are not installed" "KILN_WITH_K8S=1 deploy/local/install-system.sh"
   binary_image "kiln.local/pause:1" "$BIN/pause" pause
@@ -400,6 +433,12 @@ up() {
     echo "$f $(cat "/proc/sys/$f")"; done >"$STATE/host-sysctls"
   start_kubelet
   daemon kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml" --hostname-override "$NODE_NAME"
+  kube_router_rbac | kubectl_admin apply -f - >/dev/null
+  # NetworkPolicies only (no routing, no service proxy, no CNI of its own: the bridge plugin and
+  # kube-proxy do those); no health or metrics port opened on the node.
+  daemon kube-router "$BIN/kube-router" --kubeconfig "$STATE/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+    --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0 --metrics-port 0 --v=1
   node_ready() { kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
   wait_for "the node" 120 node_ready || die "the node did not become Ready" "read $LOG/k8s-kubelet.log"
   if [[ ${NEW_NODE:-0} == 1 ]]; then
@@ -414,7 +453,9 @@ up() {
 
 down() {
   local name pid pids=()
-  for name in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
+  local i
+  for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
+    name=${DAEMONS[i]}
     pid=$(pid_of "$name" || true)
     [[ -n $pid ]] && { kill "$pid" 2>/dev/null || true; pids+=("$pid"); }
   done
@@ -432,7 +473,7 @@ down() {
 
 status() {
   local name
-  for name in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
+  for name in "${DAEMONS[@]}"; do
     if [[ -n $(pid_of "$name") ]]; then ok "$name running"; else warn "$name not running"; fi
   done
   api_ready && kubectl_admin get nodes

@@ -21,6 +21,7 @@ NAMESPACE=${KILN_K8S_NAMESPACE:-kiln}
 RELEASE=kiln
 REGISTRY_NODEPORT=30500  # as cluster.sh tells the node's containerd
 PROXY_NODEPORT=30800
+REGISTRY_PUSH=registry-push.kiln-infra.svc.cluster.local:5001  # infra.yaml: the registry's push side
 export PATH="$K8S_TOOLS/bin:$PATH"
 export DOCKER_BUILDKIT=0
 
@@ -65,26 +66,44 @@ images() {
   docker image inspect kiln/debian-rootfs:bookworm >/dev/null 2>&1 || bash "$KILN_ROOT/deploy/local/base-image.sh"
   KILN_IMAGES_PUSH=0 bash "$KILN_ROOT/deploy/local/images.sh" >&2
   local tag s libs
-  tag=$(git -C "$KILN_ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo dev)
-  for s in gateway resolver builder launcher analytics; do into_cluster "127.0.0.1:5000/kiln/$s:$tag"; done
+  # One tag for the five, from what they hold (not the commit): a change not yet committed still
+  # gives new pods on the next install.
+  tag=k8s-$(for s in gateway resolver builder launcher analytics; do docker image inspect -f '{{.Id}}' "127.0.0.1:5000/kiln/$s:latest"; done \
+            | sha256sum | cut -c1-12)
+  for s in gateway resolver builder launcher analytics; do
+    docker tag "127.0.0.1:5000/kiln/$s:latest" "127.0.0.1:5000/kiln/$s:$tag"
+    into_cluster "127.0.0.1:5000/kiln/$s:$tag"
+  done
   libs=$(bash "$KILN_ROOT/deploy/local/kafka.sh" jars | tail -n 1)
   KAFKA_IMAGE=$(build_image kafka "$KILN_ROOT/deploy/images/kafka" "$libs" "$KILN_ROOT/deploy/kafka/log4j2.properties")
   REGISTRY_IMAGE=$(build_image registry "$KILN_ROOT/deploy/images/registry")
   HUB_IMAGE=$(build_image hub "$KILN_ROOT/deploy/images/hub" \
     "${KILN_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}=extra-ca-certificates.crt")
-  for s in "$KAFKA_IMAGE" "$REGISTRY_IMAGE" "$HUB_IMAGE"; do into_cluster "$s"; done
+  # The build pods' two images (kube_executor.py), from the binaries build.sh made.
+  BUILDKIT_IMAGE=$(build_image buildkit "$KILN_ROOT/deploy/images/buildkit" \
+    "$K8S_TOOLS/bin/buildkitd" "$K8S_TOOLS/bin/buildctl" "$K8S_TOOLS/bin/rootlesskit")
+  CRANE_IMAGE=$(build_image crane "$KILN_ROOT/deploy/images/crane" "$K8S_TOOLS/bin/crane")
+  for s in "$KAFKA_IMAGE" "$REGISTRY_IMAGE" "$HUB_IMAGE" "$BUILDKIT_IMAGE" "$CRANE_IMAGE"; do into_cluster "$s"; done
   SERVICE_TAG=$tag
-  ok "images in the cluster: Kiln's five at $tag, $KAFKA_IMAGE, $REGISTRY_IMAGE, $HUB_IMAGE"
+  ok "images in the cluster: Kiln's five at $tag, $KAFKA_IMAGE, $REGISTRY_IMAGE, $HUB_IMAGE, $BUILDKIT_IMAGE, $CRANE_IMAGE"
 }
 
 fill() {  # fill FILE: FILE with its @NAME@ placeholders filled in
   sed -e "s|@KAFKA_IMAGE@|$KAFKA_IMAGE|g" -e "s|@REGISTRY_IMAGE@|$REGISTRY_IMAGE|g" -e "s|@HUB_IMAGE@|$HUB_IMAGE|g" \
       -e "s|@REGISTRY_NODEPORT@|$REGISTRY_NODEPORT|g" -e "s|@PROXY_NODEPORT@|$PROXY_NODEPORT|g" \
-      -e "s|@NAMESPACE@|$NAMESPACE|g" -e "s|@RELEASE@|$RELEASE|g" -e "s|@CONFIG_SHA@|${CONFIG_SHA:-}|g" \
+      -e "s|@HTPASSWD_SHA@|${HTPASSWD_SHA:-}|g" -e "s|@NAMESPACE@|$NAMESPACE|g" -e "s|@RELEASE@|$RELEASE|g" -e "s|@CONFIG_SHA@|${CONFIG_SHA:-}|g" \
       -e "s|@IMAGE_PREFIX@|$NODE_IP:$REGISTRY_NODEPORT/kiln/binder-|g" "$1"
 }
 
 infra() {
+  # The registry's push account: made once, kept with the cluster's state; only build pods' push
+  # step (through the chart's Secret) and the tests that seed the registry use it.
+  [[ -s $STATE/registry-push-password ]] || (umask 077; openssl rand -hex 24 | tr -d '\n' >"$STATE/registry-push-password")
+  kubectl_admin create namespace kiln-infra --dry-run=client -o yaml | kubectl_admin apply -f - >/dev/null
+  kubectl_admin -n kiln-infra create secret generic registry-htpasswd --dry-run=client -o yaml \
+    --from-literal=htpasswd="$(htpasswd -nbB kiln-push "$(cat "$STATE/registry-push-password")" | head -n 1)" \
+    | kubectl_admin apply -f - >/dev/null
+  HTPASSWD_SHA=$(sha256sum <"$STATE/registry-push-password" | cut -c1-16)
   fill "$HERE/infra.yaml" | kubectl_admin apply -f - >/dev/null
   kubectl_admin -n kiln-infra rollout status deployment/kafka deployment/registry --timeout 180s >/dev/null \
     || die "Kafka or the registry did not start in the cluster" "kubectl --kubeconfig $STATE/admin.kubeconfig -n kiln-infra describe pods"
@@ -124,6 +143,9 @@ chart() {
   "$helm" --kubeconfig "$STATE/admin.kubeconfig" upgrade --install "$RELEASE" "$copy" -n "$NAMESPACE" \
     -f "$HERE/values.yaml" --set image.tag="$SERVICE_TAG" \
     --set registry.url="http://$NODE_IP:$REGISTRY_NODEPORT" --set registry.image_prefix="$NODE_IP:$REGISTRY_NODEPORT/kiln/binder-" \
+    --set registry.pushUrl="http://$REGISTRY_PUSH" --set registry.username=kiln-push \
+    --set-file registry.password="$STATE/registry-push-password" \
+    --set builder.kubernetes.image="$BUILDKIT_IMAGE" --set builder.kubernetes.pushImage="$CRANE_IMAGE" \
     --set hub.publicUrl="http://$NODE_IP:$PROXY_NODEPORT" \
     --wait --timeout 6m >"$KILN_LOGS/k8s-helm.log" 2>&1 \
     || { tail -n 20 "$KILN_LOGS/k8s-helm.log" >&2; die "helm install did not complete" "kubectl --kubeconfig $STATE/admin.kubeconfig -n $NAMESPACE get pods"; }

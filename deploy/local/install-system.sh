@@ -9,7 +9,7 @@ PACKAGES=(docker.io docker-registry debootstrap apache2-utils git python3-venv)
 # The single-node Kubernetes of deploy/k8s: its runtime (containerd and runc come with docker.io),
 # pod networking, and the Go toolchain its parts are built with.
 if [[ "${KILN_WITH_K8S:-0}" == 1 ]]; then
-  PACKAGES+=(containernetworking-plugins conntrack iptables openssl busybox-static)
+  PACKAGES+=(containernetworking-plugins conntrack iptables ipset openssl busybox-static)
   command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] || PACKAGES+=(golang)
 fi
 # Kafka runs on Java 17 and is fetched with Maven; configurable-http-proxy comes from npm.

@@ -29,7 +29,9 @@ from kiln_builder.kube_executor import (
     PodSettings,
     build_command,
     pod_manifest,
+    push_address,
     push_command,
+    push_target,
 )
 
 API = k8s.ApiClient()
@@ -45,13 +47,16 @@ class FakeCluster:
 
     A pod goes through the stages a kubelet reports: pending, ``context`` running (until the
     context arrives), ``build`` running (until its log ends), ``build`` ended, then, only if the build
-    succeeded, ``push`` running (until its log ends) and ``push`` ended. ``followed`` records which
-    container's log was read and in what stage, so a test can tell the push never ran alongside the
-    build.
+    succeeded, ``gate`` running until the pod is relabelled for its push stage (as the NetworkPolicy
+    would let it through then; ``gate_fails``: it never is), ``push`` running (until its log ends) and
+    ``push`` ended. ``followed`` records which container's log was read and in what stage, and
+    ``patched`` in what stage the pod was relabelled, so a test can tell the push never ran alongside
+    the build.
     """
 
     def __init__(self, log: list[bytes], exit_code: int = 0, reason: str | None = None, waiting: str | None = None,
-                 hang: bool = False, push_log: list[bytes] | None = None, push_exit: int = 0) -> None:
+                 hang: bool = False, push_log: list[bytes] | None = None, push_exit: int = 0,
+                 gate_fails: bool = False) -> None:
         self.pods: dict[str, k8s.V1Pod] = {}
         self.deleted: list[str] = []
         self.context: dict[str, bytes] = {}
@@ -59,6 +64,8 @@ class FakeCluster:
         self._log, self._exit, self._reason, self._waiting, self._hang = log, exit_code, reason, waiting, hang
         self._push_log, self._push_exit = push_log if push_log is not None else [b"registry.local:5000/kiln/r@sha256:00\n"], push_exit
         self._stage: dict[str, str] = {}
+        self.patched: list[tuple[dict[str, Any], str]] = []
+        self._gate_fails = gate_fails
 
     # CoreV1Api methods the executor calls
     def create_namespaced_pod(self, namespace: str, body: k8s.V1Pod) -> k8s.V1Pod:
@@ -85,10 +92,14 @@ class FakeCluster:
         built = self._ended(self._exit, self._reason)
         if stage == "built" and self._exit != 0:  # an init container failed: the pod fails, push never starts
             return self._pod(name, "Failed", build=built)
-        if stage == "built":
-            return self._pod(name, "Running", build=built, push=running)
+        if stage == "built":  # the gate waits for the push side, which the build stage cannot reach
+            return self._pod(name, "Pending", build=built, gate=running)
+        if stage == "gate-failed":
+            return self._pod(name, "Failed", build=built, gate=self._ended(1, None))
+        if stage == "relabelled":
+            return self._pod(name, "Running", build=built, gate=self._ended(0, None), push=running)
         return self._pod(name, "Succeeded" if self._push_exit == 0 else "Failed", build=built,
-                         push=self._ended(self._push_exit, None))
+                         gate=self._ended(0, None), push=self._ended(self._push_exit, None))
 
     def read_namespaced_pod_log(self, name: str, namespace: str, container: str, follow: bool,
                                 _preload_content: bool) -> Any:
@@ -106,11 +117,16 @@ class FakeCluster:
                         time.sleep(3)  # a build that never ends; the executor's timer must stop it
                     cluster._stage[name] = "built"
                 else:
-                    assert container == "push" and cluster._stage[name] == "built"
+                    assert container == "push" and cluster._stage[name] == "relabelled"
                     yield from cluster._push_log
                     cluster._stage[name] = "pushed"
 
         return Stream()
+
+    def patch_namespaced_pod(self, name: str, namespace: str, body: dict[str, Any]) -> None:
+        self.patched.append((body, self._stage[name]))
+        if self._stage[name] == "built":
+            self._stage[name] = "gate-failed" if self._gate_fails else "relabelled"
 
     def delete_namespaced_pod(self, name: str, namespace: str, grace_period_seconds: int, body: Any) -> None:
         assert grace_period_seconds == 0
@@ -132,7 +148,8 @@ class FakeCluster:
             exit_code=exit_code, reason=reason or ("Completed" if exit_code == 0 else "Error")))
 
     def _pod(self, name: str, phase: str, context: k8s.V1ContainerState | None = None,
-             build: k8s.V1ContainerState | None = None, push: k8s.V1ContainerState | None = None) -> k8s.V1Pod:
+             build: k8s.V1ContainerState | None = None, gate: k8s.V1ContainerState | None = None,
+             push: k8s.V1ContainerState | None = None) -> k8s.V1Pod:
         pod = self.pods[name]
 
         def status(container: str, state: k8s.V1ContainerState | None) -> k8s.V1ContainerStatus:
@@ -144,7 +161,7 @@ class FakeCluster:
         pod.status = k8s.V1PodStatus(
             phase=phase,
             init_container_statuses=[status("context", context if context else (done if build else None)),
-                                     status("build", build)],
+                                     status("build", build), status("gate", gate)],
             container_statuses=[status("push", push)])
         return pod
 
@@ -200,7 +217,7 @@ def test_pod_manifest_carries_the_operators_settings() -> None:
 def test_build_then_push_in_that_order_the_build_writing_a_layout_not_pushing() -> None:
     pod = manifest()
     # init containers run one after the other and all end before the pod's containers start
-    assert [c.name for c in pod.spec.init_containers] == ["context", "build"]
+    assert [c.name for c in pod.spec.init_containers] == ["context", "build", "gate"]
     assert [c.name for c in pod.spec.containers] == ["push"]
     build, push = containers(pod)["build"], containers(pod)["push"]
     assert build.command[-2:] == ["--output", f"type=oci,name=registry.local:5000/kiln/r:1,dest={IMAGE_DIR},tar=false"]
@@ -227,7 +244,7 @@ def test_push_credentials_are_mounted_only_into_the_push_container() -> None:
     assert env["build"]["DOCKER_CONFIG"] != push_dir and "DOCKER_CONFIG" not in env["context"]
     # positive control: without a Secret there is nothing to mount, and the build still writes its layout
     bare = manifest(PodSettings(namespace="binder"))
-    assert {v.name for v in bare.spec.volumes} == {"workspace", "image"}
+    assert {v.name for v in bare.spec.volumes} == {"workspace", "image", "buildkit"}
     assert all(e.name != "DOCKER_CONFIG" for c in containers(bare).values() for e in c.env or [])
 
 
@@ -248,7 +265,7 @@ def test_build_container_is_as_tight_as_buildkit_rootless_allows() -> None:
     assert sc.seccomp_profile.type == "Unconfined" and sc.app_armor_profile.type == "Unconfined"
 
 
-@pytest.mark.parametrize("name", ["context", "push"])
+@pytest.mark.parametrize("name", ["context", "gate", "push"])
 def test_containers_without_user_code_are_locked_down(name: str) -> None:
     sc = containers(manifest())[name].security_context
     assert sc.run_as_non_root is True and sc.run_as_user != 0 and sc.privileged is False
@@ -273,8 +290,9 @@ async def test_successful_build_streams_lines_and_removes_its_pod(tmp_path: Path
     assert set(cluster.context) == {"repo/requirements.txt", "repo/index.ipynb", "kiln-entrypoint", ".kiln.Dockerfile"}
     assert cluster.context[".kiln.Dockerfile"].startswith(b"FROM base")
     assert cluster.deleted == list(cluster.pods)
-    # the push's log follows the build's, and the push began only once the build had ended
-    assert cluster.followed == [("build", "building"), ("push", "built")]
+    # the push's log follows the build's; the pod was let reach the push side only once the build had ended
+    assert cluster.followed == [("build", "building"), ("push", "relabelled")]
+    assert cluster.patched == [({"metadata": {"labels": {"kiln.build/stage": "push"}}}, "built")]
 
 
 async def test_failed_build_reports_its_last_line_and_removes_its_pod(tmp_path: Path) -> None:
@@ -284,6 +302,17 @@ async def test_failed_build_reports_its_last_line_and_removes_its_pod(tmp_path: 
     assert failed.value.cause == "build_failed" and "did not complete successfully" in str(failed.value)
     assert cluster.deleted == list(cluster.pods)
     assert [container for container, _ in cluster.followed] == ["build"], "a failed build is not pushed"
+    assert cluster.patched == [], "nor let reach the push side"
+
+
+async def test_a_push_side_the_pod_cannot_reach_is_named_and_removes_its_pod(tmp_path: Path) -> None:
+    """The gate gave up (a NetworkPolicy without the push stage's egress): said so, not a bare 'Failed'."""
+    cluster = FakeCluster([b"#3 DONE 1.0s\n"], gate_fails=True)
+    with pytest.raises(BuildFailed) as failed:
+        await run(cluster, tmp_path)
+    assert failed.value.cause == "push_failed" and "push side" in str(failed.value)
+    assert [container for container, _ in cluster.followed] == ["build"]
+    assert cluster.deleted == list(cluster.pods)
 
 
 async def test_a_failed_push_is_named_and_removes_its_pod(tmp_path: Path) -> None:
@@ -332,3 +361,64 @@ async def test_push_reports_done_since_the_pod_pushed() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     asyncio.run(test_successful_build_streams_lines_and_removes_its_pod(Path("/tmp")))
+
+
+def test_a_separate_push_side_gets_the_push_the_name_keeps_the_pull_side() -> None:
+    """A registry whose pulls are served read-only at the name's host and whose pushes go elsewhere
+    (deploy/k8s/infra.yaml): the build writes the image under its name, crane sends it to the push side."""
+    settings = PodSettings(namespace="b", docker_config_secret="s", push_registry="registry-push.infra:5001",
+                           insecure_registries=["registry-push.infra:5001"])
+    pod = round_trip(pod_manifest("kiln-build-1", "10.0.0.5:30500/kiln/r:1", settings, 60))
+    build, push = containers(pod)["build"], containers(pod)["push"]
+    assert build.command[-1] == f"type=oci,name=10.0.0.5:30500/kiln/r:1,dest={IMAGE_DIR},tar=false"
+    assert push.command == ["crane", "push", "--insecure", IMAGE_DIR, "registry-push.infra:5001/kiln/r:1"]
+    assert push_target("r.example/a/b:1", "") == "r.example/a/b:1"
+
+
+def test_a_plain_http_registry_is_named_to_buildkit_for_the_from_pull() -> None:
+    """buildkitd pulls the FROM itself: a registry reached over plain HTTP must be named to it (the
+    image's buildctl-daemonless.sh writes a buildkitd.toml from this variable); none named, none set."""
+    env = {e.name: e.value for e in containers(manifest())["build"].env}
+    assert env["BUILDKITD_INSECURE_REGISTRIES"] == "registry.local:5000"
+    plain = containers(manifest(PodSettings(namespace="b")))["build"].env
+    assert "BUILDKITD_INSECURE_REGISTRIES" not in {e.name for e in plain}
+
+
+def test_the_pod_starts_in_its_build_stage_and_the_gate_waits_for_the_push_side() -> None:
+    """The stage label the NetworkPolicies select on starts at "build"; the gate, locked down like the
+    other containers without user code, waits for the host and port the push will connect to."""
+    pod = manifest()
+    assert pod.metadata.labels["kiln.build/stage"] == "build"
+    gate = containers(pod)["gate"]
+    assert gate.command[:2] == ["sh", "-c"] and "nc -z" in gate.command[2]
+    assert gate.command[-2:] == ["registry.local", "5000"]
+    assert gate.security_context.capabilities.drop == ["ALL"] and gate.security_context.read_only_root_filesystem
+    assert push_address("quay.io/org/img:1", insecure=False) == ("quay.io", "443")
+    assert push_address("r.local/img:1", insecure=True) == ("r.local", "80")
+    assert push_address("[fd00::5]:5001/kiln/img:1", insecure=True) == ("fd00::5", "5001")
+
+
+async def test_a_pod_the_api_refuses_is_a_clear_builder_error(tmp_path: Path) -> None:
+    """RBAC or a quota refusing the pod: the client is told the build could not start, not 'unexpected'."""
+    cluster = FakeCluster([])
+
+    def refuse(namespace: str, body: k8s.V1Pod) -> k8s.V1Pod:
+        raise ApiException(status=403, reason="Forbidden")
+
+    cluster.create_namespaced_pod = refuse  # type: ignore[method-assign]
+    with pytest.raises(BuildFailed) as failed:
+        await run(cluster, tmp_path)
+    assert failed.value.cause == "builder_error" and "403 Forbidden" in str(failed.value)
+    assert cluster.deleted == []
+
+
+def test_buildkits_state_is_on_an_emptydir_only_the_build_container_mounts() -> None:
+    """Its overlay snapshotter needs a real filesystem under it (not the container's overlay root),
+    and nothing else in the pod needs what the build left there."""
+    pod = manifest()
+    volumes = {v.name: v for v in pod.spec.volumes}
+    assert volumes["buildkit"].empty_dir is not None
+    mounted = {c.name for c in containers(pod).values() for m in c.volume_mounts or [] if m.name == "buildkit"}
+    assert mounted == {"build"}
+    state = next(m for m in containers(pod)["build"].volume_mounts if m.name == "buildkit")
+    assert state.mount_path == "/home/user/.local/share/buildkit"

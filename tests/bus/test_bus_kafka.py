@@ -144,6 +144,62 @@ async def test_stopped_consumer_resumes_from_committed_offset(
     assert await committed(bus_settings, "test-group", topics.phase_events.name) == n
 
 
+async def test_a_record_in_hand_when_its_partition_moves_is_stopped_not_run_twice_at_once(
+    bus_settings: BusSettings, topics: Topics, producer: BusProducer
+) -> None:
+    """A second member joins while the first holds a long record (a build): past the grace the first
+    stops it, and the member that then owns the partition handles it again. Never two at once, and
+    the group settles with both members in it (it once dropped the busy member over and over)."""
+    active: set[str] = set()
+    overlaps: list[set[str]] = []
+    events: list[str] = []
+    long_first = asyncio.Event()
+
+    def handler(member: str) -> Any:
+        async def handle(d: Delivery[PhaseEvent]) -> None:
+            active.add(member)
+            if len(active) > 1:
+                overlaps.append(set(active))
+            events.append(f"start {member}")
+            try:
+                if not long_first.is_set():
+                    long_first.set()
+                    await asyncio.sleep(120)  # the first handling outlasts the grace
+                events.append(f"done {member}")
+            except asyncio.CancelledError:
+                events.append(f"cancelled {member}")
+                raise
+            finally:
+                active.discard(member)
+        return handle
+
+    grace: dict[str, Any] = {"max_in_flight": 4, "shutdown_grace_s": 2.0}
+    a = await start_consumer(bus_settings, topics, [topics.phase_events], handler("a"), producer, **grace)
+    await producer.publish(topics.phase_events, "k", PhaseEvent(request_id="long", phase=Phase.BUILDING, service="t"))
+    await wait_until(lambda: events == ["start a"], 30, "the first member to take the record")
+    b = await start_consumer(bus_settings, topics, [topics.phase_events], handler("b"), producer, **grace)
+    try:
+        await wait_until(lambda: any(e.startswith("done") for e in events), 60, "the record handled to the end")
+        assert events[:2] == ["start a", "cancelled a"], events
+        assert not overlaps, overlaps
+        admin = AIOKafkaAdminClient(**bus_settings.client_kwargs())
+        await admin.start()
+        try:
+            async def members() -> int:
+                described = await admin.describe_consumer_groups(["test-group"])
+                return len(described[0].groups[0][5])  # (error, group, state, protocol type, protocol, members, ...)
+            deadline = asyncio.get_running_loop().time() + 30
+            while await members() != 2:
+                assert asyncio.get_running_loop().time() < deadline, "both members in the group"
+                await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+    finally:
+        await a.close()
+        await b.close()
+    assert [e for e in events if e.startswith("done")] == events[-1:], events
+
+
 CONSUMER_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys

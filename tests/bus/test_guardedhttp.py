@@ -38,7 +38,7 @@ def servers() -> Iterator[tuple[str, str, list[tuple[str, str]]]]:
     handler = type("Recorder", (_Recorder,), {"seen": seen})
     started = [ThreadingHTTPServer(("127.0.0.1", 0), handler) for _ in range(2)]
     for server in started:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     a, b = (f"127.0.0.1:{s.server_address[1]}" for s in started)
     yield a, b, seen
     for server in started:

@@ -10,7 +10,6 @@ connecting.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from .conftest import Kiln
+from tests.support.k8s import Kiln, cached_spec, launch
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -32,13 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def _state_path(name: str) -> str:
     """A path in the local stack's state (KILN_STATE, as the scripts read it)."""
     out = subprocess.run(["bash", "-c", f'source {ROOT}/deploy/local/lib.sh; echo "$KILN_STATE/{name}"'],
-                         capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
-def _state(name: str) -> str:
-    """A file of the local stack's state (KILN_STATE, as the scripts read it)."""
-    out = subprocess.run(["bash", "-c", f'source {ROOT}/deploy/local/lib.sh; cat "$KILN_STATE/{name}"'],
                          capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
@@ -91,49 +83,20 @@ class Cached:
 
 @pytest.fixture(scope="module")
 def cached(kiln: Kiln) -> Cached:
-    """Kiln's base image pushed to the in-cluster registry under the name the resolver gives the spec,
-    as the builder would after a build (builds in pods are not part of this suite yet). The spec is an
-    exact commit of a repository on a name that never resolves, so nothing is looked up."""
-    from kiln_resolver.images import image_name, split_image
-
+    """A spec whose image is in the in-cluster registry already (Kiln's base image pushed under the
+    name the resolver gives it), as a build would have left it."""
     url, sha = "http://git.kiln-test.invalid/lab/demo.git", "c0ffee" + "0" * 34
-    prefix = f"{kiln.cluster.node_ip}:30500/kiln/binder-"
-    _, repository, tag = split_image(image_name(prefix, url, sha))
-    base = _state("base-image")  # made by make up (deploy/local/base-image.sh)
-    forward = subprocess.Popen([str(kiln.cluster.kubectl_path), "--kubeconfig", str(kiln.cluster.kubeconfig), "-n",
-                                "kiln-infra", "port-forward", "service/registry", ":5000"],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert forward.stdout is not None
-        port = re.search(r"127\.0\.0\.1:(\d+)", forward.stdout.readline())
-        assert port, "kubectl port-forward printed no port"
-        pushed = f"127.0.0.1:{port.group(1)}/{repository}:{tag}"  # docker pushes to loopback without TLS
-        subprocess.run(["docker", "tag", base, pushed], check=True)
-        push = subprocess.run(["docker", "push", "-q", pushed], capture_output=True, text=True, timeout=900)
-        assert push.returncode == 0, push.stderr
-        subprocess.run(["docker", "rmi", pushed], capture_output=True)
-    finally:
-        forward.terminate()
-    return Cached(url, sha, f"{prefix.split('/', 1)[0]}/{repository}:{tag}")
+    return Cached(url, sha, cached_spec(kiln, url, sha))
 
 
-def launch(kiln: Kiln, cached: Cached) -> list[dict[str, Any]]:
-    """The events of one launch through the gateway's public URL, up to ready or failed."""
-    events: list[dict[str, Any]] = []
-    with httpx.stream("GET", f"{kiln.url}build/git/{quote(cached.url, safe='')}/{cached.sha}",
-                      headers={"Accept": "text/event-stream"}, timeout=httpx.Timeout(30, read=600)) as r:
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                events.append(json.loads(line[5:]))
-                if events[-1]["phase"] in ("failed", "ready"):
-                    break
-    return events
+def launch_cached(kiln: Kiln, cached: Cached) -> list[dict[str, Any]]:
+    return launch(kiln, cached.url, cached.sha, read_timeout=600)
 
 
 def test_a_cached_image_launches_to_a_server_that_answers_its_token(kiln: Kiln, cached: Cached) -> None:
     """A launch through the gateway's public URL to ``ready``: resolver, registry lookup, launcher, the
     hub's KubeSpawner and a user pod pulling from the in-cluster registry through the node's containerd."""
-    events = launch(kiln, cached)
+    events = launch_cached(kiln, cached)
     phases = [e["phase"] for e in events]
     assert phases[-1] == "ready" and "built" in phases and "building" not in phases, events[-3:]
     server = events[-1]["url"]
@@ -179,30 +142,31 @@ def hub_servers(kiln: Kiln) -> dict[str, list[str]]:
 
 
 def test_launches_while_services_scale_lose_nothing_and_start_nothing_twice(kiln: Kiln, cached: Cached) -> None:
-    """The resolver, builder and launcher scaled from 1 to 3 replicas while launches run (their
-    partitions move between replicas by rebalance), then launches at 3: each request ends ready,
-    with a server of its own, and no request has two."""
+    """The resolver, builder and launcher scaled from 1 to 2 replicas while launches run, then from 2
+    to 3 while more run (their partitions move between replicas by rebalance), then launches at 3:
+    each request ends ready, with a server of its own, and no request has two."""
     deployments = [f"deployment/kiln-{s}" for s in ("resolver", "builder", "launcher")]
     results: dict[int, list[dict[str, Any]]] = {}
 
     def one(i: int) -> None:
-        results[i] = launch(kiln, cached)
+        results[i] = launch_cached(kiln, cached)
 
-    try:
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(5)]
+    def batch(first: int, count: int, scale_to: int | None) -> None:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(first, first + count)]
         for t in threads:
             t.start()
-        kiln.cluster.kubectl("-n", kiln.namespace, "scale", *deployments, "--replicas=3")
+        if scale_to:
+            kiln.cluster.kubectl("-n", kiln.namespace, "scale", *deployments, f"--replicas={scale_to}")
         for t in threads:
             t.join(timeout=700)
         for d in deployments:
             kiln.cluster.kubectl("-n", kiln.namespace, "rollout", "status", d, "--timeout=300s", timeout=320)
-        more = [threading.Thread(target=one, args=(i,)) for i in range(5, 8)]
-        for t in more:
-            t.start()
-        for t in more:
-            t.join(timeout=700)
-        assert sorted(results) == list(range(8))
+
+    try:
+        batch(0, 4, 2)
+        batch(4, 4, 3)
+        batch(8, 3, None)
+        assert sorted(results) == list(range(11))
         outcomes = {i: events[-1] for i, events in results.items()}
         assert all(o["phase"] == "ready" for o in outcomes.values()), {i: o for i, o in outcomes.items() if o["phase"] != "ready"}
         servers = [o["url"] for o in outcomes.values()]

@@ -135,6 +135,31 @@ def test_pods_reach_nothing_on_the_host_nor_kilns_other_networks(cluster: Cluste
         assert not reachable(cluster, namespace, address, port), f"a pod reached {address}:{port}"
 
 
+def test_network_policies_are_enforced(cluster: Cluster, namespace: str) -> None:
+    """kube-router (cluster.sh) enforces NetworkPolicies, which the bridge plugin alone ignores: a
+    policy admitting nobody to the web pod closes it to the client, and removing it opens it again."""
+    web = cluster.get("pod", "-n", namespace, "web")["status"]["podIP"]
+    assert reachable(cluster, namespace, web, 8080), "control: open before any policy"
+    policy = f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-closed, namespace: {namespace}}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  policyTypes: [Ingress]
+"""
+    cluster.kubectl("apply", "-f", "-", stdin=policy)
+    try:
+        deadline = time.monotonic() + 60  # kube-router syncs a new policy within seconds
+        while reachable(cluster, namespace, web, 8080, timeout=2):
+            assert time.monotonic() < deadline, "the policy was never enforced"
+    finally:
+        cluster.kubectl("-n", namespace, "delete", "networkpolicy", "web-closed")
+    deadline = time.monotonic() + 60
+    while not reachable(cluster, namespace, web, 8080):
+        assert time.monotonic() < deadline, "the pod stayed closed after its policy went"
+
+
 def test_service_addresses_never_leave_the_node(cluster: Cluster) -> None:
     """An address in the Service range that kube-proxy has not programmed (a new or deleted Service)
     would otherwise follow the default route out, to whatever has it beyond the host: checked on

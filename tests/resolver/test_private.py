@@ -124,7 +124,7 @@ def hub_states() -> dict[str, dict[str, str] | None]:
 def hub(hub_states: dict[str, dict[str, str] | None]) -> Iterator[str]:
     handler = type("Hub", (_Hub,), {"states": hub_states})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hub/api"
     server.shutdown()
 

@@ -181,7 +181,7 @@ def github_app() -> Iterator[tuple[GitHubApp, type[_GitHubApps]]]:
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     handler = type("Apps", (_GitHubApps,), {"public_key": public, "minted": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     api = f"http://127.0.0.1:{server.server_address[1]}"
     yield GitHubApp(app_id=4242, installation_id=77, private_key=SecretStr(pem), api_url=api,
                     web_url="https://github.example"), handler

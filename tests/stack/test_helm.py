@@ -106,7 +106,11 @@ def test_defaults_need_only_the_three_addresses(helm: str, chart: Path) -> None:
     assert replicas == {"kiln-gateway": 2, "kiln-resolver": 2, "kiln-builder": 2, "kiln-launcher": 2, "kiln-analytics": 1}
     builder = deployments["kiln-builder"].spec.template.spec
     env = {e.name: e for e in builder.containers[0].env}
-    assert env["KILN_BUILD_EXECUTOR"].value == "kubernetes" and env["KILN_BUILD_NAMESPACE"].value == "binder"
+    # builds go where the chart made their namespace and bound the builder's Role (a real install
+    # found the builder making pods in the release's namespace, where it has no rights)
+    assert env["KILN_BUILD_EXECUTOR"].value == "kubernetes" and env["KILN_BUILD_NAMESPACE"].value == "binder-builds"
+    role = next(parsed(d) for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "kiln-builder")
+    assert role.metadata.namespace == "binder-builds"
     assert env["KILN_KAFKA_BOOTSTRAP"].value == "kafka:9092" and env["KILN_TOPIC_PARTITIONS"].value == "12"
     assert builder.service_account_name == "kiln-builder"
     assert env["KILN_BUILD_SERVICE_ACCOUNT"].value == "kiln-build"
@@ -364,12 +368,29 @@ def test_private_ranges_are_a_setting_and_metadata_stays_excluded(helm: str, cha
     assert not cluster.egress(USER, REGISTRY, 5000)
 
 
+def test_the_push_side_is_reachable_only_in_a_build_pods_push_stage(helm: str, chart: Path) -> None:
+    """pushEgress selects build pods the executor relabelled after their build ended; a pod still in
+    its build stage (the repository's code may be running) gets only extraEgress."""
+    registry = "networkPolicy.builds.{}[0].to[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=registry"
+    docs = render(helm, chart, sets=REQUIRED + (
+        registry.format("extraEgress"), "networkPolicy.builds.extraEgress[0].ports[0].port=5000",
+        registry.format("pushEgress"), "networkPolicy.builds.pushEgress[0].ports[0].port=5001"))
+    cluster = Cluster(docs)
+    building = Pod("binder-builds", {**BUILD.labels, "kiln.build/stage": "build"}, BUILD.ip)
+    pushing = Pod("binder-builds", {**BUILD.labels, "kiln.build/stage": "push"}, BUILD.ip)
+    assert cluster.egress(building, REGISTRY, 5000) and not cluster.egress(building, REGISTRY, 5001)
+    assert cluster.egress(pushing, REGISTRY, 5001) and cluster.egress(pushing, REGISTRY, 5000)
+    assert not cluster.egress(pushing, KAFKA, 9092), "the push stage gains the push side and nothing else"
+    assert not cluster.egress(USER, REGISTRY, 5001)
+    assert "kiln-build-push" not in by_kind(render(helm, chart, sets=REQUIRED), "NetworkPolicy"), "none asked for"
+
+
 def test_builder_rbac_is_a_role_on_pods_in_the_build_namespace(helm: str, chart: Path, secure: list[dict[str, Any]]) -> None:
     assert not [d for d in secure if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     role = parsed(by_kind(secure, "Role")["kiln-builder"])
     assert role.metadata.namespace == "binder-builds"
     rules = {(r.api_groups[0], res): set(r.verbs) for r in role.rules for res in r.resources}
-    assert rules == {("", "pods"): {"create", "get", "delete"}, ("", "pods/log"): {"get"},
+    assert rules == {("", "pods"): {"create", "get", "patch", "delete"}, ("", "pods/log"): {"get"},
                      ("", "pods/exec"): {"create", "get"}}
     binding = parsed(by_kind(secure, "RoleBinding")["kiln-builder"])
     assert binding.metadata.namespace == "binder-builds" and binding.role_ref.kind == "Role"
@@ -624,3 +645,18 @@ def test_private_repository_credentials_reach_only_the_resolver_and_builder(helm
             assert refs == {}, f"{name} is given no repository credentials"
     without = render(helm, chart, sets=REQUIRED)
     assert "KILN_GIT_CREDENTIALS" not in env_of(by_kind(without, "Deployment")["kiln-resolver"])
+
+
+def test_a_separate_push_side_gets_the_push_credential_and_the_builds_push(helm: str, chart: Path) -> None:
+    """registry.pushUrl (a registry whose pulls are read-only at url, as deploy/k8s/infra.yaml's): the
+    push step's credential is keyed by the push side, the builder sends pushes there, and both sides
+    are plain HTTP when the registry is."""
+    docs = render(helm, chart, sets=(*REQUIRED, "registry.url=http://10.0.0.5:30500", "registry.insecure=true",
+                                     "registry.pushUrl=http://registry-push.infra:5001", "registry.username=pusher",
+                                     "registry.password=push-secret", "builder.kubernetes.pushImage=crane.local/crane:1"))
+    assert docker_config(by_kind(docs, "Secret")["kiln-push"], "config.json") == {
+        "registry-push.infra:5001": ("pusher", "push-secret")}
+    env = env_of(by_kind(docs, "Deployment")["kiln-builder"])
+    assert env["KILN_BUILD_PUSH_REGISTRY"]["value"] == "registry-push.infra:5001"
+    assert env["KILN_BUILD_PUSH_IMAGE"]["value"] == "crane.local/crane:1"
+    assert json.loads(env["KILN_INSECURE_REGISTRIES"]["value"]) == ["10.0.0.5:30500", "registry-push.infra:5001"]

@@ -60,9 +60,13 @@
 - name: KILN_BUILD_EXECUTOR
   value: kubernetes
 - name: KILN_BUILD_NAMESPACE
-  value: {{ default .Release.Namespace $k.namespace | quote }}
+  value: {{ include "kiln.buildNamespace" . | quote }}
 - name: KILN_BUILD_IMAGE
   value: {{ $k.image | quote }}
+- name: KILN_BUILD_PUSH_IMAGE
+  value: {{ $k.pushImage | quote }}
+- name: KILN_BUILD_PUSH_REGISTRY
+  value: {{ regexReplaceAll "^https?://" .Values.registry.pushUrl "" | trimSuffix "/" | quote }}
 - name: KILN_BUILD_CPU_REQUEST
   value: {{ $k.resources.requests.cpu | default "" | quote }}
 - name: KILN_BUILD_MEMORY_REQUEST
@@ -90,7 +94,7 @@
 {{ include "kiln.registryPullEnv" . }}
 {{- if .Values.registry.insecure }}
 - name: KILN_INSECURE_REGISTRIES
-  value: {{ list (regexReplaceAll "^https?://" .Values.registry.url "" | trimSuffix "/") | toJson | quote }}
+  value: {{ without (list (regexReplaceAll "^https?://" .Values.registry.url "" | trimSuffix "/") (regexReplaceAll "^https?://" .Values.registry.pushUrl "" | trimSuffix "/")) "" | toJson | quote }}
 {{- end }}
 - name: KILN_WORK_DIR
   value: /tmp/kiln-builds

@@ -59,6 +59,7 @@ from kilnbus.settings import BusSettings
 from kilnbus.topics import Topic
 
 log = logging.getLogger(__name__)
+REVOKE_CANCEL_S = 15.0  # how long a record cancelled at revocation may take to wind down (cleanup)
 
 # Re-exported: they lived here before kilnbus.dispatch and kilnbus.errors held them.
 __all__ = [
@@ -241,6 +242,12 @@ class BusConsumer(DispatchCounts):
         # Markers of records begun while a commit is in flight share the next commit (_begin).
         self._marker_flush: dict[TopicPartition, tuple[asyncio.Future[bool], list[int]]] = {}
         self._marker_tasks: set[asyncio.Task[None]] = set()
+        # The group waits this long for a member to rejoin after a rebalance begins. aiokafka's default
+        # is the session timeout (10 s), shorter than _on_revoked may take (the grace, then cancelling
+        # what is left): a member busy with a long record was dropped, rejoined, and started the next
+        # rebalance, over and over, while two members ran the same record (found on Kubernetes).
+        overrides.setdefault("rebalance_timeout_ms", max(overrides.get("session_timeout_ms", 10_000),
+                                                         int((shutdown_grace_s + REVOKE_CANCEL_S + 20) * 1000)))
         self._consumer = AIOKafkaConsumer(
             **settings.client_kwargs(),
             group_id=group_id,
@@ -483,9 +490,15 @@ class BusConsumer(DispatchCounts):
         self._revoked |= revoked
         tasks = [t for t, tp in self._tasks.items() if tp in revoked]
         if tasks:
-            await asyncio.wait(tasks, timeout=self._shutdown_grace_s)
+            _, pending = await asyncio.wait(tasks, timeout=self._shutdown_grace_s)
+            # Past the grace they are the next owner's, which handles them again: stopped here, so that
+            # one record is not handled twice at once (a long build built by two members).
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=REVOKE_CANCEL_S)
         for tp in revoked:
-            # Still running here past the grace: the next owner redelivers them, and this is no crash.
+            # Not finished within the grace: the next owner redelivers them, and this is no crash.
             for offset in self._progress[tp].in_flight if tp in self._progress else ():
                 if (tp, offset) in self._begun:  # a record that only waited was never counted
                     self._ledger.interrupt(tp, offset)

@@ -29,6 +29,7 @@ def make_executor(settings: Settings) -> BuildExecutor:
     """The executor the settings ask for, with the registry credentials its pushes use."""
     if settings.build_executor == "kubernetes":
         pods = PodSettings(namespace=settings.build_namespace, image=settings.build_image,
+                           push_image=settings.build_push_image, push_registry=settings.build_push_registry,
                            cpu_request=settings.build_cpu_request, cpu_limit=settings.build_cpu_limit,
                            memory_request=settings.build_memory_request,
                            memory_limit=settings.build_pod_memory_limit

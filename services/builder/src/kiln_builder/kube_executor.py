@@ -9,10 +9,14 @@ containers run one after the other (two init containers, then the pod's one cont
    container. It builds the Dockerfile Kiln generated, whose RUN steps are the repository's code,
    and writes the image as an OCI layout into an ``emptyDir``. It holds no push credential: at most
    the read-only pull credential its ``FROM`` needs;
-3. ``push`` (crane, no shell) pushes that layout to the registry with the push credential, the one
-   container the credential is mounted into. It starts only after ``build`` and every process the
-   repository's code left behind have ended (an init container's processes die with it), so nothing
-   the repository ran can read it, whatever it does inside BuildKit's sandbox.
+3. ``gate`` waits until the registry's push side answers a TCP connection. The pod starts in stage
+   ``build`` (its ``kiln.build/stage`` label), which the chart's NetworkPolicies let reach the
+   registry's pull side but not its push side. Only once ``build`` and every process the
+   repository's code left behind have ended (an init container's processes die with it) does the
+   executor relabel the pod ``push``, which a second policy lets reach the push side;
+4. ``push`` (crane, no shell) pushes that layout to the registry with the push credential, the one
+   container the credential is mounted into. Nothing the repository ran can read the credential or
+   even reach the push side, whatever it does inside BuildKit's sandbox.
 
 The log of ``build`` then ``push`` is followed line by line into ``building`` events; the pod's own
 deadline (``activeDeadlineSeconds``) and the executor's timer both bound it. The pod mounts no
@@ -51,12 +55,21 @@ _MANIFEST_TYPES = ("application/vnd.oci.image.index.v1+json, application/vnd.oci
                    "application/vnd.docker.distribution.manifest.list.v2+json")
 WORKSPACE = "/workspace"
 IMAGE_DIR = "/kiln/image"  # the OCI layout the build writes and the push reads
+# BuildKit rootless's state (the image's home directory, in moby/buildkit's rootless image as in
+# Kiln's): an emptyDir, so the node's filesystem is under it. On the container's own overlay root
+# its overlayfs snapshotter cannot mount and it falls back to copying every layer whole.
+BUILDKIT_STATE_DIR = "/home/user/.local/share/buildkit"
 PULL_CONFIG_DIR = "/kiln/pull"  # DOCKER_CONFIG of the build container: read-only registry credentials
 PUSH_CONFIG_DIR = "/kiln/push"  # DOCKER_CONFIG of the push container: the push credentials
 READY_MARKER = ".kiln-context-ready"
 PUSH_KEY = "config.json"  # key of the docker-config Secret holding the push credentials
 PULL_KEY = "pull.json"  # key of the same Secret holding pull-only credentials (optional)
 IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
+STAGE_LABEL = "kiln.build/stage"  # "build" while the repository's code may run, then "push"
+# The gate's wait for the push side: at most 240 tries (each up to 2 s to connect, 0.5 s apart).
+GATE_SCRIPT = ('i=0; until nc -z -w 2 "$1" "$2" 2>/dev/null; do i=$((i + 1)); if [ "$i" -ge 240 ]; then '
+               'echo "the registry\'s push side $1:$2 did not become reachable from the build pod" >&2; exit 1; fi; '
+               'sleep 0.5; done')
 
 
 @dataclass
@@ -78,6 +91,9 @@ class PodSettings:
     # optionally pull.json (read-only credentials for the build's FROM, if the registry wants them).
     docker_config_secret: str = ""
     insecure_registries: list[str] = field(default_factory=list)  # registries reached over plain HTTP
+    # Where the push step sends the image, when that is not the registry its name says: the name is
+    # where nodes and builds pull from (a read-only side), this the side that takes pushes.
+    push_registry: str = ""
     start_timeout_s: float = 300  # image pull and scheduling
     poll_interval_s: float = 0.5
 
@@ -102,6 +118,20 @@ def build_command(tag: str, buildargs: dict[str, str], labels: dict[str, str]) -
     return args + ["--output", f"type=oci,name={tag},dest={IMAGE_DIR},tar=false"]
 
 
+def push_target(tag: str, push_registry: str) -> str:
+    """Where ``tag`` is pushed: the same repository and tag on ``push_registry`` when one is set."""
+    return f"{push_registry}/{tag.split('/', 1)[1]}" if push_registry and "/" in tag else tag
+
+
+def push_address(target: str, insecure: bool) -> tuple[str, str]:
+    """The host and port a push to ``target`` connects to (the registry's default port when none is named)."""
+    host = target.split("/", 1)[0]
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and not name.endswith(":"):
+        return name.strip("[]"), port
+    return host.strip("[]"), "80" if insecure else "443"
+
+
 def push_command(tag: str, insecure: bool) -> list[str]:
     """crane's arguments: the OCI layout the build wrote, pushed as ``tag``."""
     return ["crane", "push", *(["--insecure"] if insecure else []), IMAGE_DIR, tag]
@@ -110,16 +140,22 @@ def push_command(tag: str, insecure: bool) -> list[str]:
 def pod_manifest(name: str, tag: str, settings: PodSettings, timeout_s: float, buildargs: dict[str, str] | None = None,
                  labels: dict[str, str] | None = None) -> k8s.V1Pod:
     """The build pod for ``tag``: context, build and push containers, in that order (module docstring)."""
-    registry = tag.split("/", 1)[0]
+    target = push_target(tag, settings.push_registry)
+    insecure = target.split("/", 1)[0] in settings.insecure_registries
     workspace = k8s.V1VolumeMount(name="workspace", mount_path=WORKSPACE)
     limits = {"memory": settings.memory_limit} if settings.memory_limit else {}
     if settings.cpu_limit:
         limits["cpu"] = settings.cpu_limit
-    build_mounts = [workspace, k8s.V1VolumeMount(name="image", mount_path=IMAGE_DIR)]
+    build_mounts = [workspace, k8s.V1VolumeMount(name="image", mount_path=IMAGE_DIR),
+                    k8s.V1VolumeMount(name="buildkit", mount_path=BUILDKIT_STATE_DIR)]
     push_mounts = [k8s.V1VolumeMount(name="image", mount_path=IMAGE_DIR, read_only=True)]
     volumes = [k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource()),
-               k8s.V1Volume(name="image", empty_dir=k8s.V1EmptyDirVolumeSource())]
+               k8s.V1Volume(name="image", empty_dir=k8s.V1EmptyDirVolumeSource()),
+               k8s.V1Volume(name="buildkit", empty_dir=k8s.V1EmptyDirVolumeSource())]
     build_env = [k8s.V1EnvVar(name="BUILDKITD_FLAGS", value="--oci-worker-no-process-sandbox")]
+    if settings.insecure_registries:
+        # The FROM may come from a plain-HTTP registry; buildctl-daemonless.sh tells buildkitd so.
+        build_env.append(k8s.V1EnvVar(name="BUILDKITD_INSECURE_REGISTRIES", value=",".join(settings.insecure_registries)))
     push_env: list[k8s.V1EnvVar] = []
     if settings.docker_config_secret:
         # Two volumes from one Secret, each with one key: the build container can see only the
@@ -139,7 +175,7 @@ def pod_manifest(name: str, tag: str, settings: PodSettings, timeout_s: float, b
         metadata=k8s.V1ObjectMeta(
             name=name, namespace=settings.namespace,
             labels={"app.kubernetes.io/part-of": "kiln", "app.kubernetes.io/component": "build",
-                    "kiln.build/image-hash": hashlib.sha256(tag.encode()).hexdigest()[:40]},
+                    "kiln.build/image-hash": hashlib.sha256(tag.encode()).hexdigest()[:40], STAGE_LABEL: "build"},
             annotations={"kiln.build/image": tag}),
         spec=k8s.V1PodSpec(
             restart_policy="Never",
@@ -162,10 +198,15 @@ def pod_manifest(name: str, tag: str, settings: PodSettings, timeout_s: float, b
                     command=build_command(tag, buildargs or {}, labels or {}), env=build_env,
                     resources=k8s.V1ResourceRequirements(
                         requests={"cpu": settings.cpu_request, "memory": settings.memory_request}, limits=limits or None),
-                    security_context=_buildkit_rootless(), volume_mounts=build_mounts)],
+                    security_context=_buildkit_rootless(), volume_mounts=build_mounts),
+                k8s.V1Container(name="gate", image=settings.image,
+                                 command=["sh", "-c", GATE_SCRIPT, "gate", *push_address(target, insecure)],
+                                 resources=k8s.V1ResourceRequirements(requests={"cpu": "10m", "memory": "16Mi"},
+                                                                      limits={"memory": "64Mi"}),
+                                 security_context=_locked_down(1000))],
             containers=[k8s.V1Container(
                 name="push", image=settings.push_image,
-                command=push_command(tag, registry in settings.insecure_registries), env=push_env or None,
+                command=push_command(target, insecure), env=push_env or None,
                 resources=k8s.V1ResourceRequirements(requests={"cpu": "50m", "memory": "64Mi"},
                                                      limits={"memory": "512Mi"}),
                 security_context=_locked_down(65532), volume_mounts=push_mounts)],
@@ -234,7 +275,13 @@ class KubernetesExecutor:
         tar = await asyncio.to_thread(_tar_context, context, dockerfile, extra_files, subdir)
         name = pod_name(tag)
         pod = pod_manifest(name, tag, self._s, timeout_s, buildargs, labels)
-        await asyncio.to_thread(api.create_namespaced_pod, self._s.namespace, pod)
+        try:
+            await asyncio.to_thread(api.create_namespaced_pod, self._s.namespace, pod)
+        except ApiException as exc:
+            # The operator's to fix (RBAC, quota, admission); the log has the API server's answer.
+            log.error("could not create build pod in %s: %s %s", self._s.namespace, exc.status, exc.body)
+            raise BuildFailed(f"The builder could not start a build pod ({exc.status} {exc.reason}). "
+                              "Please tell this Binder's operators.", "builder_error") from None
         await on_line(f"Kiln: build pod {self._s.namespace}/{name}\n")
         tail: deque[str] = deque(maxlen=self._tail)
         try:
@@ -260,8 +307,18 @@ class KubernetesExecutor:
         if terminated.exit_code != 0:
             last = next((line for line in reversed(tail) if line.strip()), f"exit code {terminated.exit_code}")
             raise BuildFailed(last.strip())
-        # The build's processes are gone; only now does a container with the push credential start.
-        await self._wait_for(api, name, lambda pod: _started(pod, "push"), "the push to start")
+        # The build's processes are gone: only now may the pod reach the push side (module docstring).
+        try:
+            await asyncio.to_thread(api.patch_namespaced_pod, name, self._s.namespace,
+                                    {"metadata": {"labels": {STAGE_LABEL: "push"}}})
+        except ApiException as exc:
+            raise BuildFailed(f"Could not move the build pod to its push stage: {exc.reason}.", "builder_error") from None
+        pod = await self._wait_for(api, name, lambda pod: _started(pod, "push") or _finished(pod, "gate"),
+                                   "the push to start")
+        gate = _state(pod, "gate").terminated
+        if gate is not None and gate.exit_code != 0:
+            raise BuildFailed("The build pod could not reach the registry's push side (its NetworkPolicy?).",
+                              "push_failed")
         tail.clear()
         await self._follow_log(api, name, "push", on_line, tail)
         pod = await self._wait_for(api, name, lambda pod: _finished(pod, "push"), "the push to finish")

@@ -74,6 +74,10 @@ class Settings(BusSettings):
                                                             "(docker_url) or pods on the Kubernetes cluster the builder runs in.")
     build_namespace: str = Field("default", description="Kubernetes: namespace of the build pods.")
     build_image: str = Field("moby/buildkit:v0.18.2-rootless", description="Kubernetes: image of the build pods (BuildKit rootless).")
+    build_push_image: str = Field("gcr.io/go-containerregistry/crane:v0.20.2", description="Kubernetes: image of the "
+                                  "build pods' push step (crane; it runs no shell and holds the push credential).")
+    build_push_registry: str = Field("", description="Kubernetes: registry (host:port) the push step sends images to, "
+                                     "when it is not the one image names carry (a read-only pull side, say); empty: that one.")
     build_cpu_request: str = Field("500m", description="Kubernetes: CPU a build pod requests.")
     build_cpu_limit: str = Field("", description="Kubernetes: CPU limit of a build pod; empty: none.")
     build_pod_memory_limit: str = Field("", description="Kubernetes: memory limit of a build pod as a quantity (4Gi); "
