@@ -173,7 +173,7 @@ async def test_a_record_in_hand_when_its_partition_moves_is_stopped_not_run_twic
                 active.discard(member)
         return handle
 
-    grace: dict[str, Any] = {"max_in_flight": 4, "shutdown_grace_s": 2.0}
+    grace: dict[str, Any] = {"max_in_flight": 4, "shutdown_grace_s": 2.0, "cancel_on_revoke": True}
     a = await start_consumer(bus_settings, topics, [topics.phase_events], handler("a"), producer, **grace)
     await producer.publish(topics.phase_events, "k", PhaseEvent(request_id="long", phase=Phase.BUILDING, service="t"))
     await wait_until(lambda: events == ["start a"], 30, "the first member to take the record")

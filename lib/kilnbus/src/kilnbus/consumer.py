@@ -216,6 +216,7 @@ class BusConsumer(DispatchCounts):
         service: str = "",
         max_crashes: int = 3,
         attempts_begin_in_handler: bool = False,
+        cancel_on_revoke: bool = False,
         **overrides: Any,
     ) -> None:
         self.group_id = group_id
@@ -231,6 +232,7 @@ class BusConsumer(DispatchCounts):
                                      service=service, max_attempts=max_attempts, retry_backoff_s=retry_backoff_s,
                                      max_backoff_s=max_backoff_s)
         self._shutdown_grace_s = shutdown_grace_s
+        self._cancel_on_revoke = cancel_on_revoke
         self._commit_interval_s = commit_interval_s
         self._inline = max_in_flight == 1
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -491,12 +493,15 @@ class BusConsumer(DispatchCounts):
         tasks = [t for t, tp in self._tasks.items() if tp in revoked]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self._shutdown_grace_s)
-            # Past the grace they are the next owner's, which handles them again: stopped here, so that
-            # one record is not handled twice at once (a long build built by two members).
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=REVOKE_CANCEL_S)
+            # Past the grace they are the next owner's, which handles them again. With cancel_on_revoke
+            # they are stopped here, so that one record is not handled twice at once (a build built by
+            # two members); without it they run on, for handlers whose second run joins the first (a
+            # launch the hub already started).
+            if self._cancel_on_revoke:
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.wait(pending, timeout=REVOKE_CANCEL_S)
         for tp in revoked:
             # Not finished within the grace: the next owner redelivers them, and this is no crash.
             for offset in self._progress[tp].in_flight if tp in self._progress else ():

@@ -11,7 +11,9 @@ GROUP = "kiln-builder"
 # Requests wait for their build inside the handler (their offsets are committed when it ends), so
 # many are in hand at once: the queue and the attachments live in kiln_builder.builds. A crash
 # counts against a request only once its build has taken a slot (Builds calls begin_attempt).
-SERVE_OPTIONS: dict[str, Any] = {"max_in_flight": 256, "shutdown_grace_s": 10, "attempts_begin_in_handler": True}
+# cancel_on_revoke: a build whose partition moved is stopped (its pod deleted), never built by two members at once.
+SERVE_OPTIONS: dict[str, Any] = {"max_in_flight": 256, "shutdown_grace_s": 10, "attempts_begin_in_handler": True,
+                                 "cancel_on_revoke": True}
 
 
 def routes(topics: Topics, builder: Builder) -> Routes:
