@@ -13,7 +13,11 @@ source "$(dirname "$0")/versions.sh"
 OUT="$K8S_TOOLS/bin"
 mkdir -p "$OUT"
 GO=$(command -v go || echo /usr/local/go/bin/go)
-[[ -x $GO ]] || die "Go is not installed" "apt-get install golang (1.24 or newer)"
+[[ -x $GO ]] || die "Go is not installed" "install Go 1.24 or newer (Debian bookworm's golang package is 1.19, too old)"
+# Kubernetes 1.34's modules need Go 1.24; an older toolchain would fail twenty minutes in.
+go_minor=$("$GO" env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
+[[ $go_minor =~ ^[0-9]+$ ]] && (( go_minor >= 24 )) \
+  || die "Go 1.24 or newer is needed, $GO is $("$GO" env GOVERSION)" "install a newer Go and put it first on PATH"
 home=${HOME:-/root}
 export GOFLAGS=-mod=mod GOPATH="${GOPATH:-$home/go}" GOCACHE="${GOCACHE:-$home/.cache/go-build}" CGO_ENABLED=0
 LOG="$KILN_LOGS/k8s-build.log"

@@ -63,7 +63,11 @@ into_cluster() {
 }
 
 images() {
-  docker image inspect kiln/debian-rootfs:bookworm >/dev/null 2>&1 || bash "$KILN_ROOT/deploy/local/base-image.sh"
+  # The base image is made through the local registry (base-image.sh pushes it there, and the
+  # tests read .state/base-image), so that registry runs even when `make up` never has.
+  if [[ ! -s $KILN_STATE/base-image ]] || ! docker image inspect kiln/debian-rootfs:bookworm >/dev/null 2>&1; then
+    bash "$KILN_ROOT/deploy/local/registry.sh" start && bash "$KILN_ROOT/deploy/local/base-image.sh"
+  fi
   KILN_IMAGES_PUSH=0 bash "$KILN_ROOT/deploy/local/images.sh" >&2
   local tag s libs
   # One tag for the five, from what they hold (not the commit): a change not yet committed still

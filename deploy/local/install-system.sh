@@ -7,10 +7,10 @@ source "$(dirname "$0")/lib.sh"
 PACKAGES=(docker.io docker-registry debootstrap apache2-utils git python3-venv)
 [[ "${KILN_WITH_BROWSER:-0}" == 1 ]] && PACKAGES+=(chromium chromium-driver)
 # The single-node Kubernetes of deploy/k8s: its runtime (containerd and runc come with docker.io),
-# pod networking, and the Go toolchain its parts are built with.
+# pod networking. Its parts are built with the machine's Go (1.24 or newer; Debian bookworm's
+# golang package is 1.19, too old, so it is not installed here: deploy/k8s/build.sh checks).
 if [[ "${KILN_WITH_K8S:-0}" == 1 ]]; then
   PACKAGES+=(containernetworking-plugins conntrack iptables ipset openssl busybox-static)
-  command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] || PACKAGES+=(golang)
 fi
 # Kafka runs on Java 17 and is fetched with Maven; configurable-http-proxy comes from npm.
 # Machines that already have them (from any source) keep theirs.

@@ -1,5 +1,5 @@
 """The single-node Kubernetes cluster of deploy/k8s, brought up once per session (built first on a
-new machine: about 20 minutes, once), and Kiln installed on it (tests/support/k8s.py)."""
+new machine: about 25 minutes, once), and Kiln installed on it (tests/support/k8s.py)."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def cached_spec(kiln: Kiln, url: str = "http://git.kiln-test.invalid/lab/demo.gi
 
     prefix = f"{kiln.cluster.node_ip}:30500/kiln/binder-"
     _, repository, tag = split_image(image_name(prefix, url, sha))
-    push_to_registry(kiln, state_file("base-image"), f"{repository}:{tag}")  # base-image: made by make up
+    push_to_registry(kiln, state_file("base-image"), f"{repository}:{tag}")  # base-image: made by make up or kiln.sh install
     return f"{prefix.split('/', 1)[0]}/{repository}:{tag}"
 
 

@@ -68,9 +68,11 @@ c.KubeSpawner.http_timeout = 120
 c.KubeSpawner.mem_limit = os.environ.get("KILN_SERVER_MEM_LIMIT", "1G")
 c.KubeSpawner.cpu_limit = float(os.environ.get("KILN_SERVER_CPU_LIMIT", "1"))
 # Requests well below the limits, as mybinder.org sets them: a limit alone becomes the request too,
-# and one server would then reserve a whole core of this two-core node.
+# and one server would then reserve a whole core of this two-core node. Even 50m each filled the
+# node's CPU requests once the scaling test had three replicas of each service and a score of
+# servers: new servers and replicas then sat Pending for minutes, though the CPU itself was idle.
 c.KubeSpawner.mem_guarantee = os.environ.get("KILN_SERVER_MEM_GUARANTEE", "256M")
-c.KubeSpawner.cpu_guarantee = float(os.environ.get("KILN_SERVER_CPU_GUARANTEE", "0.05"))
+c.KubeSpawner.cpu_guarantee = float(os.environ.get("KILN_SERVER_CPU_GUARANTEE", "0.01"))
 
 for name, code in sorted(hub.get("extraConfig", {}).items()):
     exec(compile(code, f"<hub.extraConfig.{name}>", "exec"), {"c": c, "get_config": lambda: c})  # noqa: S102
