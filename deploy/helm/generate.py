@@ -39,7 +39,7 @@ CHART_OWNED = {
                 "session_secret", "hub_api_url", "hub_public_url"},
     "resolver": {"image_prefix", "registry_url", "registry_username", "registry_password", "registry_token_url"},
     "builder": {"build_executor", "build_namespace", "build_image", "build_push_image", "build_push_registry", "build_cpu_request", "build_cpu_limit",
-                "build_memory_request", "build_pod_memory_limit", "build_timeout_s", "build_node_selector",
+                "build_memory_request", "build_pod_memory_limit", "build_disk_limit", "build_timeout_s", "build_node_selector",
                 "build_tolerations", "build_service_account", "build_docker_config_secret", "base_image", "env_image_prefix", "registry_url",
                 "registry_username", "registry_password", "insecure_registries", "work_dir", "docker_url"},
     "launcher": {"token_seal_keys", "hub_api_url", "hub_public_url", "hub_api_token"},

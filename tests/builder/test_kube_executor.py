@@ -56,7 +56,7 @@ class FakeCluster:
 
     def __init__(self, log: list[bytes], exit_code: int = 0, reason: str | None = None, waiting: str | None = None,
                  hang: bool = False, push_log: list[bytes] | None = None, push_exit: int = 0,
-                 gate_fails: bool = False) -> None:
+                 gate_fails: bool = False, evicted: str = "", evicted_late: bool = False) -> None:
         self.pods: dict[str, k8s.V1Pod] = {}
         self.deleted: list[str] = []
         self.context: dict[str, bytes] = {}
@@ -66,6 +66,8 @@ class FakeCluster:
         self._stage: dict[str, str] = {}
         self.patched: list[tuple[dict[str, Any], str]] = []
         self._gate_fails = gate_fails
+        self._evicted = evicted  # the kubelet's message when it evicts the pod as its build ends
+        self._evicted_late = evicted_late  # the first look shows the kill without the reason
 
     # CoreV1Api methods the executor calls
     def create_namespaced_pod(self, namespace: str, body: k8s.V1Pod) -> k8s.V1Pod:
@@ -90,6 +92,13 @@ class FakeCluster:
         if stage == "building":
             return self._pod(name, "Pending", build=running)
         built = self._ended(self._exit, self._reason)
+        if stage == "built" and self._evicted:  # the kubelet killed every container and failed the pod
+            pod = self._pod(name, "Failed", build=self._ended(137, "Error"))
+            if self._evicted_late:
+                self._evicted_late = False
+            else:
+                pod.status.reason, pod.status.message = "Evicted", self._evicted
+            return pod
         if stage == "built" and self._exit != 0:  # an init container failed: the pod fails, push never starts
             return self._pod(name, "Failed", build=built)
         if stage == "built":  # the gate waits for the push side, which the build stage cannot reach
@@ -170,6 +179,7 @@ SETTINGS = PodSettings(namespace="binder", image="registry.example/buildkit:root
                        memory_request="2Gi", memory_limit="3Gi", node_selector={"hub.jupyter.org/node-purpose": "user"},
                        tolerations=[{"key": "dedicated", "operator": "Equal", "value": "build", "effect": "NoSchedule"}],
                        service_account="kiln-build", docker_config_secret="kiln-push", poll_interval_s=0.01,
+                       disk_limit="8Gi",
                        insecure_registries=["registry.local:5000"])
 
 
@@ -208,7 +218,11 @@ def test_pod_manifest_carries_the_operators_settings() -> None:
     assert spec.node_selector == {"hub.jupyter.org/node-purpose": "user"}
     assert spec.tolerations[0].key == "dedicated" and spec.tolerations[0].effect == "NoSchedule"
     build = containers(pod)["build"]
-    assert build.resources.requests == {"cpu": "1", "memory": "2Gi"} and build.resources.limits == {"cpu": "2", "memory": "3Gi"}
+    assert build.resources.requests == {"cpu": "1", "memory": "2Gi"}
+    assert build.resources.limits == {"cpu": "2", "memory": "3Gi", "ephemeral-storage": "8Gi"}
+    # each scratch volume is held to the disk limit too, so none can fill the node's disk
+    assert {v.name: v.empty_dir.size_limit for v in spec.volumes if v.empty_dir} == dict.fromkeys(
+        ("workspace", "image", "buildkit"), "8Gi")
     assert "--opt" in build.command and "build-arg:NB_UID=1000" in build.command
     assert "label:repo2docker.repo=https://x/y" in build.command
     assert pod.metadata.labels["app.kubernetes.io/component"] == "build"
@@ -330,6 +344,33 @@ async def test_out_of_memory_is_named(tmp_path: Path) -> None:
         await run(cluster, tmp_path)
     assert failed.value.cause == "build_memory" and "3Gi" in str(failed.value)
     assert cluster.deleted
+
+
+async def test_a_build_over_its_disk_limit_is_named(tmp_path: Path) -> None:
+    """The kubelet evicted the pod for its disk use: the user is told the limit, not 'exit code 137'."""
+    cluster = FakeCluster([b"#4 RUN dd if=/dev/zero of=/big\n"],
+                          evicted='Usage of EmptyDir volume "buildkit" exceeds the limit "8Gi". ')
+    with pytest.raises(BuildFailed) as failed:
+        await run(cluster, tmp_path)
+    assert failed.value.cause == "build_disk" and "disk limit of 8Gi" in str(failed.value)
+    assert cluster.patched == [], "an evicted build is not pushed"
+    assert cluster.deleted == list(cluster.pods)
+
+
+async def test_an_eviction_reported_after_the_kill_is_still_named(tmp_path: Path) -> None:
+    """The kubelet may show the killed container before the pod's reason: the executor looks again."""
+    cluster = FakeCluster([b"#4 RUN dd if=/dev/zero of=/big\n"], evicted="Pod ephemeral local storage usage exceeds "
+                          "the total limit of containers 8Gi. ", evicted_late=True)
+    with pytest.raises(BuildFailed) as failed:
+        await run(cluster, tmp_path)
+    assert failed.value.cause == "build_disk", failed.value
+
+
+async def test_a_pod_evicted_for_the_nodes_sake_says_so(tmp_path: Path) -> None:
+    cluster = FakeCluster([b"#4 RUN pip install x\n"], evicted="The node was low on resource: memory. ")
+    with pytest.raises(BuildFailed) as failed:
+        await run(cluster, tmp_path)
+    assert failed.value.cause == "builder_error" and "low on resource: memory" in str(failed.value)
 
 
 async def test_a_build_over_its_time_limit_is_stopped(tmp_path: Path) -> None:

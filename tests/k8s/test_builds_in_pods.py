@@ -149,6 +149,11 @@ def git_server(kiln: Kiln, targets: Targets) -> Iterator[str]:
             "main": {"postBuild": probe_step, "README.md": f"run {run}\n"},
             "fails": {"postBuild": f"#!/bin/sh\necho 'about to fail {run}'\nexit 3\n"},
             "many": {"postBuild": "#!/bin/sh\necho built once\n", "README.md": f"many {run}\n"},
+            # More than the test cluster's disk limit (deploy/k8s/values.yaml: 8Gi), then held: the
+            # kubelet must evict the pod before the sleep ends, or the build would succeed.
+            "fills": {"postBuild": f"#!/bin/sh\necho 'filling the disk {run}'\n"
+                                   "fallocate -l 9G /tmp/fill || dd if=/dev/zero of=/tmp/fill bs=1M count=9216\n"
+                                   "sleep 300\n"},
         })
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w") as tar:
@@ -280,6 +285,16 @@ def test_a_failing_build_says_why_and_leaves_no_pod(kiln: Kiln, base_image: None
     assert "about to fail" in build_log(events), "the failing step's output reached the client"
     assert "exit code: 3" in events[-1]["message"], events[-1]
     wait_until(lambda: not build_pods(kiln), 60, "the failed build's pod to be removed")
+
+
+def test_a_build_that_fills_its_disk_is_stopped_and_told_so(kiln: Kiln, base_image: None, git_server: str) -> None:
+    """A repository that writes more than the build's disk limit is evicted by the kubelet, not left
+    to fill the node's disk under every other pod; the user reads the limit, not a bare exit code."""
+    events = launch(kiln, git_server, "fills")
+    assert "filling the disk" in build_log(events)
+    assert events[-1]["phase"] == "failed", events[-3:]
+    assert "disk limit of 8Gi" in events[-1]["message"], events[-1]
+    wait_until(lambda: not build_pods(kiln), 60, "the evicted build's pod to be removed")
 
 
 def test_concurrent_launches_of_one_new_commit_build_it_once(kiln: Kiln, base_image: None, git_server: str) -> None:

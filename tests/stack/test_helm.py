@@ -114,6 +114,7 @@ def test_defaults_need_only_the_three_addresses(helm: str, chart: Path) -> None:
     assert env["KILN_KAFKA_BOOTSTRAP"].value == "kafka:9092" and env["KILN_TOPIC_PARTITIONS"].value == "12"
     assert builder.service_account_name == "kiln-builder"
     assert env["KILN_BUILD_SERVICE_ACCOUNT"].value == "kiln-build"
+    assert env["KILN_BUILD_DISK_LIMIT"].value == "20Gi", "a build cannot fill a node's disk by default"
     launcher = deployments["kiln-launcher"].spec.template.spec.containers[0]
     token = {e.name: e for e in launcher.env}["KILN_HUB_API_TOKEN"].value_from.secret_key_ref
     assert (token.name, token.key) == ("hub", "hub.services.kiln-launcher.apiToken")

@@ -75,6 +75,8 @@
   value: {{ (($k.resources.limits | default dict).cpu) | default "" | quote }}
 - name: KILN_BUILD_POD_MEMORY_LIMIT
   value: {{ (($k.resources.limits | default dict).memory) | default "" | quote }}
+- name: KILN_BUILD_DISK_LIMIT
+  value: {{ index ($k.resources.limits | default dict) "ephemeral-storage" | default "" | quote }}
 - name: KILN_BUILD_TIMEOUT_S
   value: {{ $k.timeoutSeconds | quote }}
 - name: KILN_BUILD_NODE_SELECTOR

@@ -34,6 +34,7 @@ def make_executor(settings: Settings) -> BuildExecutor:
                            memory_request=settings.build_memory_request,
                            memory_limit=settings.build_pod_memory_limit
                            or (str(settings.build_memory_limit) if settings.build_memory_limit else ""),
+                           disk_limit=settings.build_disk_limit,
                            node_selector=settings.build_node_selector, tolerations=settings.build_tolerations,
                            service_account=settings.build_service_account,
                            docker_config_secret=settings.build_docker_config_secret,

@@ -84,6 +84,9 @@ class PodSettings:
     cpu_limit: str = ""
     memory_request: str = "1Gi"
     memory_limit: str = "4Gi"
+    # Disk the build may fill (BuildKit's state, the image it writes, its own files): a pod over it
+    # is evicted, so one repository cannot fill the node's disk for every other pod on it.
+    disk_limit: str = "20Gi"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     service_account: str = ""  # the chart's "<release>-build": no RBAC, no token mounted
@@ -146,12 +149,15 @@ def pod_manifest(name: str, tag: str, settings: PodSettings, timeout_s: float, b
     limits = {"memory": settings.memory_limit} if settings.memory_limit else {}
     if settings.cpu_limit:
         limits["cpu"] = settings.cpu_limit
+    if settings.disk_limit:
+        # The pod's whole use (its emptyDirs included) is held to its containers' limits: this one.
+        limits["ephemeral-storage"] = settings.disk_limit
+    scratch = k8s.V1EmptyDirVolumeSource(size_limit=settings.disk_limit or None)
     build_mounts = [workspace, k8s.V1VolumeMount(name="image", mount_path=IMAGE_DIR),
                     k8s.V1VolumeMount(name="buildkit", mount_path=BUILDKIT_STATE_DIR)]
     push_mounts = [k8s.V1VolumeMount(name="image", mount_path=IMAGE_DIR, read_only=True)]
-    volumes = [k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource()),
-               k8s.V1Volume(name="image", empty_dir=k8s.V1EmptyDirVolumeSource()),
-               k8s.V1Volume(name="buildkit", empty_dir=k8s.V1EmptyDirVolumeSource())]
+    volumes = [k8s.V1Volume(name="workspace", empty_dir=scratch), k8s.V1Volume(name="image", empty_dir=scratch),
+               k8s.V1Volume(name="buildkit", empty_dir=scratch)]
     build_env = [k8s.V1EnvVar(name="BUILDKITD_FLAGS", value="--oci-worker-no-process-sandbox")]
     if settings.insecure_registries:
         # The FROM may come from a plain-HTTP registry; buildctl-daemonless.sh tells buildkitd so.
@@ -304,6 +310,9 @@ class KubernetesExecutor:
         if terminated.reason == "OOMKilled":
             raise BuildFailed(f"The build used more than its memory limit of {self._s.memory_limit} and was stopped.",
                               "build_memory")
+        if terminated.exit_code == 137:
+            # Killed: by an eviction whose reason the pod's status may show a moment after the kill.
+            await self._settle_eviction(api, name)
         if terminated.exit_code != 0:
             last = next((line for line in reversed(tail) if line.strip()), f"exit code {terminated.exit_code}")
             raise BuildFailed(last.strip())
@@ -327,15 +336,31 @@ class KubernetesExecutor:
             last = next((line for line in reversed(tail) if line.strip()), f"exit code {terminated.exit_code}")
             raise BuildFailed(f"Pushing the image to the registry failed: {last.strip()}", "push_failed")
 
-    @staticmethod
-    def _ended(pod: Any, container: str) -> Any:
+    def _ended(self, pod: Any, container: str) -> Any:
         """How ``container`` ended, once ``_finished`` said it has; the pod's deadline is a time-out."""
+        self._evicted(pod)
         if pod.status.reason == "DeadlineExceeded":
             raise BuildFailed("The build took longer than its limit and was stopped.", "build_timeout")
         terminated = _state(pod, container).terminated
         if terminated is None:
             raise BuildFailed(f"The build pod ended without a result ({pod.status.phase}).", "builder_error")
         return terminated
+
+    async def _settle_eviction(self, api: Any, name: str, wait_s: float = 5) -> None:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            self._evicted(await asyncio.to_thread(api.read_namespaced_pod, name, self._s.namespace))
+            await asyncio.sleep(self._s.poll_interval_s)
+
+    def _evicted(self, pod: Any) -> None:
+        """The kubelet stopped the pod: over its disk limit (the user's to fix), or the node ran short."""
+        if pod.status.reason != "Evicted":
+            return
+        message = pod.status.message or ""
+        if "ephemeral" in message.lower() or "emptydir" in message.lower():
+            raise BuildFailed(f"The build used more than its disk limit of {self._s.disk_limit} and was stopped.",
+                              "build_disk")
+        raise BuildFailed(f"The build pod was evicted from its node: {message or 'no reason given'}", "builder_error")
 
     async def _wait_for(self, api: Any, name: str, done: Any, what: str) -> Any:
         deadline = time.monotonic() + self._s.start_timeout_s
@@ -344,6 +369,7 @@ class KubernetesExecutor:
             if done(pod):
                 return pod
             waiting = _waiting_reason(pod)
+            self._evicted(pod)
             if pod.status.phase in ("Failed", "Succeeded") or waiting in IMAGE_ERRORS:
                 raise BuildFailed(f"The build pod could not run: {waiting or pod.status.reason or pod.status.phase}.",
                                   "builder_error")

@@ -83,6 +83,8 @@ class Settings(BusSettings):
     build_pod_memory_limit: str = Field("", description="Kubernetes: memory limit of a build pod as a quantity (4Gi); "
                                         "empty: build_memory_limit in bytes.")
     build_memory_request: str = Field("1Gi", description="Kubernetes: memory a build pod requests.")
+    build_disk_limit: str = Field("20Gi", description="Kubernetes: disk a build pod may fill (its ephemeral-storage "
+                                  "limit: BuildKit's state, the image, its files); over it the pod is evicted; empty: none.")
     build_node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes: node labels build pods must match (JSON).")
     build_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Kubernetes: tolerations of build pods (JSON).")
     build_service_account: str = Field("", description="Kubernetes: service account of build pods; empty: the namespace default.")
