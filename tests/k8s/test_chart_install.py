@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,28 @@ def test_launches_while_services_scale_lose_nothing_and_start_nothing_twice(kiln
             assert len(running.get(user, [])) == 1, (user, running.get(user))
     finally:
         kiln.cluster.kubectl("-n", kiln.namespace, "scale", *deployments, "--replicas=1", check=False)
+
+
+def test_a_user_server_that_fills_its_disk_is_evicted_alone(kiln: Kiln, cached: Cached) -> None:
+    """A server's writes are held to the chart's ``singleuser.extraResource.limits`` (10Gi): a user who
+    writes more loses that server, evicted by the kubelet, and the node's disk stays for the others."""
+    events = launch_cached(kiln, cached)
+    assert events[-1]["phase"] == "ready", events[-3:]
+    user, server = events[-1]["url"].split("/user/", 1)[1].strip("/").split("/")[:2]
+    pods = kiln.cluster.get("pods", "-n", kiln.namespace, "-l", "component=singleuser-server")["items"]
+    pod = next(p for p in pods if p["metadata"]["annotations"].get("hub.jupyter.org/username") == user
+               and p["metadata"]["annotations"].get("hub.jupyter.org/servername", "") == server)
+    name = pod["metadata"]["name"]
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] == "10Gi"
+    kiln.cluster.kubectl("-n", kiln.namespace, "exec", name, "--", "sh", "-c",
+                         "fallocate -l 11G /tmp/fill || dd if=/dev/zero of=/tmp/fill bs=1M count=11264", timeout=300)
+    deadline = time.monotonic() + 240  # the kubelet measures disk use about once a minute
+    evictions: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not evictions:
+        evictions = kiln.cluster.get("events", "-n", kiln.namespace, "--field-selector",
+                                     f"involvedObject.name={name},reason=Evicted")["items"]
+        time.sleep(2)
+    assert evictions, f"{name} was not evicted"
+    assert "ephemeral" in evictions[0]["message"].lower(), evictions[0]["message"]
+    others = kiln.cluster.get("pods", "-n", kiln.namespace, "-l", "app.kubernetes.io/component=gateway")["items"]
+    assert all(p["status"]["phase"] == "Running" for p in others), "only the user's own pod went"

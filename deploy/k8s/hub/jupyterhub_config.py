@@ -65,14 +65,13 @@ c.KubeSpawner.automount_service_account_token = False
 c.KubeSpawner.common_labels = {"app": "jupyterhub", "release": os.environ["HELM_RELEASE"], "heritage": "jupyterhub"}
 c.KubeSpawner.start_timeout = 300
 c.KubeSpawner.http_timeout = 120
-c.KubeSpawner.mem_limit = os.environ.get("KILN_SERVER_MEM_LIMIT", "1G")
-c.KubeSpawner.cpu_limit = float(os.environ.get("KILN_SERVER_CPU_LIMIT", "1"))
-# Requests well below the limits, as mybinder.org sets them: a limit alone becomes the request too,
-# and one server would then reserve a whole core of this two-core node. Even 50m each filled the
-# node's CPU requests once the scaling test had three replicas of each service and a score of
-# servers: new servers and replicas then sat Pending for minutes, though the CPU itself was idle.
-c.KubeSpawner.mem_guarantee = os.environ.get("KILN_SERVER_MEM_GUARANTEE", "256M")
-c.KubeSpawner.cpu_guarantee = float(os.environ.get("KILN_SERVER_CPU_GUARANTEE", "0.01"))
+# singleuser.memory, .cpu and .extraResource as z2jh applies them: the chart's defaults are what this
+# node holds (docs/operators.md on sizing the CPU guarantee to the node).
+memory, cpu = singleuser.get("memory", {}), singleuser.get("cpu", {})
+c.KubeSpawner.mem_limit, c.KubeSpawner.mem_guarantee = memory.get("limit"), memory.get("guarantee")
+c.KubeSpawner.cpu_limit, c.KubeSpawner.cpu_guarantee = cpu.get("limit"), cpu.get("guarantee")
+c.KubeSpawner.extra_resource_limits = singleuser.get("extraResource", {}).get("limits", {})
+c.KubeSpawner.extra_resource_guarantees = singleuser.get("extraResource", {}).get("guarantees", {})
 
 for name, code in sorted(hub.get("extraConfig", {}).items()):
     exec(compile(code, f"<hub.extraConfig.{name}>", "exec"), {"c": c, "get_config": lambda: c})  # noqa: S102
