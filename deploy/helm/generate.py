@@ -157,7 +157,7 @@ def values_schema() -> dict[str, Any]:
                 "hosts": {"type": "array", "items": STR}, "tls": LIST})}),
             "resolver": service_block("resolver"),
             "builder": service_block("builder", {"baseImage": STR, "kubernetes": obj({
-                "namespace": STR, "createNamespace": BOOL, "image": STR, "pushImage": STR, "resources": FREE,
+                "namespace": STR, "createNamespace": BOOL, "admissionPolicy": BOOL, "image": STR, "pushImage": STR, "resources": FREE,
                 "nodeSelector": {"type": "object", "additionalProperties": STR}, "tolerations": LIST,
                 "timeoutSeconds": {"type": "integer", "minimum": 60}})}),
             "launcher": service_block("launcher"),

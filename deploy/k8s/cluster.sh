@@ -209,6 +209,8 @@ evictionHard: {memory.available: "100Mi", nodefs.available: "3%", imagefs.availa
 imageGCHighThresholdPercent: 97
 imageGCLowThresholdPercent: 95
 maxPods: 60
+# Processes per pod: a fork bomb in a build or a user server exhausts its own pod, not the node.
+podPidsLimit: 4096
 EOF
   put "$STATE/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -233,6 +235,13 @@ daemon() {  # daemon NAME COMMAND...: start COMMAND in the node's network namesp
 }
 
 start_kubelet() {
+  # The kubelet reads its configuration once: a changed one needs a restart (pods keep running).
+  local config_sha running; config_sha=$(sha256sum <"$STATE/kubelet.yaml" | cut -c1-64)
+  running=$(pid_of kubelet || true)
+  if [[ -n $running && $(cat "$RUN/kubelet.sha" 2>/dev/null) != "$config_sha" ]]; then
+    kill "$running"; wait_for "the kubelet to stop" 20 bash -c "! kill -0 $running 2>/dev/null" || kill -9 "$running" 2>/dev/null || true
+  fi
+  echo "$config_sha" >"$RUN/kubelet.sha"
   [[ -n $(pid_of kubelet) ]] && return 0
   # The kubelet mounts pods' volumes (secrets, tokens) under its root; containerd, in the host's
   # mount namespace, must see them: the root is a shared mount, as Docker's /var/lib/docker is.

@@ -105,7 +105,7 @@ infra() {
   [[ -s $STATE/registry-push-password ]] || (umask 077; openssl rand -hex 24 | tr -d '\n' >"$STATE/registry-push-password")
   kubectl_admin create namespace kiln-infra --dry-run=client -o yaml | kubectl_admin apply -f - >/dev/null
   kubectl_admin -n kiln-infra create secret generic registry-htpasswd --dry-run=client -o yaml \
-    --from-literal=htpasswd="$(htpasswd -nbB kiln-push "$(cat "$STATE/registry-push-password")" | head -n 1)" \
+    --from-literal=htpasswd="$(htpasswd -niB kiln-push <"$STATE/registry-push-password" | head -n 1)" \
     | kubectl_admin apply -f - >/dev/null
   HTPASSWD_SHA=$(sha256sum <"$STATE/registry-push-password" | cut -c1-16)
   fill "$HERE/infra.yaml" | kubectl_admin apply -f - >/dev/null

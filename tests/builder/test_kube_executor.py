@@ -56,7 +56,7 @@ class FakeCluster:
 
     def __init__(self, log: list[bytes], exit_code: int = 0, reason: str | None = None, waiting: str | None = None,
                  hang: bool = False, push_log: list[bytes] | None = None, push_exit: int = 0,
-                 gate_fails: bool = False, evicted: str = "", evicted_late: bool = False) -> None:
+                 gate_fails: bool = False, evicted: str = "", evicted_late: bool = False, gate_exit: int = 1) -> None:
         self.pods: dict[str, k8s.V1Pod] = {}
         self.deleted: list[str] = []
         self.context: dict[str, bytes] = {}
@@ -65,7 +65,8 @@ class FakeCluster:
         self._push_log, self._push_exit = push_log if push_log is not None else [b"registry.local:5000/kiln/r@sha256:00\n"], push_exit
         self._stage: dict[str, str] = {}
         self.patched: list[tuple[dict[str, Any], str]] = []
-        self._gate_fails = gate_fails
+        self._gate_fails = gate_fails or gate_exit != 1
+        self._gate_exit = gate_exit  # how the gate ends when it fails
         self._evicted = evicted  # the kubelet's message when it evicts the pod as its build ends
         self._evicted_late = evicted_late  # the first look shows the kill without the reason
 
@@ -104,7 +105,7 @@ class FakeCluster:
         if stage == "built":  # the gate waits for the push side, which the build stage cannot reach
             return self._pod(name, "Pending", build=built, gate=running)
         if stage == "gate-failed":
-            return self._pod(name, "Failed", build=built, gate=self._ended(1, None))
+            return self._pod(name, "Failed", build=built, gate=self._ended(self._gate_exit, None))
         if stage == "relabelled":
             return self._pod(name, "Running", build=built, gate=self._ended(0, None), push=running)
         return self._pod(name, "Succeeded" if self._push_exit == 0 else "Failed", build=built,
@@ -142,9 +143,10 @@ class FakeCluster:
         self.deleted.append(name)
 
     # the exec stream that carries the context
-    def exec_stdin(self, api: Any, name: str, namespace: str, container: str, command: list[str], data: bytes) -> None:
+    def exec_stdin(self, api: Any, name: str, namespace: str, container: str, command: list[str], stdin: Any) -> None:
         assert api is self and container == "context" and "tar -xf - -C /workspace" in command[-1]
         assert self._stage[name] == "init", "the context goes to the init container while it waits"
+        data = stdin.read()  # a file, read to its end as the exec stream does (not the whole context in memory)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar.getmembers():
                 if member.isfile():
@@ -400,9 +402,6 @@ async def test_push_reports_done_since_the_pod_pushed() -> None:
     assert await executor(FakeCluster([])).has_image("registry.local:5000/kiln/r:abc") is False  # no registry URL set
 
 
-if __name__ == "__main__":  # pragma: no cover
-    asyncio.run(test_successful_build_streams_lines_and_removes_its_pod(Path("/tmp")))
-
 
 def test_a_separate_push_side_gets_the_push_the_name_keeps_the_pull_side() -> None:
     """A registry whose pulls are served read-only at the name's host and whose pushes go elsewhere
@@ -432,7 +431,8 @@ def test_the_pod_starts_in_its_build_stage_and_the_gate_waits_for_the_push_side(
     assert pod.metadata.labels["kiln.build/stage"] == "build"
     gate = containers(pod)["gate"]
     assert gate.command[:2] == ["sh", "-c"] and "nc -z" in gate.command[2]
-    assert gate.command[-2:] == ["registry.local", "5000"]
+    assert gate.command[-3:] == ["registry.local", "5000", IMAGE_DIR]
+    assert [(m.mount_path, m.read_only) for m in gate.volume_mounts] == [(IMAGE_DIR, True)]
     assert gate.security_context.capabilities.drop == ["ALL"] and gate.security_context.read_only_root_filesystem
     assert push_address("quay.io/org/img:1", insecure=False) == ("quay.io", "443")
     assert push_address("r.local/img:1", insecure=True) == ("r.local", "80")
@@ -463,3 +463,71 @@ def test_buildkits_state_is_on_an_emptydir_only_the_build_container_mounts() -> 
     assert mounted == {"build"}
     state = next(m for m in containers(pod)["build"].volume_mounts if m.name == "buildkit")
     assert state.mount_path == "/home/user/.local/share/buildkit"
+
+
+def test_an_endless_log_line_comes_in_pieces() -> None:
+    """A build that writes one line forever cannot grow it in the builder's memory."""
+    from kiln_builder.kube_executor import LINE_MAX, _lines
+
+    chunks = [b"x" * 4096] * 100 + [b"y\nshort\n"]  # 400 KiB without a newline, then two lines
+    lines = list(_lines(chunks))
+    assert all(len(line) <= LINE_MAX for line in lines)
+    assert "".join(lines[:-1]) == "x" * 4096 * 100 + "y" and lines[-1] == "short"
+
+
+def test_the_context_goes_to_the_pod_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exec_with_stdin reads its file as it sends: no more than 1 MiB of the context in hand at once.
+    The websocket stands in for the API server's exec stream (tests/k8s sends real contexts)."""
+    import kubernetes.stream
+
+    from kiln_builder.kube_executor import exec_with_stdin
+
+    sent: list[bytes] = []
+
+    class Socket:
+        subprotocol = "v5.channel.k8s.io"
+        returncode = 0
+
+        def write_stdin(self, chunk: bytes) -> None:
+            sent.append(chunk)
+
+        def close_channel(self, channel: int) -> None:
+            assert channel == 0
+
+        def run_forever(self, timeout: float) -> None: ...
+
+        def close(self) -> None: ...
+
+    monkeypatch.setattr(kubernetes.stream, "stream", lambda *args, **kwargs: Socket())
+    data = bytes(range(256)) * (3 * 4096 + 1)  # 3 MiB and a bit
+    api = k8s.CoreV1Api(k8s.ApiClient())  # its method is only named to the stream, never called here
+    exec_with_stdin(api, "p", "ns", "context", ["sh"], io.BytesIO(data))
+    assert max(len(c) for c in sent) <= 1 << 20 and b"".join(sent) == data
+
+
+
+def test_the_gate_refuses_a_layout_holding_a_link(tmp_path: Path) -> None:
+    """The gate's script, run by a real shell: a symlink the build planted among the image's files
+    (crane would follow it holding the push credential) stops the pod before the push stage."""
+    import subprocess
+
+    from kiln_builder.kube_executor import GATE_SCRIPT
+
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "index.json").write_text("{}")
+    (tmp_path / "blobs" / "sha256").symlink_to("/kiln/push-config/config.json")
+    done = subprocess.run(["sh", "-c", GATE_SCRIPT, "gate", "127.0.0.1", "9", str(tmp_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "blobs/sha256" in done.stderr, (done.returncode, done.stderr)
+
+
+async def test_a_refused_layout_is_named_and_never_pushed(tmp_path: Path) -> None:
+    cluster = FakeCluster([b"#3 DONE 1.0s\n"], gate_exit=2)
+    with pytest.raises(BuildFailed) as failed:
+        await run(cluster, tmp_path)
+    assert "links or devices" in str(failed.value)
+    assert [container for container, _ in cluster.followed] == ["build"], "no push"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    asyncio.run(test_successful_build_streams_lines_and_removes_its_pod(Path("/tmp")))

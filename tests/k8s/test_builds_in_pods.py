@@ -321,3 +321,54 @@ def test_concurrent_launches_of_one_new_commit_build_it_once(kiln: Kiln, base_im
         assert len({r[-1]["url"] for r in results.values()}) == 3, "a server per request"
     finally:
         kiln.cluster.kubectl("-n", kiln.namespace, "scale", deployment, "--replicas=1", check=False)
+
+
+def test_the_api_server_admits_build_pods_of_kilns_shape_only(kiln: Kiln) -> None:
+    """The chart's ValidatingAdmissionPolicy on the build namespace, asked by server-side dry runs:
+    the pod the builder makes (from its own settings, as deployed) is admitted; the same pod made
+    privileged, given the host's network or a host path, another image, a node by name or an early
+    push stage, as a builder taken over would ask, is refused."""
+    import copy
+    import json
+
+    from kubernetes import client as k8s
+
+    from kiln_builder.kube_executor import PodSettings, pod_manifest
+
+    builder = kiln.cluster.get("deployment", "-n", kiln.namespace, "kiln-builder")
+    env = {e["name"]: e.get("value", "") for e in builder["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = PodSettings(namespace=BUILD_NAMESPACE, image=env["KILN_BUILD_IMAGE"], push_image=env["KILN_BUILD_PUSH_IMAGE"],
+                           memory_limit=env["KILN_BUILD_POD_MEMORY_LIMIT"], disk_limit=env["KILN_BUILD_DISK_LIMIT"],
+                           service_account=env["KILN_BUILD_SERVICE_ACCOUNT"],
+                           docker_config_secret=env["KILN_BUILD_DOCKER_CONFIG_SECRET"])
+    pod = k8s.ApiClient().sanitize_for_serialization(
+        pod_manifest("kiln-build-admission", f"{kiln.cluster.node_ip}:30500/kiln/binder-x:1", settings, 60))
+
+    def admitted(manifest: dict[str, Any]) -> tuple[bool, str]:
+        done = subprocess.run([str(kiln.cluster.kubectl_path), "--kubeconfig", str(kiln.cluster.kubeconfig), "create",
+                               "--dry-run=server", "-f", "-"], input=json.dumps(manifest), capture_output=True,
+                              text=True, timeout=60)
+        return done.returncode == 0, done.stderr
+
+    ok, why = admitted(pod)
+    assert ok, why
+
+    def variant(change: Any) -> dict[str, Any]:
+        hostile = copy.deepcopy(pod)
+        change(hostile)
+        return hostile
+
+    build = 1  # the build container among the init containers (context, build, gate)
+    hostile = {
+        "privileged": lambda p: p["spec"]["initContainers"][build]["securityContext"].update(privileged=True),
+        "host network": lambda p: p["spec"].update(hostNetwork=True),
+        "host path": lambda p: p["spec"]["volumes"].append({"name": "root", "hostPath": {"path": "/"}}),
+        "other image": lambda p: p["spec"]["containers"][0].update(image="kiln.local/hub:1"),
+        "node by name": lambda p: p["spec"].update(nodeName="kiln-node"),
+        "born pushing": lambda p: p["metadata"]["labels"].update({"kiln.build/stage": "push"}),
+        "no disk limit": lambda p: p["spec"]["initContainers"][build]["resources"]["limits"].pop("ephemeral-storage"),
+        "root": lambda p: p["spec"]["initContainers"][0]["securityContext"].update(runAsUser=0, runAsNonRoot=False),
+    }
+    for name, change in hostile.items():
+        ok, why = admitted(variant(change))
+        assert not ok and "ValidatingAdmissionPolicy" in why, (name, why)

@@ -181,3 +181,14 @@ def test_the_hosts_iptables_and_kernel_settings_are_untouched(cluster: Cluster) 
     kubelet = int((Path("/run/kiln-k8s/kubelet.pid")).read_text())
     mounts = Path(f"/proc/{kubelet}/mountinfo").read_text()
     assert "/proc/sys/vm/overcommit_memory" in mounts, "the kubelet writes its sysctls to files of its own"
+
+
+def test_each_pod_is_held_to_a_process_count(cluster: Cluster, namespace: str) -> None:
+    """The kubelet's podPidsLimit (4096) on a pod's cgroup, read on the host: a fork bomb in a build or
+    a user server runs out of processes in its own pod, not the node's."""
+    pod = cluster.get("pod", "-n", namespace, "client")
+    uid = pod["metadata"]["uid"]
+    found = [p for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")
+             for p in Path(root).glob(f"kubepods*/**/pod{uid}/pids.max")]
+    assert found, f"no cgroup of pod {uid}"
+    assert {p.read_text().strip() for p in found} == {"4096"}

@@ -39,7 +39,8 @@ KUBE_VERSION = "1.31.0"
 MODELS = {"Deployment": "V1Deployment", "Service": "V1Service", "Secret": "V1Secret", "ServiceAccount": "V1ServiceAccount",
           "Role": "V1Role", "RoleBinding": "V1RoleBinding", "Ingress": "V1Ingress",
           "HorizontalPodAutoscaler": "V2HorizontalPodAutoscaler", "NetworkPolicy": "V1NetworkPolicy",
-          "Namespace": "V1Namespace"}
+          "Namespace": "V1Namespace", "ValidatingAdmissionPolicy": "V1ValidatingAdmissionPolicy",
+          "ValidatingAdmissionPolicyBinding": "V1ValidatingAdmissionPolicyBinding"}
 STRIMZI = {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"}
 API = k8s.ApiClient()
 
@@ -403,8 +404,10 @@ def test_builder_rbac_is_a_role_on_pods_in_the_build_namespace(helm: str, chart:
     assert ns.metadata.labels["pod-security.kubernetes.io/enforce"] == "privileged"
     assert parsed(by_kind(made, "Role")["kiln-builder"]).metadata.namespace == "binder-builds"
     assert not by_kind(render(helm, chart, sets=REQUIRED + ("builder.kubernetes.createNamespace=false",)), "Namespace")
-    same = render(helm, chart, sets=REQUIRED + ("builder.kubernetes.namespace=binder",))
-    assert not by_kind(same, "Namespace") and parsed(by_kind(same, "Role")["kiln-builder"]).metadata.namespace == "binder"
+    # the release's own namespace is refused: the builder's Role would reach Kiln's Secrets and pods there
+    same = helm_run(helm, "template", "kiln", str(chart), "--namespace", "binder", "--kube-version", KUBE_VERSION,
+                    *[arg for s in REQUIRED + ("builder.kubernetes.namespace=binder",) for arg in ("--set", s)])
+    assert same.returncode != 0 and "a namespace of their own" in same.stderr, same.stderr
 
 
 def test_build_pods_get_a_service_account_with_no_token_and_no_rights(secure: list[dict[str, Any]]) -> None:
@@ -661,3 +664,19 @@ def test_a_separate_push_side_gets_the_push_credential_and_the_builds_push(helm:
     assert env["KILN_BUILD_PUSH_REGISTRY"]["value"] == "registry-push.infra:5001"
     assert env["KILN_BUILD_PUSH_IMAGE"]["value"] == "crane.local/crane:1"
     assert json.loads(env["KILN_INSECURE_REGISTRIES"]["value"]) == ["10.0.0.5:30500", "registry-push.infra:5001"]
+
+
+def test_build_pods_are_held_to_their_shape_by_an_admission_policy(helm: str, chart: Path) -> None:
+    """The builder may create any pod in the build namespace; the API server's own policy (bound to
+    that namespace only) names the two images and the build service account Kiln's pods use."""
+    docs = render(helm, chart, sets=REQUIRED)
+    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+    binding = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "binder-builds"}
+    expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["builder"]["kubernetes"]
+    assert f'"{values["image"]}"' in expressions and f'"{values["pushImage"]}"' in expressions
+    assert '"kiln-build"' in expressions and "hostPath" not in expressions and "emptyDir" in expressions
+    assert "kiln.build/stage" in expressions and "nodeName" in expressions
+    assert "'memory' in c.resources.limits" in expressions and "'ephemeral-storage' in c.resources.limits" in expressions

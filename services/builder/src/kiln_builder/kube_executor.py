@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from kubernetes import client as k8s
@@ -67,7 +67,12 @@ PULL_KEY = "pull.json"  # key of the same Secret holding pull-only credentials (
 IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
 STAGE_LABEL = "kiln.build/stage"  # "build" while the repository's code may run, then "push"
 # The gate's wait for the push side: at most 240 tries (each up to 2 s to connect, 0.5 s apart).
-GATE_SCRIPT = ('i=0; until nc -z -w 2 "$1" "$2" 2>/dev/null; do i=$((i + 1)); if [ "$i" -ge 240 ]; then '
+LINE_MAX = 64 * 1024  # longest log line passed on whole
+# The gate first checks the layout holds only files and folders: the build's processes could have
+# planted links there, which crane (holding the push credential) would follow. Exit 2 says so.
+GATE_SCRIPT = ('odd=$(find "$3" ! -type f ! -type d | head -n 1); if [ -n "$odd" ]; then '
+               'echo "the image layout holds something other than files: $odd" >&2; exit 2; fi; '
+               'i=0; until nc -z -w 2 "$1" "$2" 2>/dev/null; do i=$((i + 1)); if [ "$i" -ge 240 ]; then '
                'echo "the registry\'s push side $1:$2 did not become reachable from the build pod" >&2; exit 1; fi; '
                'sleep 0.5; done')
 
@@ -206,7 +211,8 @@ def pod_manifest(name: str, tag: str, settings: PodSettings, timeout_s: float, b
                         requests={"cpu": settings.cpu_request, "memory": settings.memory_request}, limits=limits or None),
                     security_context=_buildkit_rootless(), volume_mounts=build_mounts),
                 k8s.V1Container(name="gate", image=settings.image,
-                                 command=["sh", "-c", GATE_SCRIPT, "gate", *push_address(target, insecure)],
+                                 command=["sh", "-c", GATE_SCRIPT, "gate", *push_address(target, insecure), IMAGE_DIR],
+                                 volume_mounts=[k8s.V1VolumeMount(name="image", mount_path=IMAGE_DIR, read_only=True)],
                                  resources=k8s.V1ResourceRequirements(requests={"cpu": "10m", "memory": "16Mi"},
                                                                       limits={"memory": "64Mi"}),
                                  security_context=_locked_down(1000))],
@@ -253,7 +259,7 @@ class KubernetesExecutor:
 
     def __init__(self, settings: PodSettings, api: Any | None = None, registry_url: str = "",
                  registry_auth: tuple[str, str] | None = None, tail_lines: int = 20,
-                 exec_stdin: Callable[[Any, str, str, str, list[str], bytes], None] | None = None) -> None:
+                 exec_stdin: Callable[[Any, str, str, str, list[str], IO[bytes]], None] | None = None) -> None:
         self._s = settings
         self._api = api
         self._owns_api = api is None  # an API handed in is its giver's to close
@@ -291,16 +297,17 @@ class KubernetesExecutor:
         await on_line(f"Kiln: build pod {self._s.namespace}/{name}\n")
         tail: deque[str] = deque(maxlen=self._tail)
         try:
-            # The pod's stdin takes bytes: the context is read whole here (the Docker executor streams it).
+            # The context goes from its spool file a chunk at a time: a repository with its history
+            # may be larger than the builder's memory.
             with tar:
-                context_bytes = tar.read()
-            await asyncio.wait_for(self._run(api, name, context_bytes, on_line, tail), timeout_s)
+                tar.seek(0)
+                await asyncio.wait_for(self._run(api, name, tar, on_line, tail), timeout_s)
         except TimeoutError:
             raise BuildTimedOut(timeout_s) from None
         finally:
             await asyncio.to_thread(self._delete, api, name)
 
-    async def _run(self, api: Any, name: str, tar: bytes, on_line: LineSink, tail: deque[str]) -> None:
+    async def _run(self, api: Any, name: str, tar: IO[bytes], on_line: LineSink, tail: deque[str]) -> None:
         await self._wait_for(api, name, lambda pod: _running(pod, "context"), "the build pod to start")
         await asyncio.to_thread(self._send_context, api, name, tar)
         await self._wait_for(api, name, lambda pod: _started(pod, "build"), "the build container to start")
@@ -325,6 +332,9 @@ class KubernetesExecutor:
         pod = await self._wait_for(api, name, lambda pod: _started(pod, "push") or _finished(pod, "gate"),
                                    "the push to start")
         gate = _state(pod, "gate").terminated
+        if gate is not None and gate.exit_code == 2:
+            raise BuildFailed("The build left links or devices among the image's files, so it was not pushed.",
+                              "build_failed")
         if gate is not None and gate.exit_code != 0:
             raise BuildFailed("The build pod could not reach the registry's push side (its NetworkPolicy?).",
                               "push_failed")
@@ -377,7 +387,7 @@ class KubernetesExecutor:
                 raise BuildFailed(f"Timed out waiting for {what} ({waiting or pod.status.phase}).", "builder_error")
             await asyncio.sleep(self._s.poll_interval_s)
 
-    def _send_context(self, api: Any, name: str, tar: bytes) -> None:
+    def _send_context(self, api: Any, name: str, tar: IO[bytes]) -> None:
         """Stream the context into the init container, then drop the marker that lets it finish."""
         script = f"tar -xf - -C {WORKSPACE} && touch {WORKSPACE}/{READY_MARKER}"
         self._exec_stdin(api, name, self._s.namespace, "context", ["sh", "-c", script], tar)
@@ -455,15 +465,15 @@ class KubernetesExecutor:
             await asyncio.to_thread(api.api_client.close)
 
 
-def exec_with_stdin(api: Any, name: str, namespace: str, container: str, command: list[str], data: bytes) -> None:
-    """Run ``command`` in a container of a pod with ``data`` as its standard input (the pod exec API)."""
+def exec_with_stdin(api: Any, name: str, namespace: str, container: str, command: list[str], data: IO[bytes]) -> None:
+    """Run ``command`` in a container of a pod with ``data`` (read to its end) as its standard input (the pod exec API)."""
     from kubernetes.stream import stream
 
     ws = stream(api.connect_get_namespaced_pod_exec, name, namespace, container=container, command=command,
                 stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False, binary=True)
     try:
-        for offset in range(0, len(data), 1 << 20):
-            ws.write_stdin(data[offset:offset + (1 << 20)])
+        while chunk := data.read(1 << 20):
+            ws.write_stdin(chunk)
         if getattr(ws, "subprotocol", "") == "v5.channel.k8s.io":
             ws.close_channel(0)  # end of standard input; older API servers see it when the socket closes
             ws.run_forever(timeout=120)
@@ -483,11 +493,16 @@ def docker_config_json(registry: str, username: str, password: str) -> str:
 
 
 def _lines(response: Any) -> Iterator[str]:
+    """The log's lines; one longer than LINE_MAX comes in pieces, so an endless line from a build
+    cannot grow in the builder's memory."""
     partial = b""
     for chunk in response.stream(4096) if hasattr(response, "stream") else response:
         *lines, partial = (partial + chunk).split(b"\n")
         for line in lines:
             yield line.decode(errors="replace")
+        while len(partial) >= LINE_MAX:
+            yield partial[:LINE_MAX].decode(errors="replace")
+            partial = partial[LINE_MAX:]
     if partial:
         yield partial.decode(errors="replace")
 
