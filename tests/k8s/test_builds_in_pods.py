@@ -343,6 +343,7 @@ def test_the_api_server_admits_build_pods_of_kilns_shape_only(kiln: Kiln) -> Non
                            docker_config_secret=env["KILN_BUILD_DOCKER_CONFIG_SECRET"])
     pod = k8s.ApiClient().sanitize_for_serialization(
         pod_manifest("kiln-build-admission", f"{kiln.cluster.node_ip}:30500/kiln/binder-x:1", settings, 60))
+    pod.update(apiVersion="v1", kind="Pod")  # the client's model leaves them to its call; kubectl needs them
 
     def admitted(manifest: dict[str, Any]) -> tuple[bool, str]:
         done = subprocess.run([str(kiln.cluster.kubectl_path), "--kubeconfig", str(kiln.cluster.kubeconfig), "create",
