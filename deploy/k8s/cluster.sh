@@ -234,14 +234,20 @@ daemon() {  # daemon NAME COMMAND...: start COMMAND in the node's network namesp
   echo $! >"$RUN/$name.pid"
 }
 
-start_kubelet() {
-  # The kubelet reads its configuration once: a changed one needs a restart (pods keep running).
-  local config_sha running; config_sha=$(sha256sum <"$STATE/kubelet.yaml" | cut -c1-64)
-  running=$(pid_of kubelet || true)
-  if [[ -n $running && $(cat "$RUN/kubelet.sha" 2>/dev/null) != "$config_sha" ]]; then
-    kill "$running"; wait_for "the kubelet to stop" 20 bash -c "! kill -0 $running 2>/dev/null" || kill -9 "$running" 2>/dev/null || true
+# stop_if_config_changed NAME CONFIG: NAME reads CONFIG once, so a running NAME whose CONFIG changed
+# since it was started here is stopped (the pods keep running: their shims outlive both containerd
+# and the kubelet), for the caller to start anew. Records CONFIG's hash for the next look.
+stop_if_config_changed() {
+  local name=$1 config_sha running; config_sha=$(sha256sum <"$2" | cut -c1-64)
+  running=$(pid_of "$name" || true)
+  if [[ -n $running && $(cat "$RUN/$name.sha" 2>/dev/null) != "$config_sha" ]]; then
+    kill "$running"; wait_for "$name to stop" 20 bash -c "! kill -0 $running 2>/dev/null" || kill -9 "$running" 2>/dev/null || true
   fi
-  echo "$config_sha" >"$RUN/kubelet.sha"
+  echo "$config_sha" >"$RUN/$name.sha"
+}
+
+start_kubelet() {
+  stop_if_config_changed kubelet "$STATE/kubelet.yaml"
   [[ -n $(pid_of kubelet) ]] && return 0
   # The kubelet mounts pods' volumes (secrets, tokens) under its root; containerd, in the host's
   # mount namespace, must see them: the root is a shared mount, as Docker's /var/lib/docker is.
@@ -422,17 +428,10 @@ up() {
   daemon kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/scheduler.kubeconfig" \
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
     --leader-elect=false --bind-address 127.0.0.1 --v=1
-  # containerd reads its configuration once: a changed one needs a restart (pods keep running, their
-  # shims outlive it).
-  local config_sha; config_sha=$(sha256sum <"$STATE/containerd.toml" | cut -c1-64)
-  local running; running=$(pid_of containerd || true)
-  if [[ -n $running && $(cat "$RUN/containerd.sha" 2>/dev/null) != "$config_sha" ]]; then
-    kill "$running"; wait_for "containerd to stop" 20 bash -c "! kill -0 $running 2>/dev/null" || kill -9 "$running" 2>/dev/null || true
-  fi
+  stop_if_config_changed containerd "$STATE/containerd.toml"
   # A socket left by a containerd that was killed answers nothing: wait for the new one to answer.
   [[ -n $(pid_of containerd) ]] || rm -f "$RUN/containerd.sock" "$RUN/containerd.sock.ttrpc"
   daemon containerd containerd --config "$STATE/containerd.toml"
-  echo "$config_sha" >"$RUN/containerd.sha"
   wait_for "containerd" 30 ctr --address "$RUN/containerd.sock" version || die "containerd did not start" "read $LOG/k8s-containerd.log"
   import_image "kiln.local/pause:1" "$STATE/images/pause.tar"
   import_image "kiln.local/coredns:$COREDNS_VERSION" "$STATE/images/coredns.tar"
