@@ -191,6 +191,7 @@ def test_a_user_server_that_fills_its_disk_is_evicted_alone(kiln: Kiln, cached: 
                and p["metadata"]["annotations"].get("hub.jupyter.org/servername", "") == server)
     name = pod["metadata"]["name"]
     assert pod["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] == "10Gi"
+    assert pod["spec"]["enableServiceLinks"] is False, "the server is not told where Kiln's Services are"
     kiln.cluster.kubectl("-n", kiln.namespace, "exec", name, "--", "sh", "-c",
                          "fallocate -l 11G /tmp/fill || dd if=/dev/zero of=/tmp/fill bs=1M count=11264", timeout=300)
     deadline = time.monotonic() + 240  # the kubelet measures disk use about once a minute

@@ -72,6 +72,7 @@ c.KubeSpawner.mem_limit, c.KubeSpawner.mem_guarantee = memory.get("limit"), memo
 c.KubeSpawner.cpu_limit, c.KubeSpawner.cpu_guarantee = cpu.get("limit"), cpu.get("guarantee")
 c.KubeSpawner.extra_resource_limits = singleuser.get("extraResource", {}).get("limits", {})
 c.KubeSpawner.extra_resource_guarantees = singleuser.get("extraResource", {}).get("guarantees", {})
+c.KubeSpawner.extra_pod_config = singleuser.get("extraPodConfig", {})
 
 for name, code in sorted(hub.get("extraConfig", {}).items()):
     exec(compile(code, f"<hub.extraConfig.{name}>", "exec"), {"c": c, "get_config": lambda: c})  # noqa: S102
