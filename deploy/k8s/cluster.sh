@@ -391,6 +391,15 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "kiln:kube-ro
 EOF
 }
 
+# What the node's conditions and the kubelet's last errors say: printed when it is not Ready, so a
+# failure far away (CI) names its cause.
+node_not_ready_why() {
+  printf '\n  node conditions:\n'
+  kubectl_admin get node "$NODE_NAME" -o jsonpath='{range .status.conditions[*]}    {.type}={.status} {.reason}: {.message}{"\n"}{end}' 2>&1 || true
+  printf '  the kubelet'"'"'s last errors:\n'
+  grep '^E' "$LOG/k8s-kubelet.log" 2>/dev/null | tail -n 8 | cut -c1-400 | sed 's/^/    /'
+}
+
 up() {
   local started=$SECONDS
   [[ -x $BIN/kube-apiserver && -x $BIN/etcd && -x $BIN/coredns && -x $BIN/pause && -x $BIN/kube-router ]] \
@@ -441,14 +450,19 @@ up() {
     echo "$f $(cat "/proc/sys/$f")"; done >"$STATE/host-sysctls"
   start_kubelet
   daemon kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml" --hostname-override "$NODE_NAME"
+  node_ready() { kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
+  wait_for "the node" 180 node_ready || die "the node did not become Ready$(node_not_ready_why)" "read $LOG/k8s-kubelet.log"
+  # After the node is registered: kube-router looks its node up once, at start, and exits if it is
+  # not there yet (on a new cluster it would then enforce no NetworkPolicy at all).
   kube_router_rbac | kubectl_admin apply -f - >/dev/null
   # NetworkPolicies only (no routing, no service proxy, no CNI of its own: the bridge plugin and
   # kube-proxy do those); no health or metrics port opened on the node.
   daemon kube-router "$BIN/kube-router" --kubeconfig "$STATE/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
     --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
     --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0 --metrics-port 0 --v=1
-  node_ready() { kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
-  wait_for "the node" 120 node_ready || die "the node did not become Ready" "read $LOG/k8s-kubelet.log"
+  # Its filter chains exist once its NetworkPolicy controller runs; a kube-router that exited has none.
+  wait_for "kube-router" 60 in_node iptables -S KUBE-ROUTER-FORWARD \
+    || die "kube-router (NetworkPolicies) did not start: $(tail -n 1 "$LOG/k8s-kube-router.log")" "read $LOG/k8s-kube-router.log"
   if [[ ${NEW_NODE:-0} == 1 ]]; then
     # Their sandboxes' network ended with the previous node: their controllers make them anew.
     kubectl_admin delete pods --all --all-namespaces --wait=false >/dev/null 2>&1 || true
