@@ -256,6 +256,24 @@ start_kubelet() {
     mount --bind "$DATA/kubelet" "$DATA/kubelet"
     mount --make-rshared "$DATA/kubelet"
   fi
+  # It exits at once if containerd's CRI is not yet initialized, which lags containerd answering by
+  # as long as recovering the sandboxes it had takes (after a reboot, a race the kubelet could lose):
+  # started again until it serves its health check.
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    launch_kubelet
+    wait_for "the kubelet" 60 kubelet_healthy_or_gone
+    kubelet_healthy && return 0
+    warn "the kubelet exited ($(grep '^E' "$LOG/k8s-kubelet.log" | tail -n 1 | cut -c1-200)); starting it again"
+    sleep 1
+  done
+  die "the kubelet did not start" "read $LOG/k8s-kubelet.log"
+}
+
+kubelet_healthy() { in_node curl -sf --max-time 2 http://127.0.0.1:10248/healthz >/dev/null 2>&1; }
+kubelet_healthy_or_gone() { kubelet_healthy || [[ -z $(pid_of kubelet) ]]; }
+
+launch_kubelet() {
   # A mount namespace of its own (the host's / and /proc are private mounts, so nothing below
   # leaves it): the kubelet's writes to these global sysctls land in files of ours.
   nohup nsenter --net="/proc/$(node_pid)/ns/net" -- unshare --mount --propagation unchanged -- sh -c "
