@@ -238,13 +238,20 @@ daemon() {  # daemon NAME COMMAND...: start COMMAND in the node's network namesp
 # since it was started here is stopped (the pods keep running: their shims outlive both containerd
 # and the kubelet), for the caller to start anew. Records CONFIG's hash for the next look.
 stop_if_config_changed() {
-  local name=$1 config_sha running; config_sha=$(sha256sum <"$2" | cut -c1-64)
-  running=$(pid_of "$name" || true)
-  if [[ -n $running && $(cat "$RUN/$name.sha" 2>/dev/null) != "$config_sha" ]]; then
-    kill "$running"; wait_for "$name to stop" 20 bash -c "! kill -0 $running 2>/dev/null" || kill -9 "$running" 2>/dev/null || true
-  fi
+  local name=$1 config_sha; config_sha=$(sha256sum <"$2" | cut -c1-64)
+  [[ $(cat "$RUN/$name.sha" 2>/dev/null) == "$config_sha" ]] || stop_daemon "$name"
   echo "$config_sha" >"$RUN/$name.sha"
 }
+
+stop_daemon() {  # stop_daemon NAME: end NAME if it runs (hard after 20 s)
+  local running; running=$(pid_of "$1" || true)
+  [[ -n $running ]] || return 0
+  kill "$running" 2>/dev/null || true
+  wait_for "$1 to stop" 20 bash -c "! kill -0 $running 2>/dev/null" || kill -9 "$running" 2>/dev/null || true
+}
+
+# log_mark NAME: where NAME's log ends now, so what it writes from here on can be read alone.
+log_mark() { echo $(($(wc -l 2>/dev/null <"$LOG/k8s-$1.log" || echo 0) + 1)); }
 
 start_kubelet() {
   stop_if_config_changed kubelet "$STATE/kubelet.yaml"
@@ -258,25 +265,31 @@ start_kubelet() {
   fi
   # It exits at once if containerd's CRI is not yet initialized, which lags containerd answering by
   # as long as recovering the sandboxes it had takes (after a reboot, a race the kubelet could lose):
-  # started again until it serves its health check.
-  local attempt
-  for attempt in 1 2 3 4 5; do
+  # started again, for up to 150 s, until it serves its health check and still does a moment later.
+  local deadline=$((SECONDS + 150))
+  while :; do
+    KUBELET_LOG_MARK=$(log_mark kubelet)
     launch_kubelet
-    wait_for "the kubelet" 60 kubelet_healthy_or_gone
-    kubelet_healthy && return 0
-    warn "the kubelet exited ($(grep '^E' "$LOG/k8s-kubelet.log" | tail -n 1 | cut -c1-200)); starting it again"
-    sleep 1
+    if wait_for "the kubelet" 60 kubelet_healthy_or_gone && kubelet_healthy && sleep 3 && kubelet_healthy; then
+      return 0
+    fi
+    stop_daemon kubelet  # one that hangs unhealthy, so that two never run
+    ((SECONDS < deadline)) || die "the kubelet did not start: $(kubelet_errors | tail -n 1)" "read $LOG/k8s-kubelet.log"
+    warn "the kubelet exited ($(kubelet_errors | tail -n 1 | cut -c1-200)); starting it again"
+    sleep 2
   done
-  die "the kubelet did not start" "read $LOG/k8s-kubelet.log"
 }
 
 kubelet_healthy() { in_node curl -sf --max-time 2 http://127.0.0.1:10248/healthz >/dev/null 2>&1; }
+# The kubelet's errors since it was last started here (all of its log's, if it was not).
+kubelet_errors() { tail -n "+${KUBELET_LOG_MARK:-1}" "$LOG/k8s-kubelet.log" 2>/dev/null | grep '^E' || true; }
 kubelet_healthy_or_gone() { kubelet_healthy || [[ -z $(pid_of kubelet) ]]; }
 
 launch_kubelet() {
   # A mount namespace of its own (the host's / and /proc are private mounts, so nothing below
   # leaves it): the kubelet's writes to these global sysctls land in files of ours.
   nohup nsenter --net="/proc/$(node_pid)/ns/net" -- unshare --mount --propagation unchanged -- sh -c "
+    set -e  # the kubelet must never start writing the host's own settings
     mount --make-private /proc
     mount --bind '$STATE/sysctl/overcommit_memory' /proc/sys/vm/overcommit_memory
     mount --bind '$STATE/sysctl/panic' /proc/sys/kernel/panic
@@ -413,9 +426,26 @@ EOF
 # failure far away (CI) names its cause.
 node_not_ready_why() {
   printf '\n  node conditions:\n'
-  kubectl_admin get node "$NODE_NAME" -o jsonpath='{range .status.conditions[*]}    {.type}={.status} {.reason}: {.message}{"\n"}{end}' 2>&1 || true
+  kubectl_admin get node "$NODE_NAME" --request-timeout=5s \
+    -o jsonpath='{range .status.conditions[*]}    {.type}={.status} {.reason}: {.message}{"\n"}{end}' 2>&1 || true
   printf '  the kubelet'"'"'s last errors:\n'
-  grep '^E' "$LOG/k8s-kubelet.log" 2>/dev/null | tail -n 8 | cut -c1-400 | sed 's/^/    /'
+  kubelet_errors | tail -n 8 | cut -c1-400 | sed 's/^/    /'
+}
+
+start_kube_router() {
+  [[ -n $(pid_of kube-router) ]] && return 0
+  kube_router_rbac | kubectl_admin apply -f - >/dev/null
+  local mark; mark=$(log_mark kube-router)
+  # NetworkPolicies only (no routing, no service proxy, no CNI of its own: the bridge plugin and
+  # kube-proxy do those); no health or metrics port opened on the node.
+  daemon kube-router "$BIN/kube-router" --kubeconfig "$STATE/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+    --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0 --metrics-port 0 --v=1
+  # Started when its first full sync of the policies into iptables is logged (its chains outlive an
+  # earlier kube-router, so they prove nothing), and still running.
+  synced() { tail -n "+$mark" "$LOG/k8s-kube-router.log" | grep -q 'sync iptables took' && [[ -n $(pid_of kube-router) ]]; }
+  wait_for "kube-router" 60 synced \
+    || die "kube-router (NetworkPolicies) did not start: $(tail -n 1 "$LOG/k8s-kube-router.log")" "read $LOG/k8s-kube-router.log"
 }
 
 up() {
@@ -468,19 +498,13 @@ up() {
     echo "$f $(cat "/proc/sys/$f")"; done >"$STATE/host-sysctls"
   start_kubelet
   daemon kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml" --hostname-override "$NODE_NAME"
-  node_ready() { kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
+  # kube-router looks its node up once, at start, and exits if it is not there yet (on a new
+  # cluster it would then enforce no NetworkPolicy at all): it starts once the node is registered.
+  wait_for "the node" 120 kubectl_admin get node "$NODE_NAME" --request-timeout=5s \
+    || die "the node did not register$(node_not_ready_why)" "read $LOG/k8s-kubelet.log"
+  start_kube_router
+  node_ready() { kubectl_admin get node "$NODE_NAME" --request-timeout=5s -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
   wait_for "the node" 180 node_ready || die "the node did not become Ready$(node_not_ready_why)" "read $LOG/k8s-kubelet.log"
-  # After the node is registered: kube-router looks its node up once, at start, and exits if it is
-  # not there yet (on a new cluster it would then enforce no NetworkPolicy at all).
-  kube_router_rbac | kubectl_admin apply -f - >/dev/null
-  # NetworkPolicies only (no routing, no service proxy, no CNI of its own: the bridge plugin and
-  # kube-proxy do those); no health or metrics port opened on the node.
-  daemon kube-router "$BIN/kube-router" --kubeconfig "$STATE/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
-    --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
-    --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0 --metrics-port 0 --v=1
-  # Its filter chains exist once its NetworkPolicy controller runs; a kube-router that exited has none.
-  wait_for "kube-router" 60 in_node iptables -S KUBE-ROUTER-FORWARD \
-    || die "kube-router (NetworkPolicies) did not start: $(tail -n 1 "$LOG/k8s-kube-router.log")" "read $LOG/k8s-kube-router.log"
   if [[ ${NEW_NODE:-0} == 1 ]]; then
     # Their sandboxes' network ended with the previous node: their controllers make them anew.
     kubectl_admin delete pods --all --all-namespaces --wait=false >/dev/null 2>&1 || true
