@@ -49,7 +49,7 @@ k8s-up:      ## a single-node Kubernetes in a network namespace of its own (buil
 	@KILN_WITH_K8S=1 deploy/local/install-system.sh && deploy/local/docker.sh start
 	@deploy/k8s/cluster.sh up
 
-test-k8s:    ## the Kubernetes suite alone (brings the cluster up first)
+test-k8s:    ## the Kubernetes suite alone (its fixtures bring the cluster up and install Kiln first)
 	@deploy/local/venv.sh
 	@$(PY) -m pytest -m k8s
 
