@@ -247,7 +247,7 @@ stop_daemon() {  # stop_daemon NAME: end NAME if it runs (hard after 20 s)
   local running; running=$(pid_of "$1" || true)
   [[ -n $running ]] || return 0
   kill "$running" 2>/dev/null || true
-  wait_for "$1 to stop" 20 bash -c "! kill -0 $running 2>/dev/null" || kill -9 "$running" 2>/dev/null || true
+  wait_for "$1 to stop" 20 gone "$running" || kill -9 "$running" 2>/dev/null || true
 }
 
 # log_mark NAME: where NAME's log ends now, so what it writes from here on can be read alone.
