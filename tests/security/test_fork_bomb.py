@@ -68,7 +68,19 @@ async def test_a_fork_bomb_fails_the_build_and_the_machine_stays_responsive(
                                 "python3", "-c", "print('still here')"], capture_output=True, text=True, timeout=120)
         assert alive.returncode == 0 and "still here" in alive.stdout, alive.stderr
         # ... and it ran while the bomb was still at its limit, not after the time limit had stopped it.
-        assert builder.final(rid) is None and processes() >= LIMIT * 0.9, "the bomb ended before the container ran"
+        # The count dips for a moment as the bomb's shells die and fork again (on a busy machine,
+        # just below the mark): still at its limit means back at it before the build has ended.
+        at_limit_again = False
+
+        def back_at_limit_or_ended() -> bool:
+            nonlocal at_limit_again
+            if builder.final(rid) is not None:
+                return True
+            at_limit_again = processes() >= LIMIT * 0.9
+            return at_limit_again
+
+        await wait_until(back_at_limit_or_ended, 5, "the fork bomb to be back at its limit or its build to end")
+        assert at_limit_again, "the bomb ended before the container ran"
         print(f"a container started and ran in {time.monotonic() - started:.1f} s during the bomb")
 
         failed = await builder.outcome(rid, timeout=300)
